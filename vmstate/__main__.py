@@ -1,0 +1,5 @@
+import sys
+
+from vmstate.cli import main
+
+sys.exit(main())

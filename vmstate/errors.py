@@ -1,0 +1,122 @@
+"""One exception hierarchy for everything vmstate rejects.
+
+Errors are data (frozen attrs classes): callers read ``path``, ``offset``,
+``expected`` and ``found`` instead of parsing messages.  Decoding any input
+raises only :class:`VMStateError` subclasses.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+def _excerpt(data: bytes | memoryview, offset: int, width: int = 8) -> str:
+    """Hex of the bytes around *offset*, the byte at *offset* in brackets."""
+    lo = max(0, offset - width)
+    hi = min(len(data), offset + width)
+    parts = []
+    for i in range(lo, hi):
+        text = f"{data[i]:02x}"
+        parts.append(f"[{text}]" if i == offset else text)
+    if offset >= len(data):
+        parts.append("[<end>]")
+    return " ".join(parts)
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    """Render ``("pci", "config", 3)`` as ``pci.config[3]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "<top>"
+
+
+@attrs.frozen(auto_exc=True)
+class VMStateError(Exception):
+    """Base of every error the library raises on purpose."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@attrs.frozen(auto_exc=True)
+class UsageError(VMStateError):
+    """The command line or API was called wrongly (CLI exit status 2)."""
+
+
+@attrs.frozen(auto_exc=True)
+class DescriptionError(VMStateError):
+    """A description is malformed; ``location`` says where (file:line:col or path)."""
+
+    location: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}" if self.location else self.message
+
+
+@attrs.frozen(auto_exc=True)
+class EncodeError(VMStateError):
+    """State given to save does not fit its description."""
+
+    path: tuple[str | int, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{format_path(self.path)}: {self.message}"
+
+    def within(self, *outer: str | int) -> EncodeError:
+        return attrs.evolve(self, path=(*outer, *self.path))
+
+
+@attrs.frozen(auto_exc=True)
+class DecodeError(VMStateError):
+    """Input bytes rejected while loading.
+
+    ``path`` is the field path from the top description, ``offset`` the byte
+    offset in the whole input, ``excerpt`` hex around that offset.
+    """
+
+    offset: int = 0
+    expected: str = ""
+    found: str = ""
+    path: tuple[str | int, ...] = ()
+    excerpt: str = ""
+
+    def __str__(self) -> str:
+        text = f"{format_path(self.path)} at offset {self.offset:#x}: {self.message}"
+        if self.expected or self.found:
+            text += f" (expected {self.expected}, found {self.found})"
+        if self.excerpt:
+            text += f" [{self.excerpt}]"
+        return text
+
+    def within(self, *outer: str | int) -> DecodeError:
+        """The same error seen from an enclosing field."""
+        return attrs.evolve(self, path=(*outer, *self.path))
+
+    def with_excerpt(self, data: bytes | memoryview) -> DecodeError:
+        return attrs.evolve(self, excerpt=_excerpt(data, self.offset))
+
+
+@attrs.frozen(auto_exc=True)
+class TruncatedError(DecodeError):
+    """The input ended before the description did."""
+
+
+@attrs.frozen(auto_exc=True)
+class IncompatibleError(DecodeError):
+    """Well-formed input the local side cannot take (version, identity, equal-check)."""
+
+
+@attrs.frozen(auto_exc=True)
+class LimitError(DecodeError):
+    """Input asks for more than an explicit limit allows."""
+
+
+@attrs.frozen(auto_exc=True)
+class DeviceError(VMStateError):
+    """A device could not be opened, read or written."""
