@@ -133,7 +133,9 @@ class Description:
             if field.name in seen:
                 raise DescriptionError(f"field {field.name!r} appears twice", location=self.name)
             if "/" in field.name:
-                raise DescriptionError(f"field name {field.name!r} contains '/'", location=self.name)
+                raise DescriptionError(
+                    f"field name {field.name!r} contains '/'", location=self.name
+                )
             seen.add(field.name)
         for sub in self.subsections:
             if len(sub.name.encode()) > 255:
@@ -256,9 +258,7 @@ class Description:
         are checked against it and counts not on the wire are taken from it.
         """
         buf = bytes(data)
-        state, end = self.load_from(
-            buf, 0, version_id, held=held, limits=limits, opaque=opaque
-        )
+        state, end = self.load_from(buf, 0, version_id, held=held, limits=limits, opaque=opaque)
         if end != len(buf):
             err = DecodeError(
                 "unexpected bytes after the end of the description",
@@ -318,7 +318,9 @@ class Description:
             )
         ctx.depth += 1
         if ctx.depth > ctx.limits.max_depth:
-            raise LimitError("structs nest too deeply", offset=pos, expected=f"depth <= {ctx.limits.max_depth}")
+            raise LimitError(
+                "structs nest too deeply", offset=pos, expected=f"depth <= {ctx.limits.max_depth}"
+            )
         if self.hooks.pre_load:
             self._run_hook(self.hooks.pre_load, pos, held)
         values: State = {}
@@ -404,7 +406,9 @@ class Description:
             pos += 4
             held = frame.held.get(sub.name) if frame.held is not None else None
             try:
-                value, pos = sub.description.load_at(buf, pos, version, frame.ctx, held, frame.values)
+                value, pos = sub.description.load_at(
+                    buf, pos, version, frame.ctx, held, frame.values
+                )
             except DecodeError as e:
                 raise e.within(sub.name) from None
             frame.values[sub.name] = value
@@ -472,13 +476,17 @@ class Description:
             out += wire_name
             out += _BE32.pack(sub.description.version_id)
             try:
-                sub.description.save_into(out, state[sub.name], sub.description.version_id, ctx, state)
+                sub.description.save_into(
+                    out, state[sub.name], sub.description.version_id, ctx, state
+                )
             except EncodeError as e:
                 raise e.within(sub.name) from None
         if self.hooks.post_save:
             self._run_save_hook(self.hooks.post_save, state)
 
-    def _save_field(self, out: bytearray, field: Field, state: Mapping[str, Any], frame: Frame) -> None:
+    def _save_field(
+        self, out: bytearray, field: Field, state: Mapping[str, Any], frame: Frame
+    ) -> None:
         kind: Kind = field.kind
         if isinstance(kind, Validate):
             return

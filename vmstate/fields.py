@@ -328,7 +328,9 @@ class _Elements(Kind):
             width = el.size or 0
             need(buf, pos, width * n, f"{n} elements")
             if isinstance(el, Buffer):
-                return [buf[p : p + width] for p in range(pos, pos + width * n, width)], pos + width * n
+                return [
+                    buf[p : p + width] for p in range(pos, pos + width * n, width)
+                ], pos + width * n
             values = list(_struct.unpack_from(f">{n}{el.fmt}", buf, pos))
             return values, pos + width * n
         flat = _flat_struct(el) if not self.nullable else None
@@ -356,7 +358,12 @@ class _Elements(Kind):
                 pos += 1
                 continue
             try:
-                sub = Frame({}, frame.version_id, {name: held_el} if held_el is not None else None, frame.ctx)
+                sub = Frame(
+                    {},
+                    frame.version_id,
+                    {name: held_el} if held_el is not None else None,
+                    frame.ctx,
+                )
                 value, pos = el.load(buf, pos, sub, name)
             except DecodeError as e:
                 raise e.within(i) from None
@@ -584,7 +591,12 @@ def buffer(name: str, size: int, *, since: int = 0, exists: Exists = None) -> Fi
 
 
 def vbuffer(
-    name: str, size_field: str, max_size: int, *, multiply: int = 1, since: int = 0,
+    name: str,
+    size_field: str,
+    max_size: int,
+    *,
+    multiply: int = 1,
+    since: int = 0,
     exists: Exists = None,
 ) -> Field:
     return Field(name, VBuffer(size_field, max_size, multiply), since, exists)
@@ -603,28 +615,42 @@ def validate(name: str, test: str | Condition) -> Field:
 
 
 def struct(
-    name: str, description: Description, *, version: int | None = None, since: int = 0,
+    name: str,
+    description: Description,
+    *,
+    version: int | None = None,
+    since: int = 0,
     exists: Exists = None,
 ) -> Field:
     return Field(name, Struct(description, version), since, exists)
 
 
 def array(
-    name: str, element: str | Kind | Description, count: int, *, nullable: bool = False,
-    since: int = 0, exists: Exists = None,
+    name: str,
+    element: str | Kind | Description,
+    count: int,
+    *,
+    nullable: bool = False,
+    since: int = 0,
+    exists: Exists = None,
 ) -> Field:
     return Field(name, Array(kind_of(element), count, nullable), since, exists)
 
 
 def varray(
-    name: str, element: str | Kind | Description, count: str, max_count: int, *,
-    count_type: str = "uint32", multiply: int = 1, since: int = 0, exists: Exists = None,
+    name: str,
+    element: str | Kind | Description,
+    count: str,
+    max_count: int,
+    *,
+    count_type: str = "uint32",
+    multiply: int = 1,
+    since: int = 0,
+    exists: Exists = None,
 ) -> Field:
     kind = VArray(kind_of(element), count, max_count, count_type, multiply)
     return Field(name, kind, since, exists)
 
 
-def qtailq(
-    name: str, element: Description, *, since: int = 0, exists: Exists = None
-) -> Field:
+def qtailq(name: str, element: Description, *, since: int = 0, exists: Exists = None) -> Field:
     return Field(name, QTailQ(Struct(element)), since, exists)

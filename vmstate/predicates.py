@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -206,7 +206,9 @@ def _name(name: str) -> PredicateFn:
         try:
             return s.lookup(name)
         except KeyError:
-            raise DescriptionError(f"condition refers to {name!r}, which has no value here") from None
+            raise DescriptionError(
+                f"condition refers to {name!r}, which has no value here"
+            ) from None
 
     return get
 

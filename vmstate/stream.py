@@ -1,0 +1,488 @@
+"""QEMU migration stream framing (migration/savevm.c): header, configuration,
+START/PART/END/FULL sections with footers, commands, EOF and the vmdesc JSON.
+
+Device sections carry no length, so a section's end is found by decoding it
+with its description; the ``ram`` section is walked record by record and its
+pages are never held in memory (they are skipped, or handed to a sink).
+The input is any buffer (``bytes`` or an ``mmap`` of the file).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from vmstate import fields as F
+from vmstate._wire import DEFAULT_LIMITS, Limits, need
+from vmstate.description import Description, Subsection
+from vmstate.errors import DecodeError, IncompatibleError, LimitError, TruncatedError
+
+MAGIC = 0x5145564D  # "QEVM"
+VERSION = 3
+
+EOF = 0x00
+SECTION_START = 0x01
+SECTION_PART = 0x02
+SECTION_END = 0x03
+SECTION_FULL = 0x04
+VMDESCRIPTION = 0x06
+CONFIGURATION = 0x07
+COMMAND = 0x08
+FOOTER = 0x7E
+
+RAM_ZERO = 0x02
+RAM_MEM_SIZE = 0x04
+RAM_PAGE = 0x08
+RAM_EOS = 0x10
+RAM_CONTINUE = 0x20
+_RAM_KNOWN = RAM_ZERO | RAM_MEM_SIZE | RAM_PAGE | RAM_EOS | RAM_CONTINUE
+
+MAX_VMDESC = 64 << 20
+MAX_SECTIONS = 1 << 16
+MAX_RAM_BLOCKS = 1024
+
+_U8 = struct.Struct(">B")
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+_BE64 = struct.Struct(">Q")
+
+_capability = Description("capability", 1, 1, [F.uint8("len"), F.vbuffer("name", "len", 255)])
+#: savevm.c's vmstate_configuration (loaded at version 0, as QEMU does)
+CONFIGURATION_DESCRIPTION = Description(
+    "configuration",
+    1,
+    0,
+    [F.uint32("len"), F.vbuffer("name", "len", 255)],
+    [
+        Subsection(
+            Description("configuration/target-page-bits", 1, 1, [F.uint32("target_page_bits")]),
+            needed="present(target_page_bits)",
+        ),
+        Subsection(
+            Description(
+                "configuration/capabilities",
+                1,
+                1,
+                [
+                    F.uint32("caps_count", since=1),
+                    F.varray("capabilities", _capability, "caps_count", 64, since=1),
+                ],
+            ),
+            needed="present(caps_count)",
+        ),
+        Subsection(
+            Description("configuration/uuid", 1, 1, [F.array("uuid", "uint8", 16, since=1)]),
+            needed="present(uuid)",
+        ),
+    ],
+)
+
+
+@attrs.frozen
+class Section:
+    """One section as framed in the stream.
+
+    ``start``..``end`` are the payload bytes (what the description encodes);
+    ``state`` is the decoded payload for device sections, None for ``ram``.
+    """
+
+    type: int
+    section_id: int
+    idstr: str
+    instance_id: int
+    version_id: int
+    header_offset: int
+    start: int
+    end: int
+    state: dict[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
+    description: Description | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class RamBlock:
+    name: str
+    length: int
+
+
+@attrs.frozen
+class Stream:
+    """A parsed migration stream."""
+
+    version: int
+    configuration: dict[str, Any] | None
+    sections: tuple[Section, ...]
+    ram_blocks: tuple[RamBlock, ...]
+    vmdesc: dict[str, Any] | None
+    vmdesc_offset: int | None
+    size: int
+
+    @property
+    def machine(self) -> str | None:
+        if self.configuration is None:
+            return None
+        return self.configuration["name"].decode("utf-8", "replace")
+
+    def device_sections(self) -> tuple[Section, ...]:
+        return tuple(s for s in self.sections if s.state is not None)
+
+
+#: a whole stream in memory or mapped from its file
+Input = bytes | mmap.mmap
+#: page sink: (block name, guest address, page bytes or fill byte) -> None
+PageSink = Callable[[str, int, bytes | int], None]
+#: finds the description of a section: (idstr, instance_id, version_id) -> Description
+Resolver = Callable[[str, int, int], Description | None]
+
+
+def find_vmdesc(buf: Input) -> int | None:
+    """Offset of the VMDESCRIPTION marker, whose JSON runs to the end of the input.
+
+    JSON text never contains byte 0x06, so the marker is among the last few
+    0x06 bytes (its own length field may hold one).
+    """
+    n = len(buf)
+    lo, hi = max(0, n - MAX_VMDESC - 5), n
+    for _ in range(6):
+        p = buf.rfind(b"\x06", lo, hi)
+        if p < 0:
+            return None
+        if p + 5 <= n and _BE32.unpack_from(buf, p + 1)[0] == n - p - 5:
+            return p
+        hi = p
+    return None
+
+
+def parse_vmdesc(buf: Input, at: int) -> dict[str, Any]:
+    (length,) = _BE32.unpack_from(buf, at + 1)
+    if length > MAX_VMDESC:
+        raise LimitError(
+            "vmdesc too large", offset=at, expected=f"<= {MAX_VMDESC} bytes", found=str(length)
+        )
+    raw = bytes(buf[at + 5 : at + 5 + length])
+    try:
+        desc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DecodeError(
+            f"vmdesc is not JSON: {e}", offset=at + 5, expected="JSON", found="garbage"
+        ) from None
+    except RecursionError:
+        raise LimitError("vmdesc nests too deeply", offset=at + 5) from None
+    if not isinstance(desc, dict) or not isinstance(desc.get("devices", []), list):
+        raise DecodeError(
+            "vmdesc has no device list",
+            offset=at + 5,
+            expected='{"devices": [...]}',
+            found=type(desc).__name__,
+        )
+    return desc
+
+
+def parse(
+    buf: Input,
+    resolver: Resolver | None = None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    page_sink: PageSink | None = None,
+) -> Stream:
+    """Parse a whole stream.  Device sections are decoded with *resolver*, or
+    with the stream's own vmdesc when no resolver is given."""
+    try:
+        return _Parser(buf, resolver, limits, page_sink).run()
+    except DecodeError as e:
+        raise e.with_excerpt(buf) from None
+
+
+class _Parser:
+    def __init__(
+        self, buf: Input, resolver: Resolver | None, limits: Limits, sink: PageSink | None
+    ) -> None:
+        self.buf = buf
+        self.limits = limits
+        self.sink = sink
+        self.page_size = 4096
+        self.vmdesc_at = find_vmdesc(buf)
+        self.vmdesc = parse_vmdesc(buf, self.vmdesc_at) if self.vmdesc_at is not None else None
+        if resolver is None:
+            if self.vmdesc is None:
+                raise DecodeError(
+                    "stream has no vmdesc and no descriptions were given",
+                    offset=len(buf),
+                    expected="a VMDESCRIPTION at the end of the stream",
+                    found="none",
+                )
+            from vmstate.vmdesc import resolver_from_vmdesc
+
+            resolver = resolver_from_vmdesc(self.vmdesc)
+            self.page_size = int(self.vmdesc.get("page_size", 4096) or 4096)
+        self.resolver = resolver
+        self.sections: list[Section] = []
+        self.open: dict[int, tuple[str, int, int]] = {}
+        self.ram_blocks: list[RamBlock] = []
+        self.ram_block = ""
+
+    def u8(self, pos: int, what: str) -> int:
+        need(self.buf, pos, 1, what)
+        return self.buf[pos]
+
+    def be32(self, pos: int, what: str) -> int:
+        need(self.buf, pos, 4, what)
+        return _BE32.unpack_from(self.buf, pos)[0]
+
+    def be64(self, pos: int, what: str) -> int:
+        need(self.buf, pos, 8, what)
+        return _BE64.unpack_from(self.buf, pos)[0]
+
+    def text(self, pos: int, length: int, what: str) -> str:
+        need(self.buf, pos, length, what)
+        return bytes(self.buf[pos : pos + length]).decode("utf-8", "replace")
+
+    def run(self) -> Stream:
+        buf = self.buf
+        magic = self.be32(0, "file magic")
+        if magic != MAGIC:
+            raise DecodeError(
+                "not a QEMU migration stream",
+                offset=0,
+                expected=f"magic {MAGIC:#x}",
+                found=f"{magic:#x}",
+            )
+        version = self.be32(4, "file version")
+        if version != VERSION:
+            raise IncompatibleError(
+                "unsupported stream version", offset=4, expected=str(VERSION), found=str(version)
+            )
+        pos = 8
+        configuration = None
+        while True:
+            if len(self.sections) > MAX_SECTIONS:
+                raise LimitError("too many sections", offset=pos, expected=f"<= {MAX_SECTIONS}")
+            kind = self.u8(pos, "section type")
+            if kind == EOF:
+                pos += 1
+                break
+            if kind == CONFIGURATION:
+                configuration, pos = self.configuration(pos + 1)
+            elif kind in (SECTION_START, SECTION_FULL):
+                pos = self.section_start(kind, pos)
+            elif kind in (SECTION_PART, SECTION_END):
+                pos = self.section_part(kind, pos)
+            elif kind == COMMAND:
+                length = _BE16.unpack_from(buf, pos + 3)[0] if pos + 5 <= len(buf) else 0
+                need(buf, pos + 1, 4 + length, "command")
+                pos += 5 + length
+            else:
+                raise DecodeError(
+                    "unknown section type", offset=pos, expected="0x00-0x08", found=f"{kind:#x}"
+                )
+        if pos != len(buf) and self.vmdesc_at != pos:
+            raise DecodeError(
+                    "unexpected bytes after EOF",
+                    offset=pos,
+                    expected="end of stream or VMDESCRIPTION",
+                    found=f"{buf[pos]:#x}",
+                )
+        return Stream(
+            version,
+            configuration,
+            tuple(self.sections),
+            tuple(self.ram_blocks),
+            self.vmdesc,
+            self.vmdesc_at,
+            len(buf),
+        )
+
+    def configuration(self, pos: int) -> tuple[dict[str, Any], int]:
+        try:
+            state, end = CONFIGURATION_DESCRIPTION.load_from(self.buf, pos, 0, limits=self.limits)
+        except DecodeError as e:
+            raise e.within("configuration") from None
+        if "configuration/target-page-bits" in state:
+            bits = state["configuration/target-page-bits"]["target_page_bits"]
+            if not 9 <= bits <= 24:
+                raise DecodeError(
+                    "bad target page bits", offset=pos, expected="9..24", found=str(bits)
+                )
+            self.page_size = 1 << bits
+        return state, end
+
+    def section_start(self, kind: int, pos: int) -> int:
+        header = pos
+        section_id = self.be32(pos + 1, "section id")
+        length = self.u8(pos + 5, "section name length")
+        idstr = self.text(pos + 6, length, "section name")
+        pos += 6 + length
+        instance_id = self.be32(pos, "instance id")
+        version_id = self.be32(pos + 4, "version id")
+        pos += 8
+        if kind == SECTION_START:
+            self.open[section_id] = (idstr, instance_id, version_id)
+        return self.payload(kind, header, pos, section_id, idstr, instance_id, version_id)
+
+    def section_part(self, kind: int, pos: int) -> int:
+        header = pos
+        section_id = self.be32(pos + 1, "section id")
+        if section_id not in self.open:
+            raise DecodeError(
+                "PART/END for a section that was never started",
+                offset=pos + 1,
+                expected="a started section id",
+                found=str(section_id),
+            )
+        idstr, instance_id, version_id = self.open[section_id]
+        if kind == SECTION_END:
+            del self.open[section_id]
+        return self.payload(kind, header, pos + 5, section_id, idstr, instance_id, version_id)
+
+    def payload(
+        self,
+        kind: int,
+        header: int,
+        pos: int,
+        section_id: int,
+        idstr: str,
+        instance_id: int,
+        version_id: int,
+    ) -> int:
+        start = pos
+        state = None
+        desc = None
+        if idstr == "ram" and instance_id == 0:
+            if version_id != 4:
+                raise IncompatibleError(
+                    "unsupported RAM section version",
+                    offset=header,
+                    expected="4",
+                    found=str(version_id),
+                    path=(idstr,),
+                )
+            pos = self.ram(pos)
+        else:
+            desc = self.resolver(idstr, instance_id, version_id)
+            if desc is None:
+                raise DecodeError(
+                    f"no description for section {idstr!r} instance {instance_id}",
+                    offset=header,
+                    expected="a description (vmdesc entry or --descriptions)",
+                    found=idstr,
+                )
+            try:
+                state, pos = desc.load_from(self.buf, pos, version_id, limits=self.limits)
+            except DecodeError as e:
+                raise e.within(idstr) from None
+        end = pos
+        pos = self.footer(pos, section_id, idstr)
+        self.sections.append(
+            Section(
+                kind, section_id, idstr, instance_id, version_id, header, start, end, state, desc
+            )
+        )
+        return pos
+
+    def footer(self, pos: int, section_id: int, idstr: str) -> int:
+        if pos < len(self.buf) and self.buf[pos] == FOOTER:
+            found = self.be32(pos + 1, "section footer")
+            if found != section_id:
+                raise DecodeError(
+                    f"Mismatched section id in footer for {idstr}",
+                    offset=pos + 1,
+                    expected=f"{section_id:#x}",
+                    found=f"{found:#x}",
+                    path=(idstr,),
+                )
+            return pos + 5
+        return pos
+
+    def ram(self, pos: int) -> int:
+        """Walk RAM records to EOS; pages go to the sink or are skipped."""
+        mask = self.page_size - 1
+        while True:
+            word = self.be64(pos, "RAM record")
+            record = pos
+            pos += 8
+            flags = word & mask
+            addr = word & ~mask
+            if flags & ~_RAM_KNOWN:
+                raise DecodeError(
+                    "unsupported RAM record flags",
+                    offset=record,
+                    expected=f"flags within {_RAM_KNOWN:#x}",
+                    found=f"{flags:#x}",
+                    path=("ram",),
+                )
+            if flags & RAM_MEM_SIZE:
+                pos = self.ram_blocks_list(pos, addr)
+            if flags & (RAM_ZERO | RAM_PAGE):
+                if not flags & RAM_CONTINUE:
+                    length = self.u8(pos, "RAM block name length")
+                    self.ram_block = self.text(pos + 1, length, "RAM block name")
+                    pos += 1 + length
+                elif not self.ram_block:
+                    raise DecodeError(
+                        "RAM page continues no block",
+                        offset=record,
+                        expected="a block name first",
+                        found="CONTINUE",
+                        path=("ram",),
+                    )
+                if flags & RAM_ZERO:
+                    fill = self.u8(pos, "RAM fill byte")
+                    pos += 1
+                    if self.sink is not None:
+                        self.sink(self.ram_block, addr, fill)
+                else:
+                    need(self.buf, pos, self.page_size, "RAM page")
+                    if self.sink is not None:
+                        self.sink(self.ram_block, addr, bytes(self.buf[pos : pos + self.page_size]))
+                    pos += self.page_size
+            if flags & RAM_EOS:
+                return pos
+
+    def ram_blocks_list(self, pos: int, total: int) -> int:
+        remaining = total
+        while remaining > 0:
+            if len(self.ram_blocks) >= MAX_RAM_BLOCKS:
+                raise LimitError("too many RAM blocks", offset=pos, expected=f"<= {MAX_RAM_BLOCKS}")
+            length = self.u8(pos, "RAM block name length")
+            name = self.text(pos + 1, length, "RAM block name")
+            pos += 1 + length
+            size = self.be64(pos, "RAM block length")
+            pos += 8
+            if size == 0 or size > remaining:
+                raise DecodeError(
+                    f"RAM block {name} length does not fit the total",
+                    offset=pos - 8,
+                    expected=f"1..{remaining}",
+                    found=str(size),
+                    path=("ram",),
+                )
+            self.ram_blocks.append(RamBlock(name, size))
+            remaining -= size
+        return pos
+
+
+def resolver_from(descriptions: Mapping[str, Description]) -> Resolver:
+    """Find a section's description by its vmsd name (the idstr after the last '/')."""
+
+    def resolve(idstr: str, instance_id: int, version_id: int) -> Description | None:
+        return descriptions.get(idstr) or descriptions.get(idstr.rsplit("/", 1)[-1])
+
+    return resolve
+
+
+__all__ = [
+    "CONFIGURATION_DESCRIPTION",
+    "PageSink",
+    "RamBlock",
+    "Resolver",
+    "Section",
+    "Stream",
+    "TruncatedError",
+    "find_vmdesc",
+    "parse",
+    "resolver_from",
+]

@@ -1,0 +1,272 @@
+"""The vmdesc JSON at the end of a QEMU stream, to and from descriptions.
+
+vmdesc records what the source wrote, field by field with sizes, so a
+description built from it decodes that stream exactly: scalars whose size
+matches their type become numbers, everything else opaque bytes tagged with
+QEMU's type name, and per-element array entries (``index``) become a
+:class:`~vmstate.fields.Seq`.  Export goes the other way: given a description
+and a state, the entry QEMU's ``vmstate_save_state`` would write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vmstate._wire import Ctx, Frame
+from vmstate.description import Description, Subsection
+from vmstate.errors import DecodeError, DescriptionError
+from vmstate.fields import (
+    SCALAR_TYPES,
+    Array,
+    Bitmap,
+    Buffer,
+    Field,
+    Kind,
+    QTailQ,
+    Scalar,
+    Seq,
+    Struct,
+    Unused,
+    Validate,
+    VArray,
+    VBuffer,
+)
+from vmstate.predicates import is_opaque, opaque_condition
+
+MAX_DEPTH = 64
+MAX_ENTRIES = 1 << 20
+
+
+def _get(obj: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise DescriptionError(f"missing {key!r}", location=where)
+    value = obj[key]
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
+        raise DescriptionError(f"{key!r} has the wrong type {type(value).__name__}", location=where)
+    return value
+
+
+def _size(entry: Any, where: str) -> int:
+    size = _get(entry, "size", int, where)
+    if size < 0:
+        raise DescriptionError(f"negative size {size}", location=where)
+    return size
+
+
+def description_from_vmdesc(
+    entry: Mapping[str, Any], version: int | None = None, where: str = "vmdesc", depth: int = 0
+) -> Description:
+    """Build the description of one vmdesc device or struct entry."""
+    if depth > MAX_DEPTH:
+        raise DescriptionError("vmdesc nests too deeply", location=where)
+    name = entry.get("vmsd_name", entry.get("name")) if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not name:
+        raise DescriptionError("entry has no vmsd_name", location=where)
+    if "version" in entry:
+        version = _get(entry, "version", int, where)
+    if version is None:
+        raise DescriptionError("entry has no version", location=where)
+    raw_fields = entry.get("fields", [])
+    if not isinstance(raw_fields, list):
+        raise DescriptionError("'fields' is not a list", location=where)
+    fields: list[Field] = []
+    i = 0
+    while i < len(raw_fields):
+        f = raw_fields[i]
+        fname = _get(f, "name", str, f"{where}.fields[{i}]")
+        at = f"{where}.{fname}"
+        if "index" in f:
+            kinds = []
+            while (
+                i < len(raw_fields)
+                and isinstance(raw_fields[i], dict)
+                and raw_fields[i].get("name") == fname
+                and "index" in raw_fields[i]
+            ):
+                index = _get(raw_fields[i], "index", int, at)
+                if index != len(kinds):
+                    raise DescriptionError(f"element index {index} out of order", location=at)
+                kinds.append(_element(raw_fields[i], f"{at}[{index}]", depth))
+                i += 1
+            fields.append(Field(fname, Seq(tuple(kinds))))
+            continue
+        kind = _element(f, at, depth)
+        if "array_len" in f:
+            count = _get(f, "array_len", int, at)
+            if not 0 <= count <= MAX_ENTRIES:
+                raise DescriptionError(f"array_len {count} out of range", location=at)
+            kind = Array(kind, count)
+        fields.append(Field(fname, kind))
+        i += 1
+    subs = entry.get("subsections", [])
+    if not isinstance(subs, list):
+        raise DescriptionError("'subsections' is not a list", location=where)
+    subsections = [
+        Subsection(
+            description_from_vmdesc(sub, None, f"{where}/{k}", depth + 1),
+            opaque_condition("vmdesc"),
+        )
+        for k, sub in enumerate(subs)
+    ]
+    return Description(name, version, 0, fields, subsections)
+
+
+def _element(f: Mapping[str, Any], where: str, depth: int) -> Kind:
+    typ = _get(f, "type", str, where)
+    if typ == "struct":
+        return Struct(
+            description_from_vmdesc(_get(f, "struct", dict, where), None, where, depth + 1)
+        )
+    size = _size(f, where)
+    if typ == "vstruct" and "vmsd_name" in f:
+        desc = description_from_vmdesc(f, None, where, depth + 1)
+        return Struct(desc, desc.version_id)
+    if typ in SCALAR_TYPES and Scalar(typ).size == size:
+        return Scalar(typ)
+    return Buffer(size, typ)
+
+
+def resolver_from_vmdesc(vmdesc: Mapping[str, Any]) -> Any:
+    """A stream resolver: (idstr, instance_id, version) -> description, built on first use."""
+    devices = vmdesc.get("devices", [])
+    by_key: dict[tuple[str, int], tuple[int, Any]] = {}
+    for n, dev in enumerate(devices):
+        if (
+            isinstance(dev, dict)
+            and isinstance(dev.get("name"), str)
+            and isinstance(dev.get("instance_id"), int)
+        ):
+            by_key.setdefault((dev["name"], dev["instance_id"]), (n, dev))
+    cache: dict[tuple[str, int, int], Description] = {}
+
+    def resolve(idstr: str, instance_id: int, version_id: int) -> Description | None:
+        key = (idstr, instance_id, version_id)
+        if key in cache:
+            return cache[key]
+        found = by_key.get((idstr, instance_id))
+        if found is None:
+            return None
+        n, dev = found
+        try:
+            desc = description_from_vmdesc(dev, version_id, f"vmdesc.devices[{n}]")
+        except DescriptionError as e:
+            raise DecodeError(
+                f"vmdesc entry for {idstr} is malformed: {e}",
+                offset=0,
+                expected="a well-formed vmdesc entry",
+                found=e.location,
+                path=(idstr,),
+            ) from None
+        cache[key] = desc
+        return desc
+
+    return resolve
+
+
+# -- export -------------------------------------------------------------
+
+
+def vmdesc_entry(
+    desc: Description, state: Mapping[str, Any], version_id: int | None = None
+) -> dict[str, Any]:
+    """What QEMU writes to vmdesc for *desc* saved from *state*."""
+    version = desc.version_id if version_id is None else version_id
+    ctx = Ctx()
+    frame = Frame(dict(state), version, None, ctx)
+    counts: dict[str, int] = {}
+    for field in desc.fields:
+        counts[field.name] = counts.get(field.name, 0) + 1
+    seen: dict[str, int] = {}
+    fields: list[dict[str, Any]] = []
+    for field in desc.fields:
+        k = seen.get(field.name, 0)
+        seen[field.name] = k + 1
+        if isinstance(field.kind, Validate):
+            continue
+        if field.exists is not None:
+            if is_opaque(field.exists):
+                if field.kind.stored and field.name not in state:
+                    continue
+            elif not field.exists(frame):
+                continue
+        elif field.since > version:
+            continue
+        name = field.name if counts[field.name] == 1 else f"{field.name}[{k}]"
+        value = state.get(field.name) if field.kind.stored else None
+        fields.extend(_entries(name, field, value, frame))
+    out: dict[str, Any] = {"vmsd_name": desc.name, "version": version, "fields": fields}
+    subs = []
+    for sub in desc.subsections:
+        if sub.name in state:
+            subs.append(vmdesc_entry(sub.description, state[sub.name]))
+    if subs:
+        out["subsections"] = subs
+    return out
+
+
+def _entries(name: str, field: Field, value: Any, frame: Frame) -> list[dict[str, Any]]:
+    kind = field.kind
+    if isinstance(kind, Array | VArray | Seq):
+        elements = kind.elements if isinstance(kind, Seq) else (kind.element,) * len(value or ())
+        if not value:
+            return []
+        compress = (
+            isinstance(kind, Array | VArray)
+            and _compressible(kind.element)
+            and not kind.nullable
+            and field.exists is None
+        )
+        if compress:
+            entry = {
+                "name": name,
+                "array_len": len(value),
+                **_one(elements[0], value[0], frame, name),
+            }
+            return [entry]
+        return [
+            {"name": name, "index": i, **_one(el, v, frame, name)}
+            for i, (el, v) in enumerate(zip(elements, value, strict=True))
+        ]
+    return [{"name": name, **_one(kind, value, frame, name)}]
+
+
+def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
+    if isinstance(kind, Struct) and kind.version is None:
+        inner = vmdesc_entry(kind.description, value)
+        out = bytearray()
+        kind.save(out, value, frame, name)
+        return {"type": "struct", "struct": inner, "size": len(out)}
+    out = bytearray()
+    kind.save(out, value, frame, name)
+    if isinstance(kind, Struct):
+        return {
+            "type": "vstruct",
+            **vmdesc_entry(kind.description, value, kind.version),
+            "size": len(out),
+        }
+    return {"type": _type_name(kind), "size": len(out)}
+
+
+def _type_name(kind: Kind) -> str:
+    if isinstance(kind, Scalar | Buffer):
+        return kind.info
+    if isinstance(kind, VBuffer):
+        return "buffer"
+    if isinstance(kind, Unused):
+        return "unused_buffer"
+    if isinstance(kind, Bitmap):
+        return "bitmap"
+    if isinstance(kind, QTailQ):
+        return "qtailq"
+    return "unknown"
+
+
+def _compressible(kind: Kind) -> bool:
+    """QEMU's vmsd_can_compress: no exists-tests anywhere inside, no subsections."""
+    if isinstance(kind, Struct):
+        desc = kind.description
+        return not desc.subsections and all(
+            f.exists is None and _compressible(f.kind) for f in desc.fields
+        )
+    return True
