@@ -26,6 +26,7 @@ from vmstate.errors import (
     EncodeError,
     IncompatibleError,
     LimitError,
+    TruncatedError,
     VMStateError,
 )
 from vmstate.fields import Field, Kind, Validate
@@ -100,8 +101,24 @@ class Subsection:
 # or one field handled by its kind.
 @attrs.frozen
 class _Run:
+    fields: tuple[Field, ...]
     names: tuple[str, ...]
     codec: struct.Struct
+
+    def truncated(self, buf: bytes, pos: int) -> DecodeError:
+        """The error for the first field of the run that the input cuts short."""
+        for field in self.fields:
+            size = field.kind.size or 0
+            if pos + size > len(buf):
+                err = TruncatedError(
+                    "input ends early",
+                    offset=pos,
+                    expected=f"{size} bytes of {field.kind.info}",
+                    found=f"{len(buf) - pos} bytes",
+                )
+                return err.within(field.name)
+            pos += size
+        raise AssertionError("the run fits the input")
 
 
 _Step = _Run | Field
@@ -173,7 +190,7 @@ class Description:
                 steps.append(run[0])
             elif run:
                 fmt = ">" + "".join(f.kind.fmt or "" for f in run)
-                steps.append(_Run(tuple(f.name for f in run), struct.Struct(fmt)))
+                steps.append(_Run(tuple(run), tuple(f.name for f in run), struct.Struct(fmt)))
             run.clear()
 
         for field in self.fields:
@@ -329,7 +346,7 @@ class Description:
             if type(step) is _Run:
                 codec = step.codec
                 if pos + codec.size > len(buf):
-                    need(buf, pos, codec.size, "fields")
+                    raise step.truncated(buf, pos)
                 values.update(zip(step.names, codec.unpack_from(buf, pos), strict=True))
                 pos += codec.size
                 continue

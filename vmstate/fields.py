@@ -200,6 +200,14 @@ def _count(frame: Frame, field: str, pos: int, what: str) -> int:
     return value
 
 
+def _on_save(size_of: Callable[[Frame, int], int], frame: Frame) -> int:
+    """A variable size while saving: a bad size is the state's fault, not the input's."""
+    try:
+        return size_of(frame, 0)
+    except DecodeError as e:
+        raise EncodeError(f"{e.message} (expected {e.expected}, found {e.found})") from None
+
+
 @attrs.frozen
 class VBuffer(Kind):
     """Bytes whose length is an earlier field times ``multiply``, at most ``max_size``."""
@@ -227,7 +235,7 @@ class VBuffer(Kind):
         return buf[pos : pos + n], pos + n
 
     def save(self, out: bytearray, value: Any, frame: Frame, name: str) -> None:
-        out += _exact_bytes(value, self.length(frame, len(out)))
+        out += _exact_bytes(value, _on_save(self.length, frame))
 
 
 @attrs.frozen
@@ -461,7 +469,7 @@ class VArray(_Elements):
         return self._load_n(buf, pos, frame, name, self.count(frame, pos))
 
     def save(self, out: bytearray, value: Any, frame: Frame, name: str) -> None:
-        self._save_n(out, value, frame, self.count(frame, len(out)), name)
+        self._save_n(out, value, frame, _on_save(self.count, frame), name)
 
 
 @attrs.frozen
