@@ -3,8 +3,9 @@ byte-exact re-encoding checks."""
 
 from __future__ import annotations
 
+import functools
 import mmap
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,27 +78,52 @@ def _qemu_struct(desc: Description, state: Mapping[str, Any], version: int) -> d
 
 def _qemu_value(kind: Kind, value: Any, frame: Frame, name: str) -> Any:
     if isinstance(kind, Scalar):
-        if kind.info == "bool":
-            return bool(value)
-        if kind.info in _UNSIGNED or kind.info in _SIGNED:
-            width = kind.size * 2
-            bits = kind.size * 8
-            unsigned = value & ((1 << bits) - 1)
-            signed = unsigned - (1 << bits) if unsigned >> (bits - 1) else unsigned
-            if kind.info in _UNSIGNED or signed >= 0:
-                return f"0x{unsigned:0{width}x}"
-            return f"0x{unsigned:0{width}x} ({signed})"
+        render = _scalar_renderer(kind.info, kind.size)
+        if render is not None:
+            return render(value)
     if isinstance(kind, Buffer):
-        return " ".join(f"{b:02x}" for b in value)
+        return value.hex(" ")
     if isinstance(kind, Struct) and kind.version is None:
         return _qemu_struct(kind.description, value, kind.description.version_id)
     if isinstance(kind, Array | VArray):
-        return [_qemu_value(kind.element, v, frame, name) for v in value]
+        element = kind.element
+        if isinstance(element, Scalar) and (render := _scalar_renderer(element.info, element.size)):
+            return _render_all(render, element.info, element.size, value)
+        return [_qemu_value(element, v, frame, name) for v in value]
     if isinstance(kind, Seq):
         return [_qemu_value(k, v, frame, name) for k, v in zip(kind.elements, value, strict=True)]
     out = bytearray()
     kind.save(out, value, frame, name)
-    return " ".join(f"{b:02x}" for b in out)
+    return out.hex(" ")
+
+
+@functools.cache
+def _scalar_renderer(info: str, size: int) -> Callable[[Any], Any] | None:
+    """How analyze-migration.py prints a scalar of type *info*: None means as hex bytes."""
+    if info == "bool":
+        return bool
+    if info not in _UNSIGNED and info not in _SIGNED:
+        return None
+    width, bits = size * 2, size * 8
+    mask = (1 << bits) - 1
+    hex_of = f"0x{{:0{width}x}}".format
+    if info in _UNSIGNED:
+        return lambda value: hex_of(value & mask)
+
+    def signed(value: int) -> str:
+        unsigned = value & mask
+        if unsigned >> (bits - 1):
+            return f"{hex_of(unsigned)} ({unsigned - (1 << bits)})"
+        return hex_of(unsigned)
+
+    return signed
+
+
+def _render_all(render: Callable[[Any], Any], info: str, size: int, values: list[Any]) -> list[Any]:
+    """Render many scalars; the common case (in-range, non-negative) without a Python call each."""
+    if info != "bool" and all(0 <= v < (1 << (8 * size - (info in _SIGNED))) for v in values):
+        return list(map(f"0x{{:0{size * 2}x}}".format, values))
+    return list(map(render, values))
 
 
 @attrs.frozen

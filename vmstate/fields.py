@@ -17,7 +17,10 @@ Values in state are plain Python data: ``int``, ``bool``, ``float``,
 from __future__ import annotations
 
 import abc
+import functools
+import itertools
 import math
+import operator
 import struct as _struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -346,8 +349,8 @@ class _Elements(Kind):
             names, codec = flat
             need(buf, pos, codec.size * n, f"{n} elements")
             end = pos + codec.size * n
-            items = [dict(zip(names, t, strict=True)) for t in codec.iter_unpack(buf[pos:end])]
-            return items, end
+            rows = codec.iter_unpack(buf[pos:end])
+            return list(map(dict, map(zip, itertools.repeat(names), rows))), end
         held_list = frame.held.get(name) if frame.held is not None else None
         out: list[Any] = []
         for i in range(n):
@@ -394,7 +397,9 @@ class _Elements(Kind):
         if flat is not None:
             names, codec = flat
             try:
-                out += b"".join([codec.pack(*[item[k] for k in names]) for item in value])
+                out += _repeated(codec.format, n).pack(
+                    *itertools.chain.from_iterable(map(operator.itemgetter(*names), value))
+                )
                 return
             except (_struct.error, TypeError, KeyError, OverflowError):
                 pass  # fall through for a precise error
@@ -406,6 +411,12 @@ class _Elements(Kind):
                     el.save(out, item, frame, name)
             except EncodeError as e:
                 raise e.within(i) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _repeated(fmt: str, n: int) -> _struct.Struct:
+    """One codec for *n* consecutive records of *fmt* (big-endian)."""
+    return _struct.Struct(">" + fmt.lstrip(">") * n)
 
 
 def _flat_struct(kind: Kind) -> tuple[tuple[str, ...], _struct.Struct] | None:
