@@ -83,7 +83,7 @@ def _qemu_value(kind: Kind, value: Any, frame: Frame, name: str) -> Any:
             return render(value)
     if isinstance(kind, Buffer):
         return value.hex(" ")
-    if isinstance(kind, Struct) and kind.version is None:
+    if isinstance(kind, Struct) and kind.info == "struct":
         return _qemu_struct(kind.description, value, kind.description.version_id)
     if isinstance(kind, Array | VArray):
         element = kind.element

@@ -303,14 +303,13 @@ class Validate(Kind):
 
 @attrs.frozen
 class Struct(Kind):
-    """A nested description, loaded at its own version (or at ``version``: a vstruct)."""
+    """A nested description, loaded at its own version, or at ``version`` when given
+    (QEMU's vstruct).  ``info`` is QEMU's type name: "struct", "vstruct", or "tmp"
+    for VMSTATE_WITH_TMP, which vmdesc records inline."""
 
     description: Description
     version: int | None = None
-
-    @property
-    def info(self) -> str:  # type: ignore[override]
-        return "struct" if self.version is None else "vstruct"
+    info: str = "struct"  # type: ignore[misc]
 
     @property
     def size(self) -> int | None:  # type: ignore[override]

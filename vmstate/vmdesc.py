@@ -35,6 +35,8 @@ from vmstate.fields import (
 from vmstate.predicates import is_opaque, opaque_condition
 
 MAX_DEPTH = 64
+#: types whose nested description vmdesc writes inline, in the field's own object
+_INLINE = frozenset({"vstruct", "tmp"})
 MAX_ENTRIES = 1 << 20
 
 
@@ -119,9 +121,9 @@ def _element(f: Mapping[str, Any], where: str, depth: int) -> Kind:
             description_from_vmdesc(_get(f, "struct", dict, where), None, where, depth + 1)
         )
     size = _size(f, where)
-    if typ == "vstruct" and "vmsd_name" in f:
+    if typ in _INLINE and "vmsd_name" in f:
         desc = description_from_vmdesc(f, None, where, depth + 1)
-        return Struct(desc, desc.version_id)
+        return Struct(desc, desc.version_id, typ)
     if typ in SCALAR_TYPES and Scalar(typ).size == size:
         return Scalar(typ)
     return Buffer(size, typ)
@@ -232,7 +234,7 @@ def _entries(name: str, field: Field, value: Any, frame: Frame) -> list[dict[str
 
 
 def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
-    if isinstance(kind, Struct) and kind.version is None:
+    if isinstance(kind, Struct) and kind.info == "struct":
         inner = vmdesc_entry(kind.description, value)
         out = bytearray()
         kind.save(out, value, frame, name)
@@ -241,7 +243,7 @@ def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
     kind.save(out, value, frame, name)
     if isinstance(kind, Struct):
         return {
-            "type": "vstruct",
+            "type": kind.info,
             **vmdesc_entry(kind.description, value, kind.version),
             "size": len(out),
         }

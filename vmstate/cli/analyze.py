@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from vmstate import analyze, stream
-from vmstate.description import Description
 from vmstate.errors import UsageError
+from vmstate.sources import load_resolver
 from vmstate.state_json import state_to_json
 
 
@@ -47,15 +47,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _resolver(path: str | None) -> stream.Resolver | None:
-    if path is None:
-        return None
-    from vmstate.registry import load_descriptions
-
-    descriptions: dict[str, Description] = {d.name: d for d in load_descriptions(path)}
-    return stream.resolver_from(descriptions)
-
-
 def run(args: argparse.Namespace) -> int:
     with analyze.open_stream(args.file) as buf:
         if args.dump == "desc":
@@ -66,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             print(json.dumps(stream.parse_vmdesc(buf, at), indent=4))
             return 0
-        parsed = stream.parse(buf, _resolver(args.descriptions))
+        resolver = load_resolver(args.descriptions) if args.descriptions else None
+        parsed = stream.parse(buf, resolver)
         if args.verify_roundtrip:
             checked, mismatches = analyze.verify_roundtrip(parsed, buf)
             for m in mismatches:
