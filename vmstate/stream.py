@@ -20,7 +20,13 @@ import attrs
 from vmstate import fields as F
 from vmstate._wire import DEFAULT_LIMITS, Limits, need
 from vmstate.description import Description, Subsection
-from vmstate.errors import DecodeError, IncompatibleError, LimitError, TruncatedError
+from vmstate.errors import (
+    DecodeError,
+    DescriptionError,
+    IncompatibleError,
+    LimitError,
+    TruncatedError,
+)
 
 MAGIC = 0x5145564D  # "QEVM"
 VERSION = 3
@@ -43,6 +49,7 @@ RAM_CONTINUE = 0x20
 _RAM_KNOWN = RAM_ZERO | RAM_MEM_SIZE | RAM_PAGE | RAM_EOS | RAM_CONTINUE
 
 MAX_VMDESC = 64 << 20
+_PAGE_SIZES = frozenset(1 << bits for bits in range(9, 25))
 MAX_SECTIONS = 1 << 16
 MAX_RAM_BLOCKS = 1024
 
@@ -194,7 +201,8 @@ def parse(
     try:
         return _Parser(buf, resolver, limits, page_sink).run()
     except DecodeError as e:
-        raise e.with_excerpt(buf) from None
+        located = e if e.path else e.within("stream")
+        raise located.with_excerpt(buf) from None
 
 
 class _Parser:
@@ -218,12 +226,24 @@ class _Parser:
             from vmstate.vmdesc import resolver_from_vmdesc
 
             resolver = resolver_from_vmdesc(self.vmdesc)
-            self.page_size = int(self.vmdesc.get("page_size", 4096) or 4096)
+            self.page_size = self.vmdesc_page_size(self.vmdesc)
         self.resolver = resolver
         self.sections: list[Section] = []
         self.open: dict[int, tuple[str, int, int]] = {}
         self.ram_blocks: list[RamBlock] = []
         self.ram_block = ""
+
+    def vmdesc_page_size(self, vmdesc: dict[str, Any]) -> int:
+        size = vmdesc.get("page_size", 4096)
+        if isinstance(size, bool) or not isinstance(size, int) or size not in _PAGE_SIZES:
+            raise DecodeError(
+                "vmdesc page_size is not a power of two in 512..16M",
+                offset=self.vmdesc_at or 0,
+                expected="512..16777216",
+                found=repr(size)[:20],
+                path=("vmdesc",),
+            )
+        return size
 
     def u8(self, pos: int, what: str) -> int:
         need(self.buf, pos, 1, what)
@@ -281,11 +301,11 @@ class _Parser:
                 )
         if pos != len(buf) and self.vmdesc_at != pos:
             raise DecodeError(
-                    "unexpected bytes after EOF",
-                    offset=pos,
-                    expected="end of stream or VMDESCRIPTION",
-                    found=f"{buf[pos]:#x}",
-                )
+                "unexpected bytes after EOF",
+                offset=pos,
+                expected="end of stream or VMDESCRIPTION",
+                found=f"{buf[pos]:#x}",
+            )
         return Stream(
             version,
             configuration,
@@ -297,10 +317,7 @@ class _Parser:
         )
 
     def configuration(self, pos: int) -> tuple[dict[str, Any], int]:
-        try:
-            state, end = CONFIGURATION_DESCRIPTION.load_from(self.buf, pos, 0, limits=self.limits)
-        except DecodeError as e:
-            raise e.within("configuration") from None
+        state, end = CONFIGURATION_DESCRIPTION.load_from(self.buf, pos, 0, limits=self.limits)
         if "configuration/target-page-bits" in state:
             bits = state["configuration/target-page-bits"]["target_page_bits"]
             if not 9 <= bits <= 24:
@@ -362,7 +379,16 @@ class _Parser:
                 )
             pos = self.ram(pos)
         else:
-            desc = self.resolver(idstr, instance_id, version_id)
+            try:
+                desc = self.resolver(idstr, instance_id, version_id)
+            except DescriptionError as e:
+                raise DecodeError(
+                    f"the description of {idstr} is malformed: {e}",
+                    offset=header,
+                    expected="a well-formed description",
+                    found=e.location or "?",
+                    path=(idstr,),
+                ) from None
             if desc is None:
                 raise DecodeError(
                     f"no description for section {idstr!r} instance {instance_id}",

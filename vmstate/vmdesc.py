@@ -15,7 +15,7 @@ from typing import Any
 
 from vmstate._wire import Ctx, Frame
 from vmstate.description import Description, Subsection
-from vmstate.errors import DecodeError, DescriptionError
+from vmstate.errors import DescriptionError
 from vmstate.fields import (
     SCALAR_TYPES,
     Array,
@@ -150,16 +150,7 @@ def resolver_from_vmdesc(vmdesc: Mapping[str, Any]) -> Any:
         if found is None:
             return None
         n, dev = found
-        try:
-            desc = description_from_vmdesc(dev, version_id, f"vmdesc.devices[{n}]")
-        except DescriptionError as e:
-            raise DecodeError(
-                f"vmdesc entry for {idstr} is malformed: {e}",
-                offset=0,
-                expected="a well-formed vmdesc entry",
-                found=e.location,
-                path=(idstr,),
-            ) from None
+        desc = description_from_vmdesc(dev, version_id, f"vmdesc.devices[{n}]")
         cache[key] = desc
         return desc
 
