@@ -105,6 +105,11 @@ class Kind(abc.ABC):
         """Append the bytes of *value*."""
 
 
+@functools.cache
+def _codec(code: str) -> _struct.Struct:
+    return _struct.Struct(">" + code)
+
+
 @attrs.frozen
 class Scalar(Kind):
     """A big-endian number or bool; ``info`` is QEMU's type name (``"int32 equal"``...)."""
@@ -122,7 +127,7 @@ class Scalar(Kind):
 
     def __attrs_post_init__(self) -> None:
         code, check = SCALAR_TYPES[self.info]
-        codec = _struct.Struct(">" + code)
+        codec = _codec(code)
         object.__setattr__(self, "_codec", codec)
         object.__setattr__(self, "size", codec.size)
         object.__setattr__(self, "check", check)

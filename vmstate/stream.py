@@ -426,7 +426,17 @@ class _Parser:
     def ram(self, pos: int) -> int:
         """Walk RAM records to EOS; pages go to the sink or are skipped."""
         mask = self.page_size - 1
+        buf, end, unpack, sink = self.buf, len(self.buf), _BE64.unpack_from, self.sink
+        zero_run = RAM_ZERO | RAM_CONTINUE
         while True:
+            # fast path: a zero page of the current block, by far the commonest record
+            if pos + 9 <= end and self.ram_block:
+                (word,) = unpack(buf, pos)
+                if word & mask == zero_run:
+                    if sink is not None:
+                        sink(self.ram_block, word & ~mask, buf[pos + 8])
+                    pos += 9
+                    continue
             word = self.be64(pos, "RAM record")
             record = pos
             pos += 8
