@@ -6,7 +6,7 @@ timed.  The ratio is QEMU's time over ours (target: >= 5).
 
     python3 bench/bench_analyze.py [--qemu-src DIR] [--rounds N] [STREAM ...]
 
-Streams default to tests/data/qemu/*.mig.  QEMU's sources: ``--qemu-src``,
+Streams default to those in tests/data/qemu that have a vmdesc.  QEMU's sources: ``--qemu-src``,
 else ``$QEMU_SRC``, else /root/src/qemu-7.2.0 — get them with
 ``apt-get source qemu=1:7.2+dfsg-7+deb12u18`` (see tests/data/qemu/README.md).
 """
@@ -59,7 +59,9 @@ def main() -> None:
     script = args.qemu_src / "scripts" / "analyze-migration.py"
     if not script.exists():
         parser.error(f"{script} not found: pass --qemu-src (see the module docstring)")
-    streams = args.streams or sorted((ROOT / "tests" / "data" / "qemu").glob("*.mig"))
+    # QEMU's analyzer needs a vmdesc: take the streams it could analyze when the data was made
+    data = ROOT / "tests" / "data" / "qemu"
+    streams = args.streams or sorted((data / p.name).with_suffix("").with_suffix(".mig") for p in data.glob("*.state.json"))
     if not streams:
         parser.error("no streams given and none in tests/data/qemu")
     total_ours = total_theirs = 0.0
