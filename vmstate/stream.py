@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -23,10 +23,12 @@ from vmstate.description import Description, Subsection
 from vmstate.errors import (
     DecodeError,
     DescriptionError,
+    EncodeError,
     IncompatibleError,
     LimitError,
     TruncatedError,
 )
+from vmstate.vmdesc import resolver_from_vmdesc, vmdesc_entry
 
 MAGIC = 0x5145564D  # "QEVM"
 VERSION = 3
@@ -223,8 +225,6 @@ class _Parser:
                     expected="a VMDESCRIPTION at the end of the stream",
                     found="none",
                 )
-            from vmstate.vmdesc import resolver_from_vmdesc
-
             resolver = resolver_from_vmdesc(self.vmdesc)
             self.page_size = self.vmdesc_page_size(self.vmdesc)
         self.resolver = resolver
@@ -501,6 +501,50 @@ class _Parser:
         return pos
 
 
+@attrs.frozen
+class DeviceState:
+    """One device section to write: its id string, instance, description and state."""
+
+    idstr: str
+    description: Description
+    state: Mapping[str, Any]
+    instance_id: int = 0
+
+
+def write(devices: Sequence[DeviceState], machine: str | None = None) -> bytes:
+    """A stream as QEMU writes one: header, configuration, FULL sections with
+    footers, EOF and the vmdesc, so QEMU's tools read our files too."""
+    out = bytearray(_BE32.pack(MAGIC) + _BE32.pack(VERSION))
+    if machine is not None:
+        name = machine.encode()
+        out.append(CONFIGURATION)
+        out += CONFIGURATION_DESCRIPTION.save({"len": len(name), "name": name})
+    vmdesc_devices = []
+    for section_id, dev in enumerate(devices):
+        idstr = dev.idstr.encode()
+        if not 0 < len(idstr) < 256:
+            raise EncodeError(f"section name {dev.idstr!r} must be 1..255 bytes")
+        version = dev.description.version_id
+        out.append(SECTION_FULL)
+        out += _BE32.pack(section_id) + _U8.pack(len(idstr)) + idstr
+        out += _BE32.pack(dev.instance_id) + _BE32.pack(version)
+        try:
+            out += dev.description.save(dev.state)
+        except EncodeError as e:
+            raise e.within(dev.idstr) from None
+        out.append(FOOTER)
+        out += _BE32.pack(section_id)
+        entry = vmdesc_entry(dev.description, dev.state, version)
+        vmdesc_devices.append({"name": dev.idstr, "instance_id": dev.instance_id, **entry})
+    out.append(EOF)
+    body = json.dumps(
+        {"page_size": 4096, "devices": vmdesc_devices}, separators=(",", ":")
+    ).encode()
+    out.append(VMDESCRIPTION)
+    out += _BE32.pack(len(body)) + body
+    return bytes(out)
+
+
 def resolver_from(descriptions: Mapping[str, Description]) -> Resolver:
     """Find a section's description by its vmsd name (the idstr after the last '/')."""
 
@@ -512,6 +556,7 @@ def resolver_from(descriptions: Mapping[str, Description]) -> Resolver:
 
 __all__ = [
     "CONFIGURATION_DESCRIPTION",
+    "DeviceState",
     "PageSink",
     "RamBlock",
     "Resolver",
@@ -521,4 +566,5 @@ __all__ = [
     "find_vmdesc",
     "parse",
     "resolver_from",
+    "write",
 ]
