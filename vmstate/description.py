@@ -59,6 +59,11 @@ def register_hook(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return deco
 
 
+def registered_hooks() -> frozenset[str]:
+    """Names usable as hooks now (description files are checked against them)."""
+    return frozenset(_HOOKS)
+
+
 def _hook(name: str) -> Callable[..., Any]:
     try:
         return _HOOKS[name]

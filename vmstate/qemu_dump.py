@@ -1,0 +1,287 @@
+"""QEMU's ``-dump-vmstate`` JSON: every device class's description, as QEMU exports it.
+
+``qemu-system-x86_64 -M q35 -nodefaults -dump-vmstate out.json`` writes, per
+device class, its VMStateDescription as QEMU's ``dump_vmstate_vmsd`` sees it.
+Of a field that is only: its name, the version it appeared in, whether an
+exists-test decides it (the test is C code, not exported), a ``size`` and, for
+a struct, the nested description.  The dump does not say a field's type (so not
+its signedness), nor how many elements an array has (``size`` is one
+element's, for a struct the host C struct's), nor any subsection's ``needed``.
+
+The import keeps exactly that, and guesses nothing:
+
+- a field with a nested description becomes a :class:`DumpedStruct`: the nested
+  description, one element at its own version; ``host_size`` keeps QEMU's size;
+- a field named ``unused`` becomes :class:`~vmstate.fields.Unused` padding, as
+  QEMU names every ``VMSTATE_UNUSED`` (and as ``vmstate-static-checker`` reads it);
+- any other field becomes :class:`DumpedBytes`: ``size`` raw bytes;
+- ``field_exists`` and every subsection's ``needed`` become opaque conditions
+  (:func:`~vmstate.predicates.opaque_condition`): a load asks its ``opaque=``
+  callback, a save writes what the state holds;
+- a name QEMU repeats within one description (PCIDevice's two ``config``
+  buffers, e1000's ``mac_reg`` slices) gets vmdesc's suffix in the state,
+  ``config[0]``, ``config[1]``; the kind keeps QEMU's name for export.
+
+A dump-derived description therefore lays out bytes as QEMU declares fields,
+one element each: right for comparing QEMU versions and as the start of a
+hand-written description file, not a decoder for real streams (a stream's
+vmdesc says the real sizes; see :mod:`vmstate.vmdesc`).  Export gives back JSON
+equal to the input.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from vmstate.description import Description, Subsection
+from vmstate.errors import DescriptionError
+from vmstate.fields import Buffer, Field, Kind, Struct, Unused
+from vmstate.predicates import opaque_condition
+
+__all__ = [
+    "DumpedBytes",
+    "DumpedDevice",
+    "DumpedStruct",
+    "QemuDump",
+    "export_qemu_dump",
+    "format_qemu_dump",
+    "load_qemu_dump",
+    "parse_qemu_dump",
+]
+
+#: a full x86 dump is under 1 MB; anything this big is not a dump
+MAX_DUMP_BYTES = 64 << 20
+MAX_DEPTH = 64
+MACHINE_KEY = "vmschkmachine"
+#: Buffer.info of dumped fields: the dump does not say QEMU's type
+UNKNOWN_TYPE = "unknown"
+
+_DEVICE_KEYS = frozenset({"Name", "version_id", "minimum_version_id", "Description"})
+_DESC_KEYS = frozenset({"name", "version_id", "minimum_version_id", "Fields", "Subsections"})
+_FIELD_KEYS = frozenset({"field", "version_id", "field_exists", "size", "Description"})
+
+
+@attrs.frozen
+class DumpedBytes(Buffer):
+    """A non-struct field of a dump: ``size`` bytes whose type QEMU did not export."""
+
+    qemu_name: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class DumpedStruct(Struct):
+    """A struct field of a dump; ``host_size`` is QEMU's C struct size (not portable)."""
+
+    host_size: int = attrs.field(kw_only=True)
+    qemu_name: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class DumpedDevice:
+    """One device class of a dump.
+
+    ``unmigratable`` when QEMU gives the class no field list at all: in QEMU
+    7.2 those are exactly the ``.unmigratable = 1`` devices (saving a field
+    list that does not exist would crash QEMU, so no migratable device has none).
+    """
+
+    type_name: str
+    description: Description
+    unmigratable: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.unmigratable and (self.description.fields or self.description.subsections):
+            raise DescriptionError("an unmigratable device has no fields", location=self.type_name)
+
+
+@attrs.frozen
+class QemuDump:
+    """A whole ``-dump-vmstate`` file: the machine and its device classes in file order."""
+
+    machine: str
+    devices: tuple[DumpedDevice, ...]
+
+    def device(self, type_name: str) -> DumpedDevice:
+        for dev in self.devices:
+            if dev.type_name == type_name:
+                return dev
+        raise KeyError(type_name)
+
+
+# -- import ---------------------------------------------------------------------
+
+
+def load_qemu_dump(path: str | os.PathLike[str]) -> QemuDump:
+    """Read a dump file (``.gz`` too); :class:`DescriptionError` names what is wrong where."""
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if source.endswith(".gz") else raw
+            data = stream.read(MAX_DUMP_BYTES + 1)
+    except (OSError, EOFError) as e:
+        raise DescriptionError(f"cannot read: {e}", location=source) from None
+    if len(data) > MAX_DUMP_BYTES:
+        raise DescriptionError(f"larger than {MAX_DUMP_BYTES} bytes", location=source)
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise DescriptionError(f"not JSON: {e}", location=source) from None
+    return parse_qemu_dump(obj, source)
+
+
+def parse_qemu_dump(obj: Any, source: str = "<dump>") -> QemuDump:
+    """The dump in *obj*, parsed JSON."""
+    if not isinstance(obj, dict):
+        raise DescriptionError("a dump is a JSON object", location=source)
+    machine = _get(_get(obj, MACHINE_KEY, dict, source), "Name", str, f"{source}: {MACHINE_KEY}")
+    devices = [
+        _device(name, value, f"{source}: {name}") for name, value in obj.items() if name != MACHINE_KEY
+    ]
+    return QemuDump(machine, tuple(devices))
+
+
+def _get(obj: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
+    if key not in obj:
+        raise DescriptionError(f"missing {key!r}", location=where)
+    value = obj[key]
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise DescriptionError(
+            f"{key!r} must be {typ.__name__}, not {type(value).__name__}", location=where
+        )
+    return value
+
+
+def _only(obj: Any, keys: frozenset[str], where: str) -> None:
+    """Unknown keys would be lost on export: refuse them instead."""
+    if not isinstance(obj, dict):
+        raise DescriptionError("expected a JSON object", location=where)
+    unknown = sorted(set(obj) - keys)
+    if unknown:
+        raise DescriptionError(f"unknown keys {unknown}", location=where)
+
+
+def _device(type_name: str, obj: Any, where: str) -> DumpedDevice:
+    _only(obj, _DEVICE_KEYS, where)
+    if _get(obj, "Name", str, where) != type_name:
+        raise DescriptionError(f"'Name' {obj['Name']!r} is not the key {type_name!r}", location=where)
+    raw = _get(obj, "Description", dict, where)
+    desc = _description(raw, f"{where}.Description", depth=0, top=True)
+    for key in ("version_id", "minimum_version_id"):
+        if _get(obj, key, int, where) != getattr(desc, key):
+            raise DescriptionError(f"{key!r} differs from the description's", location=where)
+    return DumpedDevice(type_name, desc, unmigratable="Fields" not in raw)
+
+
+def _description(obj: Any, where: str, depth: int, top: bool = False) -> Description:
+    if depth > MAX_DEPTH:
+        raise DescriptionError("descriptions nest too deeply", location=where)
+    _only(obj, _DESC_KEYS, where)
+    name = _get(obj, "name", str, where)
+    if "Fields" not in obj and not top:
+        raise DescriptionError("no field list: QEMU could not save this description", location=where)
+    raw_fields = _get(obj, "Fields", list, where) if "Fields" in obj else []
+    counts = Counter(f.get("field") if isinstance(f, dict) else None for f in raw_fields)
+    seen: Counter[str] = Counter()
+    fields = [
+        _field(raw, name, counts, seen, f"{where}.Fields[{i}]", depth)
+        for i, raw in enumerate(raw_fields)
+    ]
+    subsections = []
+    for i, raw in enumerate(_get(obj, "Subsections", list, where) if "Subsections" in obj else []):
+        sub = _description(raw, f"{where}.Subsections[{i}]", depth + 1)
+        subsections.append(Subsection(sub, opaque_condition(sub.name)))
+    try:
+        return Description(
+            name,
+            _get(obj, "version_id", int, where),
+            _get(obj, "minimum_version_id", int, where),
+            fields,
+            subsections,
+        )
+    except DescriptionError as e:
+        raise DescriptionError(e.message, location=where) from None
+
+
+def _field(
+    obj: Any, owner: str, counts: Counter[Any], seen: Counter[str], where: str, depth: int
+) -> Field:
+    _only(obj, _FIELD_KEYS, where)
+    qemu_name = _get(obj, "field", str, where)
+    since = _get(obj, "version_id", int, where)
+    size = _get(obj, "size", int, where)
+    if size < 0:
+        raise DescriptionError(f"negative size {size}", location=where)
+    k = seen[qemu_name]
+    seen[qemu_name] += 1
+    kind: Kind
+    if "Description" in obj:
+        nested = _description(obj["Description"], f"{where}.Description", depth + 1)
+        kind = DumpedStruct(nested, host_size=size, qemu_name=qemu_name)
+    elif qemu_name == "unused":
+        kind = Unused(size)
+    else:
+        kind = DumpedBytes(size, UNKNOWN_TYPE, qemu_name=qemu_name)
+    name = qemu_name if counts[qemu_name] == 1 or not kind.stored else f"{qemu_name}[{k}]"
+    exists = opaque_condition(f"{owner}/{name}") if _get(obj, "field_exists", bool, where) else None
+    try:
+        return Field(name, kind, since, exists)
+    except DescriptionError as e:
+        raise DescriptionError(e.message, location=where) from None
+
+
+# -- export ---------------------------------------------------------------------
+
+
+def export_qemu_dump(dump: QemuDump) -> dict[str, Any]:
+    """*dump* as the JSON object QEMU writes (equal to the imported one)."""
+    out: dict[str, Any] = {MACHINE_KEY: {"Name": dump.machine}}
+    for dev in dump.devices:
+        out[dev.type_name] = {
+            "Name": dev.type_name,
+            "version_id": dev.description.version_id,
+            "minimum_version_id": dev.description.minimum_version_id,
+            "Description": _description_json(dev.description, fields=not dev.unmigratable),
+        }
+    return out
+
+
+def format_qemu_dump(dump: QemuDump) -> str:
+    """*dump* as JSON text, indented like QEMU's."""
+    return json.dumps(export_qemu_dump(dump), indent=2) + "\n"
+
+
+def _description_json(desc: Description, fields: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": desc.name,
+        "version_id": desc.version_id,
+        "minimum_version_id": desc.minimum_version_id,
+    }
+    if fields:
+        out["Fields"] = [_field_json(f, desc.name) for f in desc.fields]
+    if desc.subsections:
+        out["Subsections"] = [_description_json(s.description) for s in desc.subsections]
+    return out
+
+
+def _field_json(field: Field, owner: str) -> dict[str, Any]:
+    kind = field.kind
+    head = {"version_id": field.since, "field_exists": field.exists is not None}
+    if isinstance(kind, DumpedStruct):
+        return {"field": kind.qemu_name, **head, "size": kind.host_size,
+                "Description": _description_json(kind.description)}
+    if isinstance(kind, DumpedBytes):
+        return {"field": kind.qemu_name, **head, "size": kind.size}
+    if isinstance(kind, Unused):
+        return {"field": field.name, **head, "size": kind.size}
+    raise DescriptionError(
+        f"field {field.name!r} is a {kind.info} field: only fields imported from a dump have "
+        "the C sizes a dump shows",
+        location=owner,
+    )
