@@ -27,3 +27,6 @@ def require_tool(name: str) -> str:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+pytest_plugins = ["pytester"]
