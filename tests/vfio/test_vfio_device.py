@@ -117,6 +117,21 @@ def test_irqs_match_config(devices: list[VfioDevice]) -> None:
         assert msix == ((u16(config, msix_cap + 2) & 0x7FF) + 1 if msix_cap else 0), device.name
 
 
+def test_msix_bar_carries_the_msix_mappable_capability(devices: list[VfioDevice]) -> None:
+    """vfio-pci marks the mappable BAR holding the MSI-X table with a region capability."""
+    checked = 0
+    for device in devices:
+        config = device.read(CONFIG, 0, 256)
+        msix_cap = capability(config, 0x11)
+        table_bar = struct.unpack_from("<I", config, msix_cap + 4)[0] & 0x7 if msix_cap else None
+        for region in device.regions():
+            expected = region.index == table_bar and region.mappable
+            assert region.msix_mappable == expected, f"{device.name} region {region.index}"
+            checked += expected
+    if not checked:
+        pytest.skip("no bound device has a mappable MSI-X BAR")
+
+
 def test_accesses_outside_a_region_raise(devices: list[VfioDevice]) -> None:
     for device in devices:
         size = device.region(CONFIG).size
