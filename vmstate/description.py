@@ -143,11 +143,6 @@ class Description:
     def __attrs_post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > 255:
             raise DescriptionError(f"description name {self.name!r} must be 1..255 bytes")
-        if self.minimum_version_id > self.version_id:
-            raise DescriptionError(
-                f"minimum_version_id {self.minimum_version_id} above version_id {self.version_id}",
-                location=self.name,
-            )
         seen: set[str] = set()
         for field in self.fields:
             if not field.stored:

@@ -1,27 +1,115 @@
-"""Description sets from any supported source, for commands that take ``--descriptions``.
+"""Description sets from any supported source, for ``--descriptions``, ``--src`` and ``--dst``.
 
-A stream's vmdesc (as ``analyze --dump desc`` prints it) describes sections by
-``(idstr, instance_id)``; other sources describe device types by vmsd name.
+- a QEMU ``-dump-vmstate`` JSON (``.json`` or ``.json.gz``): sections by device type;
+- a stream's vmdesc JSON (as ``analyze --dump desc`` prints it), or a migration
+  stream itself: sections by id string, exactly as the source sent them;
+- a description file (``.toml``) or a directory of them: sections by name.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
 
-from vmstate.errors import UsageError
-from vmstate.stream import Resolver
-from vmstate.vmdesc import resolver_from_vmdesc
+from vmstate.compat import DUMP, VMDESC, DescriptionSet
+from vmstate.description_file import load_description_file
+from vmstate.errors import DescriptionError, UsageError
+from vmstate.qemu_dump import MACHINE_KEY, load_qemu_dump
+from vmstate.stream import MAGIC, Resolver, find_vmdesc, parse_vmdesc, resolver_from
+from vmstate.vmdesc import description_from_vmdesc, resolver_from_vmdesc
+
+_MAX_JSON = 64 << 20
+ANY_VERSION = 0xFFFFFFFF
+
+
+def load_description_set(path: str | Path) -> DescriptionSet:
+    """Read *path* in whichever supported form it is."""
+    source = Path(path)
+    if source.is_dir():
+        descs = [load_description_file(p) for p in sorted(source.glob("*.toml"))]
+        if not descs:
+            raise UsageError(f"{source}: no *.toml description files")
+        return DescriptionSet({d.name: d for d in descs}, origin=str(source))
+    if source.suffix == ".toml":
+        desc = load_description_file(source)
+        return DescriptionSet({desc.name: desc}, origin=str(source))
+    head = _head(source)
+    if head[:4] == MAGIC.to_bytes(4, "big"):
+        return _from_vmdesc(_stream_vmdesc(source), str(source))
+    data = _json(source)
+    if isinstance(data, dict) and MACHINE_KEY in data:
+        dump = load_qemu_dump(source)
+        return DescriptionSet(
+            {dev.type_name: dev.description for dev in dump.devices},
+            frozenset(dev.type_name for dev in dump.devices if dev.unmigratable),
+            origin=str(source),
+            kind=DUMP,
+        )
+    if isinstance(data, dict) and isinstance(data.get("devices"), list):
+        return _from_vmdesc(data, str(source))
+    raise UsageError(f"{source}: not a description file, -dump-vmstate JSON, vmdesc or stream")
 
 
 def load_resolver(path: str | Path) -> Resolver:
-    """A section resolver from a vmdesc JSON file."""
+    """A stream section resolver from any description source."""
     source = Path(path)
+    if source.suffix == ".json" and source.is_file():
+        data = _json(source)
+        if isinstance(data, dict) and isinstance(data.get("devices"), list):
+            return resolver_from_vmdesc(data)
+    found = load_description_set(source)
+    if not found.decodes:
+        raise UsageError(
+            f"{source}: -dump-vmstate descriptions cannot decode streams "
+            "(they give no array lengths or types); use the stream's vmdesc or description files"
+        )
+    by_name = {desc.name: desc for desc in found.sections.values()}
+    return resolver_from(by_name)
+
+
+def _head(path: Path) -> bytes:
     try:
-        data: Any = json.loads(source.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{source}: not a JSON description file: {e}") from None
-    if isinstance(data, dict) and isinstance(data.get("devices"), list):
-        return resolver_from_vmdesc(data)
-    raise UsageError(f"{source}: not a vmdesc (expected an object with a 'devices' list)")
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+
+
+def _json(path: Path) -> Any:
+    try:
+        raw = path.read_bytes() if path.suffix != ".gz" else gzip.decompress(path.read_bytes())
+        if len(raw) > _MAX_JSON:
+            raise UsageError(f"{path}: larger than {_MAX_JSON} bytes")
+        return json.loads(raw)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UsageError(f"{path}: not readable JSON: {e}") from None
+
+
+def _stream_vmdesc(path: Path) -> dict[str, Any]:
+    from vmstate.analyze import open_stream
+
+    with open_stream(path) as buf:
+        at = find_vmdesc(buf)
+        if at is None:
+            raise UsageError(f"{path}: the stream has no vmdesc to describe its sections")
+        return parse_vmdesc(buf, at)
+
+
+def _from_vmdesc(vmdesc: dict[str, Any], origin: str) -> DescriptionSet:
+    sections = {}
+    for n, dev in enumerate(vmdesc["devices"]):
+        if not isinstance(dev, dict) or not isinstance(dev.get("name"), str):
+            raise DescriptionError(
+                "device entry without a name", location=f"{origin}: devices[{n}]"
+            )
+        key = (
+            dev["name"]
+            if dev.get("instance_id", 0) == 0
+            else f"{dev['name']} ({dev['instance_id']})"
+        )
+        # an old-style section's entry records no version: it takes any
+        version = dev.get("version", ANY_VERSION)
+        sections[key] = description_from_vmdesc(dev, version, f"{origin}: devices[{n}]")
+    return DescriptionSet(sections, origin=origin, kind=VMDESC)

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from vmstate.errors import UsageError, VMStateError
 
 #: command modules, in the order ``vmstate --help`` lists them
-COMMANDS: tuple[str, ...] = ("analyze",)
+COMMANDS: tuple[str, ...] = (
+    "analyze",
+    "check",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,91 @@
+"""``vmstate check``: will the destination take the source's state?  Checked before launch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import attrs
+
+from vmstate.compat import ERROR, Problem, compare
+from vmstate.errors import UsageError
+from vmstate.sources import load_description_set
+from vmstate.stream_check import check_stream
+from vmstate.waivers import Waivers, load_waivers
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "check",
+        help="check migration compatibility before launch",
+        description="Compare two description sets (--src/--dst), dry-run a saved stream "
+        "against destination descriptions (--stream/--dst). Exit 0 when compatible, 1 when not.",
+    )
+    p.add_argument(
+        "--src",
+        metavar="SET",
+        help="source descriptions: -dump-vmstate JSON, vmdesc, stream, .toml or a directory",
+    )
+    p.add_argument("--dst", metavar="SET", help="destination descriptions (same forms as --src)")
+    p.add_argument(
+        "--stream", metavar="FILE", help="a saved migration stream to dry-run against --dst"
+    )
+    p.add_argument(
+        "--bidirectional", action="store_true", help="also check migrating back from --dst to --src"
+    )
+    p.add_argument(
+        "--waivers",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="renames and accepted differences (repeatable)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object: compatible flag and every problem"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    waivers = Waivers()
+    for path in args.waivers:
+        waivers = waivers + load_waivers(path)
+    if args.stream:
+        if not args.dst or args.src:
+            raise UsageError("--stream needs --dst (and no --src)")
+        problems = check_stream(args.stream, load_description_set(args.dst), waivers)
+    else:
+        if not (args.src and args.dst):
+            raise UsageError("give --src and --dst, or --stream and --dst")
+        src, dst = load_description_set(args.src), load_description_set(args.dst)
+        problems = [
+            _direction(p, "src->dst") if args.bidirectional else p
+            for p in compare(src, dst, waivers)
+        ]
+        if args.bidirectional:
+            problems += [_direction(p, "dst->src") for p in compare(dst, src, waivers)]
+    return report(problems, args.json)
+
+
+def _direction(problem: Problem, direction: str) -> Problem:
+    return attrs.evolve(problem, reason=f"{direction}: {problem.reason}")
+
+
+def report(problems: list[Problem], as_json: bool) -> int:
+    """Print *problems*; the exit status says whether the migration can go ahead."""
+    compatible = not any(p.severity == ERROR for p in problems)
+    if as_json:
+        print(
+            json.dumps(
+                {"compatible": compatible, "problems": [p.to_json() for p in problems]}, indent=2
+            )
+        )
+    else:
+        for p in problems:
+            print(p)
+        errors = sum(p.severity == ERROR for p in problems)
+        warnings = len(problems) - errors
+        verdict = "compatible" if compatible else "NOT compatible"
+        print(f"{verdict}: {errors} errors, {warnings} warnings")
+    return 0 if compatible else 1

@@ -1,0 +1,113 @@
+"""Waiver files: the reviewable list of renames and accepted differences.
+
+A compatibility check never hard-codes that two names are the same field or
+that a difference is fine; a waiver file says so, where a reviewer sees it::
+
+    [[rename]]               # fields (or descriptions) that are the same on the wire
+    scope = "e1000"          # a section or description name; omit for everywhere
+    names = ["dev", "parent_obj"]
+
+    [[rename_section]]
+    names = ["ICH9 LPC", "ICH9-LPC"]
+
+    [[accept]]               # a reported problem that is known and fine
+    section = "usb-kbd"
+    path = "usb-kbd.kbd.keycodes"   # optional; fnmatch pattern
+    rule = "size-changed"           # optional
+    reason = "widened in 2.2, guarded by a machine-type compat property"
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import cattrs
+
+from vmstate.errors import DescriptionError
+
+if TYPE_CHECKING:
+    from vmstate.compat import Problem
+
+
+@attrs.frozen
+class Rename:
+    names: tuple[str, ...] = attrs.field(converter=tuple)
+    scope: str | None = None
+
+
+@attrs.frozen
+class SectionRename:
+    names: tuple[str, ...] = attrs.field(converter=tuple)
+
+
+@attrs.frozen
+class Accept:
+    section: str
+    reason: str
+    path: str = "*"
+    rule: str = "*"
+
+
+@attrs.frozen
+class Waivers:
+    rename: tuple[Rename, ...] = ()
+    rename_section: tuple[SectionRename, ...] = ()
+    accept: tuple[Accept, ...] = ()
+
+    def renamed(self, section: str, a: str, b: str, desc: str | None = None) -> bool:
+        """True when a waiver says names *a* and *b* are the same thing here."""
+        return any(
+            a in r.names and b in r.names and (r.scope is None or r.scope in (section, desc))
+            for r in self.rename
+        )
+
+    def section_name(self, name: str) -> str:
+        """The destination's name for section *name* (itself when not renamed)."""
+        for r in self.rename_section:
+            if name in r.names:
+                return next((other for other in r.names if other != name), name)
+        return name
+
+    def accepts(self, problem: Problem) -> bool:
+        return any(
+            fnmatch.fnmatchcase(problem.section, a.section)
+            and fnmatch.fnmatchcase(problem.path, a.path)
+            and fnmatch.fnmatchcase(problem.rule, a.rule)
+            for a in self.accept
+        )
+
+    def __add__(self, other: Waivers) -> Waivers:
+        return Waivers(
+            self.rename + other.rename,
+            self.rename_section + other.rename_section,
+            self.accept + other.accept,
+        )
+
+
+NO_WAIVERS = Waivers()
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def load_waivers(path: str | os.PathLike[str]) -> Waivers:
+    """Read a waiver file; a malformed one is a DescriptionError naming the entry."""
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data: Any = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise DescriptionError(f"cannot read waivers: {e}", location=source) from None
+    try:
+        waivers = _converter.structure(data, Waivers)
+    except cattrs.BaseValidationError as e:
+        details = "; ".join(cattrs.transform_error(e))
+        raise DescriptionError(f"bad waiver file: {details}", location=source) from None
+    for r in (*waivers.rename, *waivers.rename_section):
+        if len(r.names) < 2:
+            raise DescriptionError(
+                f"a rename needs at least two names, got {list(r.names)}", location=source
+            )
+    return waivers
