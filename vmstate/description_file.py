@@ -66,6 +66,7 @@ from vmstate.predicates import (
 )
 
 __all__ = [
+    "PROBLEM_CODES",
     "Problem",
     "check_description_file",
     "check_description_text",
@@ -80,6 +81,33 @@ MAX_FILE_BYTES = 4 << 20
 _OPAQUE_PREFIX = "?"
 
 Severity = Literal["error", "warning"]
+
+#: every problem code, with what it means (``vmstate lint`` and the docs list them)
+PROBLEM_CODES: dict[str, str] = {
+    "toml-syntax": "the file is not TOML",
+    "unknown-key": "a key the format does not have (here)",
+    "missing-key": "a required key is missing",
+    "bad-type": "a value of the wrong TOML type",
+    "bad-value": "a value out of range or not allowed",
+    "unknown-type": "a field type that is no kind and no scalar type",
+    "unknown-struct": "a reference to a struct not in [structs]",
+    "struct-cycle": "a struct that contains itself",
+    "bad-condition": "a condition that does not parse",
+    "bad-version": "minimum_version_id above version_id",
+    "since-above-version": "a field newer than its description",
+    "duplicate-field": "two fields kept in state under one name",
+    "duplicate-subsection": "two subsections of one name",
+    "subsection-name": "a subsection whose name does not start with its parent's",
+    "bad-description": "a description the core rejects",
+    "reference-later": "a count, size or condition that names a later field",
+    "bad-reference": "a count or size that names a field that is not an integer",
+    "reference-unknown": "(warning) a name that is no earlier field: it must come from held state",
+    "count-type": "(warning) count_type differs from the count field's type",
+    "unknown-predicate": "(warning) a predicate not registered (yet)",
+    "unknown-hook": "(warning) a hook not registered (yet)",
+    "opaque-condition": "(warning) a QEMU test that was not exported",
+    "unused-struct": "(warning) a struct nothing refers to",
+}
 _Path = tuple[str | int, ...]
 
 
@@ -191,8 +219,8 @@ class VArraySpec:
     type: str
     element: Element
     count: str
-    max_count: int
     count_type: str = "uint32"
+    max_count: int
     multiply: int = 1
     nullable: bool = False
 
@@ -323,6 +351,14 @@ def _make_converter() -> cattrs.Converter:
         out = {"name": head.pop("name")} if "name" in head else {}
         return out | conv.unstructure(spec.kind) | head
 
+    elements = conv.get_structure_hook(tuple[Element, ...])
+
+    def structure_elements(value: Any, type_: Any) -> Any:
+        if not isinstance(value, list):  # cattrs would take a string's characters
+            raise _ValueTypeError(f"expected an array, found {_toml_type(value)}")
+        return elements(value, type_)
+
+    conv.register_structure_hook_func(lambda t: t == tuple[Element, ...], structure_elements)
     conv.register_structure_hook_func(lambda t: t == KindSpec, structure_kind)
     conv.register_structure_hook_func(lambda t: t == Element, structure_element)
     conv.register_structure_hook(FieldSpec, structure_field)
@@ -462,7 +498,7 @@ class _Reader:
         else:
             top = self.description(self.data["description"], ("description",), "description")[0]
         for key in self.raw_structs:
-            if key not in self.structs:
+            if key not in self.structs and key not in SCALAR_TYPES and key not in KIND_TYPES:
                 self.problem(("structs", key), f"struct {key!r} is never used", "unused-struct",
                              "warning")
                 self.struct(key, ("structs", key))
@@ -636,11 +672,7 @@ class _Reader:
             return None
         if kind is None:
             return None
-        try:
-            return Field(name, kind, spec.since, exists)
-        except (DescriptionError, ValueError, TypeError) as e:
-            self.problem(path, str(e), "bad-value")
-            return None
+        return Field(name, kind, spec.since, exists)
 
     def condition(self, source: str, path: _Path, scope: _Scope) -> Condition | None:
         if source.startswith(_OPAQUE_PREFIX):

@@ -36,14 +36,15 @@ def shipped_directory() -> Path | None:
 def register(desc: Description, origin: str = "Python") -> None:
     """Make *desc* available under its name; a different one of the same name is an error."""
     old = _REGISTERED.get(desc.name)
-    if old is not None and old != desc:
+    if old is None:
+        _REGISTERED[desc.name] = desc
+        _ORIGIN[desc.name] = origin
+    elif old != desc:
         raise DescriptionError(
             f"a different description named {desc.name!r} is already registered "
             f"(from {_ORIGIN[desc.name]})",
             location=origin,
         )
-    _REGISTERED[desc.name] = desc
-    _ORIGIN.setdefault(desc.name, origin)
 
 
 def load_directory(path: str | os.PathLike[str]) -> list[Description]:

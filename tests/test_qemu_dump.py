@@ -1,0 +1,226 @@
+"""QEMU's -dump-vmstate: every description of full q35 and pc dumps imports, exports
+back to equal JSON, and encodes and decodes generated state."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DATA, require_tool
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vmstate.description import Description
+from vmstate.description_file import check_description_text, dump_description
+from vmstate.errors import DescriptionError
+from vmstate.fields import Buffer, Struct, Unused, uint8
+from vmstate.qemu_dump import (
+    DumpedBytes,
+    DumpedDevice,
+    DumpedStruct,
+    QemuDump,
+    export_qemu_dump,
+    format_qemu_dump,
+    load_qemu_dump,
+    parse_qemu_dump,
+)
+
+#: -M argument -> the machine name a dump of it records
+MACHINES = {"q35": "pc-q35-", "pc": "pc-i440fx-"}
+
+
+@pytest.fixture(scope="session")
+def dump_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Full dumps: the ones saved in tests/data/qemu, else made now with QEMU."""
+    saved = sorted((DATA / "qemu").glob("dump-*.json*"))
+    if saved:
+        return saved
+    qemu = require_tool("qemu-system-x86_64")
+    out = tmp_path_factory.mktemp("dumps")
+    for machine in MACHINES:
+        path = out / f"dump-{machine}.json"
+        subprocess.run(
+            [qemu, "-M", machine, "-nodefaults", "-accel", "tcg", "-dump-vmstate", str(path)],
+            check=True, capture_output=True, timeout=120,
+        )
+    return sorted(out.iterdir())
+
+
+@pytest.fixture(scope="session")
+def dumps(dump_files: list[Path]) -> list[QemuDump]:
+    loaded = [load_qemu_dump(f) for f in dump_files]
+    for prefix in MACHINES.values():
+        assert any(d.machine.startswith(prefix) for d in loaded), f"no {prefix}* dump"
+    return loaded
+
+
+def _raw(path: Path) -> Any:
+    data = path.read_bytes()
+    return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+
+
+def test_every_description_exports_back_equal(dump_files: list[Path], dumps: list[QemuDump]) -> None:
+    for path, dump in zip(dump_files, dumps, strict=True):
+        raw = _raw(path)
+        assert len(dump.devices) == len(raw) - 1 > 100
+        exported = export_qemu_dump(dump)
+        for dev in dump.devices:
+            assert exported[dev.type_name] == raw[dev.type_name], dev.type_name
+        assert exported == raw
+        assert json.loads(format_qemu_dump(dump)) == raw
+
+
+def test_repeated_names_get_vmdesc_suffixes(dumps: list[QemuDump]) -> None:
+    e1000 = dumps[0].device("e1000").description
+    names = [f.name for f in e1000.fields]
+    assert [n for n in names if n.startswith("mac_reg[") and n[8:-1].isdigit()] == [
+        "mac_reg[0]", "mac_reg[1]", "mac_reg[2]",
+    ]
+    assert names.count("unused") > 1
+    assert all(isinstance(f.kind, Unused) for f in e1000.fields if f.name == "unused")
+    pci = e1000.fields[0].kind
+    assert isinstance(pci, DumpedStruct) and pci.description.name == "PCIDevice"
+    config = [f for f in pci.description.fields if f.name.startswith("config")]
+    assert [(f.name, f.kind.size, f.exists is not None) for f in config] == [
+        ("config[0]", 256, True), ("config[1]", 4096, True),
+    ]
+    assert all(isinstance(f.kind, DumpedBytes) and f.kind.qemu_name == "config" for f in config)
+
+
+def test_devices_without_a_field_list_are_unmigratable(dumps: list[QemuDump]) -> None:
+    nvme = dumps[0].device("nvme")
+    assert nvme.unmigratable and nvme.description.fields == ()
+    assert not dumps[0].device("e1000").unmigratable
+
+
+def test_every_description_writes_a_loadable_description_file(dumps: list[QemuDump]) -> None:
+    """A dump is a starting point for description files: each one exports to a file
+    that checks without errors (opaque tests are warnings)."""
+    for dev in dumps[0].devices:
+        text = dump_description(dev.description)
+        errors = [p for p in check_description_text(text, dev.type_name) if p.severity == "error"]
+        assert errors == [], dev.type_name
+
+
+# -- generated state -----------------------------------------------------------------
+
+
+def _bytes(data: st.DataObject, n: int) -> bytes:
+    if n <= 64:
+        return data.draw(st.binary(min_size=n, max_size=n))
+    pattern = data.draw(st.binary(min_size=1, max_size=8))
+    return (pattern * (n // len(pattern) + 1))[:n]
+
+
+def _state(data: st.DataObject, desc: Description, version: int, decide: dict[str, bool]) -> Any:
+    """A state for *desc*; *decide* records the choice for each opaque exists-test."""
+    state: dict[str, Any] = {}
+    for field in desc.fields:
+        if not field.kind.stored:
+            continue  # padding is written whatever its test says
+        if field.exists is not None:
+            key = f"{desc.name}/{field.name}"
+            if key not in decide:
+                decide[key] = data.draw(st.booleans(), label=key)
+            if not decide[key]:
+                continue
+        elif field.since > version:
+            continue
+        kind = field.kind
+        if isinstance(kind, Struct):
+            nested = kind.description
+            state[field.name] = _state(data, nested, nested.version_id, decide)
+        else:
+            assert isinstance(kind, Buffer)
+            state[field.name] = _bytes(data, kind.size)
+    for sub in desc.subsections:
+        if data.draw(st.booleans(), label=sub.name):
+            state[sub.name] = _state(data, sub.description, sub.description.version_id, decide)
+    return state
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def _round_trips(desc: Description, data: st.DataObject) -> None:
+    decide: dict[str, bool] = {}
+    state = _state(data, desc, desc.version_id, decide)
+    blob = desc.save(state)
+    loaded = desc.load(blob, opaque=lambda key, _values: decide.get(key, True))
+    assert loaded == state
+    assert desc.save(loaded) == blob
+
+
+def test_generated_states_round_trip_through_every_description(dumps: list[QemuDump]) -> None:
+    """Every distinct description of the dumps, the opaque exists-tests bound to
+    hypothesis-chosen booleans."""
+    distinct = {dev.description for dump in dumps for dev in dump.devices}
+    assert len(distinct) > 100
+    for desc in sorted(distinct, key=lambda d: d.name):
+        _round_trips(desc)
+
+
+# -- malformed dumps -------------------------------------------------------------------
+
+
+def _dump(fields: list[Any], **device: Any) -> dict[str, Any]:
+    desc = {"name": "dev", "version_id": 1, "minimum_version_id": 1, "Fields": fields}
+    return {
+        "vmschkmachine": {"Name": "m"},
+        "dev": {"Name": "dev", "version_id": 1, "minimum_version_id": 1, "Description": desc}
+        | device,
+    }
+
+
+def _field(name: str, size: int = 4, **extra: Any) -> dict[str, Any]:
+    return {"field": name, "version_id": 0, "field_exists": False, "size": size} | extra
+
+
+@pytest.mark.parametrize(
+    ("dump", "location", "message"),
+    [
+        ([], "x.json", "a dump is a JSON object"),
+        ({"dev": {}}, "x.json", "missing 'vmschkmachine'"),
+        (_dump([_field("a") | {"type": "uint32"}]), "x.json: dev.Description.Fields[0]",
+         "unknown keys ['type']"),
+        (_dump([_field("a", size="4")]), "x.json: dev.Description.Fields[0]",
+         "'size' must be int, not str"),
+        (_dump([_field("a", size=-1)]), "x.json: dev.Description.Fields[0]", "negative size"),
+        (_dump([_field("a", field_exists=1)]), "x.json: dev.Description.Fields[0]",
+         "'field_exists' must be bool"),
+        (_dump([_field("s", Description={"name": "s", "version_id": 1, "minimum_version_id": 1})]),
+         "x.json: dev.Description.Fields[0].Description", "no field list"),
+        (_dump([_field("x"), _field("x"), _field("x[1]")]), "x.json: dev.Description",
+         "'x[1]' appears twice"),
+        (_dump([], Name="other"), "x.json: dev", "'Name' 'other' is not the key 'dev'"),
+        (_dump([], version_id=2), "x.json: dev", "'version_id' differs"),
+    ],
+)
+def test_malformed_dumps_say_where(dump: Any, location: str, message: str) -> None:
+    with pytest.raises(DescriptionError, match=re.escape(message)) as info:
+        parse_qemu_dump(dump, "x.json")
+    assert info.value.location == location
+
+
+def test_gzipped_dumps_and_unreadable_files(tmp_path: Path) -> None:
+    raw = _dump([_field("a"), _field("unused", 2)])
+    path = tmp_path / "dump-m.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(raw).encode()))
+    assert export_qemu_dump(load_qemu_dump(path)) == raw
+    (tmp_path / "bad.json").write_text("{")
+    for name, message in [("bad.json", "not JSON"), ("missing.json", "cannot read")]:
+        with pytest.raises(DescriptionError, match=message) as info:
+            load_qemu_dump(tmp_path / name)
+        assert info.value.location == str(tmp_path / name)
+
+
+def test_only_dump_fields_export() -> None:
+    dump = QemuDump("m", (DumpedDevice("dev", Description("dev", 1, 1, [uint8("a")])),))
+    with pytest.raises(DescriptionError, match="'a' is a uint8 field"):
+        export_qemu_dump(dump)
+    with pytest.raises(DescriptionError, match="unmigratable device has no fields"):
+        DumpedDevice("dev", Description("dev", 1, 1, [uint8("a")]), unmigratable=True)
