@@ -198,6 +198,9 @@ class _Comparison:
             ):
                 src.descend()  # the source had them in a substruct the destination dropped
                 continue
+            if df.exists is not None or df.since > s.version_id:
+                dst.advance()  # the destination's field is not on the wire from this source
+                continue
             if _is_padding(sf) or _is_padding(df):
                 problem = _absorb(src, dst, sf, df)
                 if problem is not None:
@@ -209,8 +212,8 @@ class _Comparison:
                     )
                     return
                 continue
-            if df.exists is not None or df.since > s.version_id or self.may_be_empty(df):
-                dst.advance()  # the destination's field is not on the wire from this source
+            if self.may_be_empty(df):
+                dst.advance()  # a list the source may have sent empty
                 continue
             yield self.problem(
                 ERROR,
@@ -374,7 +377,7 @@ def _absorb(src: _Cursor, dst: _Cursor, sf: Field, df: Field) -> str | None:
     while remaining > 0:
         f = other.peek()
         if f is None:
-            return None
+            return "<end>"
         remaining -= _element_size(f.kind) or 0
         other.advance()
         if remaining < 0:
