@@ -220,6 +220,8 @@ class VfioDevice(_RegionDevice):
                 f"{name}: no IOMMU group at {sysfs}/iommu_group ({exc.strerror}); "
                 "the device must exist, sit behind an IOMMU and be bound to a VFIO driver"
             ) from exc
+        if not group.isdigit():
+            raise DeviceError(f"{name}: unexpected IOMMU group {group!r}")
         with contextlib.ExitStack() as fds, _named(name):
             container = _open_fd(VFIO_CONTAINER, os.O_RDWR, "VFIO container")
             fds.callback(os.close, container)

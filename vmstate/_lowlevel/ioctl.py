@@ -163,10 +163,6 @@ def group_set_container(group_fd: int, container_fd: int) -> None:
     _ioctl(group_fd, vfio.VFIO_GROUP_SET_CONTAINER, "VFIO_GROUP_SET_CONTAINER", ffi.buffer(fd))
 
 
-def group_unset_container(group_fd: int) -> None:
-    _ioctl(group_fd, vfio.VFIO_GROUP_UNSET_CONTAINER, "VFIO_GROUP_UNSET_CONTAINER")
-
-
 def group_get_device_fd(group_fd: int, name: str) -> int:
     """A new fd for device *name* (PCI address or mdev UUID) of this group."""
     text = ffi.new("char[]", name.encode())
