@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -282,9 +283,11 @@ def test_e1000e_like_device() -> None:
         (lambda b: b.set(0xFE, 0, 4), "do not fit"),
     ],
 )
-def test_builder_rejects_misuse(build: object, message: str) -> None:
+def test_builder_rejects_misuse(
+    build: Callable[[EmulatedPciBuilder], object], message: str
+) -> None:
     with pytest.raises(UsageError, match=message):
-        build(EmulatedPciBuilder())  # type: ignore[operator]
+        build(EmulatedPciBuilder())
 
 
 def test_extended_capabilities_chain_from_0x100() -> None:
