@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import functools
 import mmap
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
 from vmstate._wire import Ctx, Frame
 from vmstate.description import Description
+from vmstate.errors import UsageError
 from vmstate.fields import Array, Buffer, Kind, Scalar, Seq, Struct, VArray
-from vmstate.stream import Input, Section, Stream
+from vmstate.stream import Input, RamBlock, Section, Stream
 
 #: types QEMU's analyze-migration.py prints unsigned; other numbers it prints signed
 _UNSIGNED = frozenset({"uint8", "uint16", "uint32", "uint64", "uint32 equal"})
@@ -124,6 +128,50 @@ def _render_all(render: Callable[[Any], Any], info: str, size: int, values: list
     if info != "bool" and all(0 <= v < (1 << (8 * size - (info in _SIGNED))) for v in values):
         return list(map(f"0x{{:0{size * 2}x}}".format, values))
     return list(map(render, values))
+
+
+class RamExtractor:
+    """Guest RAM pages into one sparse file per RAM block, one page in memory at a time.
+
+    Files appear under *directory* only when the whole stream has been read:
+    they are written in a temporary directory beside it, then renamed.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.target = Path(directory)
+        if self.target.exists():
+            raise UsageError(f"{self.target} exists; give a new directory for the RAM blocks")
+        self.work = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        self.files: dict[str, BinaryIO] = {}
+
+    def __call__(self, block: str, offset: int, page: bytes | int, page_size: int) -> None:
+        if page == 0:
+            return  # a zero page: the file stays sparse there
+        f = self.files.get(block)
+        if f is None:
+            f = self.files[block] = open(self.work / _file_name(block), "wb")  # noqa: SIM115
+        f.seek(offset)
+        f.write(bytes([page]) * page_size if isinstance(page, int) else page)
+
+    def finish(self, blocks: tuple[RamBlock, ...]) -> list[Path]:
+        """Size every block's file to its length and move them into place."""
+        for block in blocks:
+            f = self.files.pop(block.name, None) or open(self.work / _file_name(block.name), "wb")  # noqa: SIM115
+            with f:
+                f.truncate(block.length)
+        os.replace(self.work, self.target)
+        return sorted(self.target.iterdir())
+
+    def abandon(self) -> None:
+        for f in self.files.values():
+            f.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _file_name(block: str) -> str:
+    """``/rom@etc/acpi/tables`` -> ``rom@etc_acpi_tables``: one flat, safe name per block."""
+    name = block.strip("/").replace("/", "_")
+    return name if name not in ("", ".", "..") else f"block-{len(block)}"
 
 
 @attrs.frozen

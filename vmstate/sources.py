@@ -41,11 +41,18 @@ def load_description_set(path: str | Path) -> DescriptionSet:
     data = _json(source)
     if isinstance(data, dict) and MACHINE_KEY in data:
         dump = load_qemu_dump(source)
+        versions = {
+            dev.type_name: (dev.version_id, dev.minimum_version_id)
+            for dev in dump.devices
+            if (dev.version_id, dev.minimum_version_id)
+            != (dev.description.version_id, dev.description.minimum_version_id)
+        }
         return DescriptionSet(
             {dev.type_name: dev.description for dev in dump.devices},
             frozenset(dev.type_name for dev in dump.devices if dev.unmigratable),
             origin=str(source),
             kind=DUMP,
+            versions=versions,
         )
     if isinstance(data, dict) and isinstance(data.get("devices"), list):
         return _from_vmdesc(data, str(source))

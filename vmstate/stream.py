@@ -142,8 +142,9 @@ class Stream:
 
 #: a whole stream in memory or mapped from its file
 Input = bytes | mmap.mmap
-#: page sink: (block name, guest address, page bytes or fill byte) -> None
-PageSink = Callable[[str, int, bytes | int], None]
+#: page sink: (block name, offset in the block, page bytes or the fill byte of a
+#: uniform page, page size) -> None
+PageSink = Callable[[str, int, bytes | int, int], None]
 #: finds the description of a section: (idstr, instance_id, version_id) -> Description
 Resolver = Callable[[str, int, int], Description | None]
 
@@ -434,7 +435,7 @@ class _Parser:
                 (word,) = unpack(buf, pos)
                 if word & mask == zero_run:
                     if sink is not None:
-                        sink(self.ram_block, word & ~mask, buf[pos + 8])
+                        sink(self.ram_block, word & ~mask, buf[pos + 8], self.page_size)
                     pos += 9
                     continue
             word = self.be64(pos, "RAM record")
@@ -469,11 +470,12 @@ class _Parser:
                     fill = self.u8(pos, "RAM fill byte")
                     pos += 1
                     if self.sink is not None:
-                        self.sink(self.ram_block, addr, fill)
+                        self.sink(self.ram_block, addr, fill, self.page_size)
                 else:
                     need(self.buf, pos, self.page_size, "RAM page")
                     if self.sink is not None:
-                        self.sink(self.ram_block, addr, bytes(self.buf[pos : pos + self.page_size]))
+                        page = bytes(self.buf[pos : pos + self.page_size])
+                        self.sink(self.ram_block, addr, page, self.page_size)
                     pos += self.page_size
             if flags & RAM_EOS:
                 return pos

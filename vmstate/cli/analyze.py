@@ -44,6 +44,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="re-encode every device section from its decoded state; exit 0 only if all are byte-identical",
     )
+    p.add_argument(
+        "--extract-ram",
+        metavar="DIR",
+        help="write guest RAM into DIR, one sparse file per RAM block (DIR must not exist)",
+    )
     p.set_defaults(func=run)
 
 
@@ -58,7 +63,17 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(stream.parse_vmdesc(buf, at), indent=4))
             return 0
         resolver = load_resolver(args.descriptions) if args.descriptions else None
-        parsed = stream.parse(buf, resolver)
+        extractor = analyze.RamExtractor(args.extract_ram) if args.extract_ram else None
+        try:
+            parsed = stream.parse(buf, resolver, page_sink=extractor)
+        except BaseException:
+            if extractor is not None:
+                extractor.abandon()
+            raise
+        if extractor is not None:
+            for path in extractor.finish(parsed.ram_blocks):
+                print(f"{path}: {path.stat().st_size} bytes")
+            return 0
         if args.verify_roundtrip:
             checked, mismatches = analyze.verify_roundtrip(parsed, buf)
             for m in mismatches:

@@ -1,0 +1,327 @@
+"""`vmstate check`: description sets and saved streams against a destination."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmstate import fields as F
+from vmstate.cli import main
+from vmstate.compat import DUMP, ERROR, WARNING, DescriptionSet, Problem, compare
+from vmstate.description import Description, Subsection
+from vmstate.sources import load_description_set
+from vmstate.waivers import NO_WAIVERS, Waivers, load_waivers
+
+QEMU = Path(__file__).parent / "data" / "qemu"
+CHECKER = QEMU / "static-checker"
+QEMU_WAIVERS = Path(__file__).parent.parent / "descriptions" / "waivers" / "qemu.toml"
+
+
+def rules(problems: list[Problem]) -> set[tuple[str, str]]:
+    return {(p.section, p.rule) for p in problems}
+
+
+def one(src: Description, dst: Description, waivers: Waivers = NO_WAIVERS) -> list[Problem]:
+    return compare(DescriptionSet({"dev": src}), DescriptionSet({"dev": dst}), waivers)
+
+
+# -- QEMU's own checker test data: everything it finds, we find -------------------
+
+#: what QEMU 7.2's scripts/vmstate-static-checker.py prints for dump1 -> dump2
+#: (`-s dump1.json -d dump2.json`, 13 lines), as the (section, rule) we report for each
+CHECKER_FINDS = {
+    ("fw_cfg", "section-missing"),  # Section "fw_cfg" does not exist in dest
+    ("fusbh200-ehci-usb", "version-too-new"),  # version error: 2 > 1
+    ("fusbh200-ehci-usb", "field-order"),  # expected field "usbsts", got "usbsts_pending"
+    ("pci-serial-4x", "section-unmigratable"),  # Entry "Fields" missing
+    ("intel-hda-generic", "struct-removed"),  # Field "pci": missing description
+    ("cfi.pflash01", "section-unmigratable"),  # Entry "Description" missing
+    ("megasas", "field-missing"),  # expected field "irq_state", while dest has no further fields
+    ("PIIX3-xen", "version-too-old"),  # minimum version error: 1 < 2
+    ("PIIX3-xen", "subsection-missing"),  # Entry "Subsections" missing
+    ("tpci200", "description-renamed"),  # Description "tpci200" missing, got "tpci2002"
+    ("sun-fdtwo", "version-too-new"),  # Description "fdc": version error: 2 > 1
+    ("sun-fdtwo", "subsection-missing"),  # Subsection "fdrive/media_rate" not found
+    ("usb-kbd", "size-changed"),  # Field "kbd.keycodes" size mismatch: 4 , 2
+}
+#: and with --reverse (6 lines)
+CHECKER_FINDS_REVERSE = {
+    ("fw_cfg2", "section-missing"),
+    ("fusbh200-ehci-usb", "field-order"),
+    ("PIIX3-xen", "version-too-new"),
+    ("tpci200", "description-renamed"),
+    ("sun-fdtwo", "version-too-old"),
+    ("usb-kbd", "size-changed"),
+}
+
+
+def test_finds_everything_qemus_checker_finds(capsys: pytest.CaptureFixture[str]) -> None:
+    src = load_description_set(CHECKER / "dump1.json")
+    dst = load_description_set(CHECKER / "dump2.json")
+    waivers = load_waivers(QEMU_WAIVERS)
+    assert rules(compare(src, dst, waivers)) >= CHECKER_FINDS
+    # beyond the checker: megasas's irq_state is expected by dump1 but never sent by dump2
+    assert rules(compare(dst, src, waivers)) >= CHECKER_FINDS_REVERSE | {
+        ("megasas", "field-not-sent")
+    }
+    args = ["check", "--src", str(CHECKER / "dump1.json"), "--dst", str(CHECKER / "dump2.json")]
+    assert main([*args, "--waivers", str(QEMU_WAIVERS)]) == 1
+    out = capsys.readouterr().out
+    assert "error: usb-kbd: usb-kbd.kbd.keycodes: size mismatch: 4 -> 2 [size-changed]" in out
+    assert out.rstrip().splitlines()[-1] == "NOT compatible: 13 errors, 0 warnings"  # as QEMU: exit 13
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        ("dump-pc-i440fx-2.0.json", "dump-pc-i440fx-7.2.json"),
+        ("dump-pc-q35-7.2.json", "dump-pc-i440fx-7.2.json"),
+    ],
+)
+def test_no_false_errors_between_real_dumps(
+    src: str, dst: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "check",
+        "--src",
+        str(QEMU / src),
+        "--dst",
+        str(QEMU / dst),
+        "--bidirectional",
+        "--json",
+    ]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"compatible": True, "problems": []}
+
+
+# -- each rule, on hand-made pairs -----------------------------------------------------
+
+
+def desc(
+    *fields: F.Field, version: int = 1, minimum: int = 1, subsections: tuple[Subsection, ...] = ()
+) -> Description:
+    return Description("dev", version, minimum, fields, subsections)
+
+
+def test_identical_descriptions_are_compatible() -> None:
+    d = desc(F.uint32("a"), F.buffer("b", 4))
+    assert one(d, d) == []
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "rule"),
+    [
+        (desc(F.uint8("a"), version=3), desc(F.uint8("a"), version=2), "version-too-new"),
+        (
+            desc(F.uint8("a"), version=1),
+            desc(F.uint8("a"), version=4, minimum=2),
+            "version-too-old",
+        ),
+        (desc(F.uint8("a"), F.uint8("b")), desc(F.uint8("a"), F.uint8("c")), "field-order"),
+        (desc(F.uint8("a"), F.uint8("b")), desc(F.uint8("a")), "field-missing"),
+        (desc(F.uint16("a")), desc(F.uint32("a")), "size-changed"),
+        (desc(F.unused(4)), desc(F.uint16("x"), F.uint8("y")), "unused-size"),
+        (desc(F.uint32("a", since=2), version=2), desc(F.uint32("a", since=1), version=2), None),
+        (desc(F.uint32("a", since=2), version=2), desc(F.uint32("a", since=3), version=3), None),
+        (
+            desc(subsections=(Subsection(Description("dev/x", 1, 1, [F.uint8("x")])),)),
+            desc(),
+            "subsection-missing",
+        ),
+        # what QEMU's checker misses:
+        (desc(F.uint8("a", exists="version_id > 1")), desc(F.uint8("a")), "exists-changed"),
+        (
+            desc(F.uint8("a", exists="flags & 1")),
+            desc(F.uint8("a", exists="flags & 2")),
+            "exists-changed",
+        ),
+        (
+            desc(subsections=(Subsection(Description("dev/x", 1, 1, []), needed="a > 1"),)),
+            desc(subsections=(Subsection(Description("dev/x", 1, 1, []), needed="a > 2"),)),
+            "needed-changed",
+        ),
+        (desc(F.uint32("a")), desc(F.int32("a")), "kind-changed"),
+        (desc(F.uint32("a")), desc(F.uint32_equal("a")), "kind-changed"),
+        (desc(F.array("a", "uint8", 4)), desc(F.array("a", "uint8", 5)), "array-count"),
+        (
+            desc(F.uint8("n"), F.varray("a", "uint8", "n", 64, count_type="uint8")),
+            desc(F.uint8("n"), F.varray("a", "uint8", "n", 32, count_type="uint8")),
+            "bound-shrunk",
+        ),
+        (
+            desc(F.uint8("n"), F.vbuffer("a", "n", 255)),
+            desc(F.uint8("n"), F.vbuffer("a", "n", 128)),
+            "bound-shrunk",
+        ),
+        (
+            desc(F.uint8("n"), F.vbuffer("a", "n", 64)),
+            desc(F.uint8("m"), F.vbuffer("a", "m", 64)),
+            "field-order",
+        ),
+        (desc(F.uint8("a")), desc(F.uint8("a"), F.uint8("b")), "field-not-sent"),
+        (desc(F.buffer("a", 4)), desc(F.array("a", "uint8", 4)), "array-kind"),
+    ],
+)
+def test_rules(src: Description, dst: Description, rule: str | None) -> None:
+    problems = one(src, dst)
+    if rule is None:
+        assert [p for p in problems if p.severity == ERROR and p.rule != "field-version"] == []
+    else:
+        assert rule in {p.rule for p in problems}, problems
+
+
+def test_field_version_error_mirrors_qemu() -> None:
+    problems = one(desc(F.uint32("a", since=3), version=3), desc(F.uint32("a", since=2), version=3))
+    assert [p.rule for p in problems] == ["field-version"]
+
+
+def test_unused_padding_absorbs_fields_of_the_same_size() -> None:
+    assert (
+        one(desc(F.unused(6), F.uint8("z")), desc(F.uint32("a"), F.uint16("b"), F.uint8("z"))) == []
+    )
+    assert (
+        one(desc(F.uint32("a"), F.uint16("b"), F.uint8("z")), desc(F.unused(6), F.uint8("z"))) == []
+    )
+
+
+def test_substruct_added_or_removed_keeps_the_wire() -> None:
+    inner = Description("inner", 1, 1, [F.uint8("b"), F.uint8("c")])
+    flat = desc(F.uint8("a"), F.uint8("b"), F.uint8("c"), F.uint8("d"))
+    nested = desc(F.uint8("a"), F.struct("s", inner), F.uint8("d"))
+    assert one(flat, nested) == []
+    assert one(nested, flat) == []
+
+
+def test_nested_description_errors_name_the_path() -> None:
+    old = Description("inner", 1, 1, [F.uint16("x")])
+    new = Description("inner", 1, 1, [F.uint32("x")])
+    problems = one(desc(F.struct("s", old)), desc(F.struct("s", new)))
+    assert [(p.path, p.rule) for p in problems] == [("dev.s.x", "size-changed")]
+
+
+def test_waivers_rename_and_accept(tmp_path: Path) -> None:
+    src, dst = desc(F.uint8("dev")), desc(F.uint8("parent_obj"))
+    assert rules(one(src, dst)) == {("dev", "field-order")}
+    waiver = tmp_path / "w.toml"
+    waiver.write_text('[[rename]]\nscope = "dev"\nnames = ["dev", "parent_obj"]\n')
+    assert one(src, dst, load_waivers(waiver)) == []
+    waiver.write_text('[[accept]]\nsection = "dev"\nrule = "field-order"\nreason = "reviewed"\n')
+    assert one(src, dst, load_waivers(waiver)) == []
+    waiver.write_text('[[accept]]\nsection = "dev"\n')
+    with pytest.raises(Exception, match="reason"):
+        load_waivers(waiver)
+
+
+# -- a real stream against a changed dump ----------------------------------------------
+
+
+def changed_dump(tmp_path: Path, change: str) -> Path:
+    dump = json.loads((QEMU / "dump-pc-i440fx-7.2.json").read_text())
+    e1000 = copy.deepcopy(dump["e1000"])
+    fields = e1000["Description"]["Fields"]
+    if change == "widen":
+        field = next(f for f in fields if f["field"] == "rxbuf_size")
+        field["size"] = 8
+    else:
+        sub = next(
+            s for s in e1000["Description"]["Subsections"] if s["name"] == "e1000/full_mac_state"
+        )
+        sub["name"] = "e1000/mac_state_v2"
+    dump["e1000"] = e1000
+    out = tmp_path / f"dump-{change}.json"
+    out.write_text(json.dumps(dump))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "rule", "path"),
+    [
+        ("widen", "size-changed", "e1000.rxbuf_size"),
+        ("rename", "subsection-missing", "e1000/e1000/full_mac_state"),
+    ],
+)
+def test_stream_against_changed_dump_names_the_section(
+    tmp_path: Path, change: str, rule: str, path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = QEMU / "pc-e1000-usb-hda.mig"
+    assert (
+        main(["check", "--stream", str(stream), "--dst", str(QEMU / "dump-pc-i440fx-7.2.json")])
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "check",
+                "--stream",
+                str(stream),
+                "--dst",
+                str(changed_dump(tmp_path, change)),
+                "--json",
+            ]
+        )
+        == 1
+    )
+    report = json.loads(capsys.readouterr().out)
+    errors = [p for p in report["problems"] if p["severity"] == ERROR]
+    assert errors == [
+        {
+            "severity": ERROR,
+            "section": "0000:00:03.0/e1000",
+            "path": path,
+            "rule": rule,
+            "reason": errors[0]["reason"],
+        }
+    ]
+
+
+def test_stream_against_its_own_vmdesc_and_a_wrong_one(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = QEMU / "q35-e1000e-virtio.mig"
+    assert (
+        main(["check", "--stream", str(stream), "--dst", str(QEMU / "q35-e1000e-virtio.desc.json")])
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "check",
+                "--stream",
+                str(stream),
+                "--dst",
+                str(QEMU / "pc-e1000-usb-hda.desc.json"),
+                "--json",
+            ]
+        )
+        == 1
+    )
+    report = json.loads(capsys.readouterr().out)
+    failing = {p["section"] for p in report["problems"] if p["severity"] == ERROR}
+    assert "0000:00:02.0/e1000e" in failing  # no e1000e on the pc machine
+    assert "0000:00:1f.0/ICH9LPC" in failing
+
+
+def test_dump_sets_cannot_decode() -> None:
+    found = load_description_set(QEMU / "dump-pc-q35-7.2.json")
+    assert found.kind == DUMP and not found.decodes
+    assert "e1000e" in found.sections
+
+
+def test_usage_errors_exit_2() -> None:
+    cmd = [sys.executable, "-m", "vmstate", "check", "--src", str(QEMU / "dump-pc-q35-7.2.json")]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "vmstate: usage error: give --src and --dst, or --stream and --dst"
+    )
+
+
+def test_warnings_alone_are_compatible() -> None:
+    problems = one(desc(F.uint32("a")), desc(F.int32("a")))
+    assert [p.severity for p in problems] == [WARNING]
