@@ -246,6 +246,9 @@ def test_count_from_held_state() -> None:
     assert desc.load(data, held={"entries": 2}) == {"table": [entry(1), entry(2)]}
     with pytest.raises(DecodeError, match="array count refers to 'entries'"):
         desc.load(data)
+    assert desc.save({"table": [entry(1), entry(2)]}, held={"entries": 2}) == data
+    with pytest.raises(EncodeError, match="array count refers to 'entries'"):
+        desc.save({"table": [entry(1), entry(2)]})
 
 
 def test_bad_qtailq_marker() -> None:

@@ -441,12 +441,22 @@ class Description:
 
     # -- save -------------------------------------------------------------
 
-    def save(self, state: Mapping[str, Any], version_id: int | None = None) -> bytes:
-        """Encode *state*; raise :class:`EncodeError` naming the field that does not fit."""
+    def save(
+        self,
+        state: Mapping[str, Any],
+        version_id: int | None = None,
+        *,
+        held: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """Encode *state*; raise :class:`EncodeError` naming the field that does not fit.
+
+        *held* gives values that are not on the wire but size it (QEMU's MSI-X
+        table is sized by the device's own vector count)."""
         out = bytearray()
         ctx = Ctx()
+        version = self.version_id if version_id is None else version_id
         try:
-            self.save_into(out, state, self.version_id if version_id is None else version_id, ctx)
+            self.save_into(out, state, version, ctx, held=held)
         except EncodeError as e:
             raise e.within(self.name) from None
         return bytes(out)
@@ -458,6 +468,7 @@ class Description:
         version_id: int,
         ctx: Ctx,
         outer: Mapping[str, Any] | None = None,
+        held: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(state, Mapping):
             raise EncodeError(f"expected a mapping for {self.name}, got {type(state).__name__}")
@@ -466,7 +477,7 @@ class Description:
         unknown = set(state) - self._stored_names
         if unknown:
             raise EncodeError(f"state has fields {sorted(unknown)} that {self.name} does not know")
-        frame = Frame(dict(state), version_id, None, ctx, outer)
+        frame = Frame(dict(state), version_id, held, ctx, outer)
         for step in self._plan(version_id):
             if type(step) is _Run:
                 try:
@@ -493,8 +504,9 @@ class Description:
             out += wire_name
             out += _BE32.pack(sub.description.version_id)
             try:
+                sub_held = held.get(sub.name) if held is not None else None
                 sub.description.save_into(
-                    out, state[sub.name], sub.description.version_id, ctx, state
+                    out, state[sub.name], sub.description.version_id, ctx, state, sub_held
                 )
             except EncodeError as e:
                 raise e.within(sub.name) from None

@@ -327,7 +327,8 @@ class Struct(Kind):
 
     def save(self, out: bytearray, value: Any, frame: Frame, name: str) -> None:
         version = self.description.version_id if self.version is None else self.version
-        self.description.save_into(out, value, version, frame.ctx)
+        held = frame.held.get(name) if frame.held is not None else None
+        self.description.save_into(out, value, version, frame.ctx, held=held)
 
 
 class _Elements(Kind):
