@@ -178,7 +178,7 @@ def test_equal_and_le_checks_against_held_state() -> None:
         DEV.load(data, held={"magic": 0x1235})
     assert e.value.path == ("dev", "magic")
     assert (e.value.expected, e.value.found) == ("0x1235", "0x1234")
-    with pytest.raises(IncompatibleError, match="int32 le check failed"):
+    with pytest.raises(IncompatibleError, match="level is not within 0 and the value held"):
         DEV.load(data, held={"level": 2})
 
 

@@ -296,9 +296,12 @@ class Description:
         held: Mapping[str, Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         opaque: Callable[[str, Mapping[str, Any]], bool] | None = None,
+        checks: bool = True,
     ) -> tuple[State, int]:
-        """Decode one instance at *pos* in *buf*; return the state and the end offset."""
-        ctx = Ctx(limits=limits, budget=limits.max_elements, opaque=opaque)
+        """Decode one instance at *pos* in *buf*; return the state and the end offset.
+
+        With *checks* False, "equal" and "le" fields are not compared with *held*."""
+        ctx = Ctx(limits=limits, budget=limits.max_elements, opaque=opaque, checks=checks)
         version = self.version_id if version_id is None else version_id
         try:
             return self.load_at(buf, pos, version, ctx, held)

@@ -140,8 +140,9 @@ class Scalar(Kind):
             held = frame.held[name]
             ok = value == held if self.check == "equal" else 0 <= value <= held
             if not ok:
+                relation = "does not equal" if self.check == "equal" else "is not within 0 and"
                 raise IncompatibleError(
-                    f"{self.info} check failed",
+                    f"{name} {relation} the value held by the destination ({self.info})",
                     offset=pos,
                     expected=f"{held:#x}" if self.check == "equal" else f"0 <= value <= {held}",
                     found=f"{value:#x}",

@@ -1,0 +1,365 @@
+"""A PCI device's config state: read it from a device, check it against another,
+and restore it in a safe order.
+
+The layout is the ``vfio-pci-config`` description (descriptions/vfio-pci-config.toml);
+this module only fills it from a device and applies it to one, through the
+type-independent :class:`~vmstate.device_regions.Device` protocol.  A load
+validates the whole input first (stream framing, versions, identity and layout
+as "equal" fields against the destination's own state, QEMU's read-only byte
+rule on the raw config) and writes nothing unless all of it passes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from vmstate import registry
+from vmstate._lowlevel import vfio
+from vmstate.description import Description
+from vmstate.device_regions import Device
+from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError
+from vmstate.pci_vfio import Bar, ConfigSpace, build_masks, check_compatible, decode_config
+from vmstate.stream import DeviceState, Input, Section, parse, resolver_from, write
+
+DESCRIPTION_NAME = "vfio-pci-config"
+CONFIG = vfio.VFIO_PCI_CONFIG_REGION_INDEX
+ROM = vfio.VFIO_PCI_ROM_REGION_INDEX
+
+KIND_NONE, KIND_IO, KIND_MEM32, KIND_MEM64, KIND_UPPER = range(5)
+
+_COMMAND = 0x04
+_BAR0 = 0x10
+_INTERRUPT_LINE = 0x3C
+COMMAND_IO, COMMAND_MEMORY, COMMAND_MASTER = 0x1, 0x2, 0x4
+#: what turns decoding and DMA off while BARs and vectors are programmed
+COMMAND_DECODE = COMMAND_IO | COMMAND_MEMORY | COMMAND_MASTER
+MSI_ENABLE = 0x0001
+MSI_64BIT = 0x0080
+MSI_MASKABLE = 0x0100
+MSIX_ENABLE = 0x8000
+MSIX_FUNCTION_MASK = 0x4000
+MSIX_ENTRY = struct.Struct("<IIII")
+#: (offset of the config field in the section, from the fields before it)
+_CONFIG_FIELD_OFFSET = 2
+
+
+def description() -> Description:
+    return registry.get(DESCRIPTION_NAME)
+
+
+def bar_sizes(device: Device) -> dict[int, int]:
+    """Region sizes of BARs 0-5 and the ROM, as the device's backend reports them."""
+    return {r.index: r.size for r in device.regions() if r.index <= ROM and r.size}
+
+
+def read_config(device: Device) -> bytes:
+    info = device.region(CONFIG)
+    config = device.read(CONFIG, 0, info.size)
+    if len(config) not in (256, 4096):
+        raise DeviceError(
+            f"{device.name}: config space reads {len(config)} bytes, not 256 or 4096 "
+            "(sysfs gives unprivileged users only 64: run as root)"
+        )
+    return config
+
+
+def read_state(device: Device) -> dict[str, Any]:
+    """The device's config state as ``vfio-pci-config`` plain data."""
+    config = read_config(device)
+    sizes = bar_sizes(device)
+    space = decode_config(config, sizes)
+    h = space.header
+    endpoint = h.endpoint
+    state: dict[str, Any] = {
+        "config_size": len(config),
+        "config": config[:256],
+        "vendor_id": h.vendor_id,
+        "device_id": h.device_id,
+        "subsystem_vendor_id": endpoint.subsystem_vendor_id if endpoint else 0,
+        "subsystem_id": endpoint.subsystem_id if endpoint else 0,
+        "revision_id": h.revision_id,
+        "class_code": h.class_code.base << 16 | h.class_code.sub << 8 | h.class_code.prog_if,
+        "header_type": config[0x0E],
+        "command": h.command,
+        "interrupt_line": h.interrupt_line,
+        "interrupt_pin": h.interrupt_pin,
+        "bars": [_bar_state(space, i, sizes) for i in range(6)],
+        "rom": _rom_state(space, sizes),
+        "msi_offset": _offset(space, "msi"),
+        "msix_offset": _offset(space, "msix"),
+        "msix_saved": False,
+    }
+    if len(config) == 4096:
+        state["extended_config"] = config[256:]
+    if space.msi is not None:
+        state["vfio-pci-config/msi-vectors"] = _msi_state(config, state["msi_offset"])
+    msix = space.msix
+    if msix is not None and _readable(device, msix.table_bir) and _readable(device, msix.pba_bir):
+        state["msix_saved"] = True
+        state["vfio-pci-config/msix-table"] = _msix_state(device, config, state["msix_offset"])
+    return state
+
+
+def _offset(space: ConfigSpace, which: str) -> int:
+    cap_id = 0x05 if which == "msi" else 0x11
+    cap = space.capability(cap_id)
+    return cap.offset if cap is not None else 0
+
+
+def _bar_state(space: ConfigSpace, index: int, sizes: Mapping[int, int]) -> dict[str, int]:
+    bar = space.bar(index)
+    if bar is None:
+        below = space.bar(index - 1) if index else None
+        kind = KIND_UPPER if below is not None and below.is_64bit else KIND_NONE
+        return {"kind": kind, "prefetchable": 0, "size": 0, "address": 0}
+    return {
+        "kind": _bar_kind(bar),
+        "prefetchable": int(bar.prefetchable),
+        "size": sizes.get(index, 0),
+        "address": bar.address,
+    }
+
+
+def _bar_kind(bar: Bar) -> int:
+    if bar.kind == "io":
+        return KIND_IO
+    return KIND_MEM64 if bar.is_64bit else KIND_MEM32
+
+
+def _rom_state(space: ConfigSpace, sizes: Mapping[int, int]) -> dict[str, int]:
+    rom = space.expansion_rom
+    if rom is None:
+        return {"kind": KIND_NONE, "prefetchable": 0, "size": 0, "address": 0}
+    return {
+        "kind": KIND_MEM32,
+        "prefetchable": 0,
+        "size": sizes.get(ROM, 0),
+        "address": rom.address | int(rom.enabled),
+    }
+
+
+def _msi_layout(control: int, base: int) -> dict[str, int]:
+    """Config offsets of the MSI registers for this control word (PCI spec 6.8.1)."""
+    wide = bool(control & MSI_64BIT)
+    data = base + (12 if wide else 8)
+    layout = {"address": base + 4, "data": data}
+    if wide:
+        layout["address_hi"] = base + 8
+    if control & MSI_MASKABLE:
+        layout["mask"] = data + 4
+        layout["pending"] = data + 8
+    return layout
+
+
+def _msi_state(config: bytes, base: int) -> dict[str, int]:
+    (control,) = struct.unpack_from("<H", config, base + 2)
+    out = {"control": control}
+    for name, at in _msi_layout(control, base).items():
+        fmt = "<H" if name == "data" else "<I"
+        (out[name],) = struct.unpack_from(fmt, config, at)
+    return out
+
+
+def _readable(device: Device, index: int) -> bool:
+    try:
+        return device.region(index).readable
+    except (DeviceError, UsageError, KeyError):
+        return False
+
+
+def _msix_state(device: Device, config: bytes, base: int) -> dict[str, Any]:
+    control, table, pba = struct.unpack_from("<HII", config, base + 2)
+    size = (control & 0x7FF) + 1
+    table_bir, table_offset = table & 0x7, table & ~0x7
+    pba_bir, pba_offset = pba & 0x7, pba & ~0x7
+    raw = device.read(table_bir, table_offset, size * MSIX_ENTRY.size)
+    entries = [
+        dict(zip(("address", "address_hi", "data", "vector_control"), e, strict=True))
+        for e in MSIX_ENTRY.iter_unpack(raw)
+    ]
+    pba_size = (size + 63) // 64 * 8
+    return {
+        "control": control,
+        "table_size": size,
+        "table_bir": table_bir,
+        "table_offset": table_offset,
+        "pba_bir": pba_bir,
+        "pba_offset": pba_offset,
+        "table": entries,
+        "pba_size": pba_size,
+        "pba": device.read(pba_bir, pba_offset, pba_size),
+    }
+
+
+# -- files ------------------------------------------------------------------------
+
+
+def save(device: Device, machine: str = "vmstate") -> bytes:
+    """A stream file holding *device*'s config state, as ``vmstate save`` writes it."""
+    state = read_state(device)
+    return write([DeviceState(f"{device.name}/{DESCRIPTION_NAME}", description(), state)], machine)
+
+
+def find_section(buf: Input) -> Section:
+    """The config-state section of a saved file, decoded with the shipped description."""
+    desc = description()
+    parsed = parse(buf, resolver_from({desc.name: desc}))
+    for section in parsed.device_sections():
+        assert section.description is not None
+        if section.description.name == DESCRIPTION_NAME:
+            return section
+    raise DecodeError(
+        "no PCI config state in this file",
+        offset=0,
+        expected=f"a section named <device>/{DESCRIPTION_NAME}",
+        found=", ".join(s.idstr for s in parsed.sections) or "no sections",
+        path=("stream",),
+    )
+
+
+# -- load -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Checked:
+    """A saved state that passed every check against one destination."""
+
+    state: dict[str, Any]
+    held: dict[str, Any]
+
+
+def check(device: Device, buf: Input) -> Checked:
+    """Validate the saved state in *buf* against *device*; raise the first problem.
+
+    Reads the destination, writes nothing."""
+    checked, problems = _examine(device, buf)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise attrs.evolve(first, message=first.message + more)
+    assert checked is not None
+    return checked
+
+
+def problems_with(device: Device, buf: Input) -> list[DecodeError]:
+    """Every reason the saved state in *buf* would not load into *device*."""
+    return _examine(device, buf)[1]
+
+
+def _examine(device: Device, buf: Input) -> tuple[Checked | None, list[DecodeError]]:
+    section = find_section(buf)
+    held = read_state(device)
+    desc = description()
+    problems: list[DecodeError] = []
+    try:
+        state, _ = desc.load_from(buf, section.start, section.version_id, held=held, checks=False)
+    except DecodeError as e:
+        return None, [e]
+    try:
+        desc.load_from(buf, section.start, section.version_id, held=held)
+    except DecodeError as e:
+        problems.append(e)  # the first identity or layout field that differs, by name
+    src_config = state["config"] + state.get("extended_config", b"")
+    dst_config = held["config"] + held.get("extended_config", b"")
+    found = check_compatible(src_config, dst_config, build_masks(dst_config, bar_sizes(device)))
+    base = section.start + _CONFIG_FIELD_OFFSET
+    problems += [
+        IncompatibleError(
+            p.message,
+            offset=base + p.offset,
+            expected=f"{dst_config[p.offset]:#04x}" if p.offset < len(dst_config) else "",
+            found=f"{src_config[p.offset]:#04x}" if p.offset < len(src_config) else "",
+            path=(DESCRIPTION_NAME, *_config_path(p.offset)),
+        )
+        for p in found
+    ]
+    if held["msix_saved"] and not state["msix_saved"]:
+        problems.append(
+            IncompatibleError(
+                "the saved state has no MSI-X table (it was saved read-only from sysfs)",
+                offset=section.start,
+                expected="an MSI-X table",
+                found="none",
+                path=(DESCRIPTION_NAME, "msix_saved"),
+            )
+        )
+    return Checked(state, held), problems
+
+
+def _config_path(offset: int) -> tuple[str, int]:
+    """Where config byte *offset* lives in the state: ``config`` or ``extended_config``."""
+    return ("config", offset) if offset < 256 else ("extended_config", offset - 256)
+
+
+def apply(device: Device, checked: Checked) -> None:
+    """Program *device* from a checked state, in an order that never lets it decode
+    or send interrupts half-programmed: decode and bus mastering off, BARs, MSI with
+    its enable clear, MSI-X masked, then the saved enables and command last."""
+    state = checked.state
+    command = _read16(device, _COMMAND)
+    _write16(device, _COMMAND, command & ~COMMAND_DECODE)  # bitwise not: the 2019 bug was `!`
+    for index, bar in enumerate(state["bars"]):
+        if bar["kind"] in (KIND_MEM32, KIND_IO):
+            _write32(device, _BAR0 + 4 * index, bar["address"] & 0xFFFFFFFF)
+        elif bar["kind"] == KIND_MEM64:
+            _write32(device, _BAR0 + 4 * index, bar["address"] & 0xFFFFFFFF)
+            _write32(device, _BAR0 + 4 * index + 4, bar["address"] >> 32)
+    rom = state.get("rom")
+    if rom is not None and rom["kind"] != KIND_NONE and checked.held["rom"]["kind"] != KIND_NONE:
+        _write32(device, _rom_register(state), rom["address"])
+    _write8(device, _INTERRUPT_LINE, state["interrupt_line"])
+    msi = state.get("vfio-pci-config/msi-vectors")
+    if msi is not None:
+        base = state["msi_offset"]
+        _write16(device, base + 2, msi["control"] & ~MSI_ENABLE)
+        for name, at in _msi_layout(msi["control"], base).items():
+            if name == "pending":
+                continue  # read-only
+            (_write16 if name == "data" else _write32)(device, at, msi[name])
+    msix = state.get("vfio-pci-config/msix-table")
+    if msix is not None:
+        base = state["msix_offset"]
+        _write16(device, base + 2, (msix["control"] & ~MSIX_ENABLE) | MSIX_FUNCTION_MASK)
+        table = b"".join(
+            MSIX_ENTRY.pack(e["address"], e["address_hi"], e["data"], e["vector_control"])
+            for e in msix["table"]
+        )
+        device.write(msix["table_bir"], msix["table_offset"], table)
+    if msi is not None:
+        _write16(device, state["msi_offset"] + 2, msi["control"])
+    if msix is not None:
+        _write16(device, state["msix_offset"] + 2, msix["control"])
+    _write16(device, _COMMAND, state["command"])
+
+
+def load(device: Device, buf: Input, *, dry_run: bool = False) -> Checked:
+    """Check, then (unless *dry_run*) apply: a rejected load writes nothing."""
+    checked = check(device, buf)
+    if not dry_run:
+        apply(device, checked)
+    return checked
+
+
+def _rom_register(state: Mapping[str, Any]) -> int:
+    return 0x38 if state["header_type"] & 0x7F == 1 else 0x30
+
+
+def _read16(device: Device, at: int) -> int:
+    (value,) = struct.unpack("<H", device.read(CONFIG, at, 2))
+    return value
+
+
+def _write8(device: Device, at: int, value: int) -> None:
+    device.write(CONFIG, at, struct.pack("<B", value))
+
+
+def _write16(device: Device, at: int, value: int) -> None:
+    device.write(CONFIG, at, struct.pack("<H", value))
+
+
+def _write32(device: Device, at: int, value: int) -> None:
+    device.write(CONFIG, at, struct.pack("<I", value))
