@@ -19,6 +19,8 @@ from vmstate.errors import UsageError, VMStateError
 COMMANDS: tuple[str, ...] = (
     "analyze",
     "check",
+    "lint",
+    "describe",
 )
 
 

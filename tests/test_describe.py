@@ -1,0 +1,128 @@
+"""``vmstate describe``: a description as a tree, by file or by registered name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+from syrupy.assertion import SnapshotAssertion
+
+from vmstate import fields as F
+from vmstate import registry
+from vmstate.cli import main
+from vmstate.describe import describe
+from vmstate.description import Description, Subsection
+
+EVERY_KIND = DATA / "descriptions" / "every-kind.toml"
+
+
+def run(capsys: pytest.CaptureFixture[str], target: str) -> tuple[int, str, str]:
+    status = main(["describe", target])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_every_kind_tree(capsys: pytest.CaptureFixture[str], snapshot: SnapshotAssertion) -> None:
+    status, out, err = run(capsys, str(EVERY_KIND))
+    assert (status, err) == (0, "")
+    assert out == snapshot
+
+
+def _row(out: str, name: str, start: int = 0) -> list[str]:
+    """The columns of the first line at or after line *start* whose first column is *name*."""
+    for line in out.splitlines()[start:]:
+        columns = [c for c in line.strip().split("  ") if c]
+        if columns[0] == name:
+            return [c.strip() for c in columns]
+    raise AssertionError(f"no row {name!r} in:\n{out}")
+
+
+def test_sizes_say_how_the_bytes_are_counted(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, str(EVERY_KIND))[1]
+    assert _row(out, "u16") == ["u16", "uint16", "2 bytes"]
+    assert _row(out, "config_x") == ["config_x", "buffer (pci config)", "16 bytes", "exists: flag"]
+    assert _row(out, "regs") == ["regs", "array of uint32", "4 x uint32 = 16 bytes"]
+    assert _row(out, "slots") == [
+        "slots",
+        "array of entry",
+        "2 x entry",
+        "nullable (NULL is 1 byte)",
+    ]
+    assert _row(out, "vectors") == [
+        "vectors",
+        "varray of entry",
+        "u16 x entry <= 8",
+        "since v2, count_type uint16",
+    ]
+    assert _row(out, "words")[2] == "u8 x 2 x buffer[2] <= 64"
+    assert _row(out, "blob") == ["blob", "vbuffer", "u8 x 2 <= 64 bytes"]
+    assert _row(out, "pending") == ["pending", "bitmap of 70 bits", "16 bytes"]
+    assert _row(out, "u8_small") == ["u8_small", "validate", "0 bytes", "must hold: u8 < 32"]
+    assert _row(out, "mixed")[2] == "uint8 + buffer[3] + entry = 16 bytes"
+    # loaded at v1, the entry has no "data" (since v2): 8 bytes, not 12
+    assert _row(out, "old_entry")[1:3] == ["vstruct entry v2, loaded at v1", "8 bytes"]
+    assert _row(out, "late")[3] == "since v3, exists: version_id >= 3 and test_always()"
+
+
+def test_nesting_is_indentation(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = run(capsys, str(EVERY_KIND))[1].splitlines()
+    assert lines[0] == "every-kind v3 (loads v1..v3)"
+    assert (
+        lines[1]
+        == "  hooks: pre_save=test_every_kind_pre_save, post_load=test_every_kind_post_load"
+    )
+    at = next(i for i, line in enumerate(lines) if line.startswith("  entry "))
+    assert lines[at + 1].startswith("    addr ")
+    assert lines[at + 2].startswith("    data ")
+    assert lines[at + 2].endswith("since v2")
+    at = lines.index("  subsection every-kind/extra v1 (loads v0..v1), needed: u32 != 0")
+    assert lines[at + 1].startswith("    count ")
+    deeper = "    subsection every-kind/extra/deeper v1 (loads v0..v1), always sent"
+    assert lines[lines.index(deeper) + 1].startswith("      id ")
+
+
+def test_a_name_finds_a_registered_description(capsys: pytest.CaptureFixture[str]) -> None:
+    desc = Description(
+        "test-describe-registered",
+        1,
+        1,
+        [F.uint8("n"), F.varray("items", "uint16", "n", 4, count_type="uint8")],
+        [Subsection(Description("test-describe-registered/x", 1, 1, [F.bool_("on")]), "n > 1")],
+    )
+    registry.register(desc)
+    status, out, err = run(capsys, "test-describe-registered")
+    assert (status, err) == (0, "")
+    assert out == describe(desc)
+    assert out.splitlines() == [
+        "test-describe-registered v1",
+        "  n      uint8             1 byte",
+        "  items  varray of uint16  n x uint16 <= 4  count_type uint8",
+        "  subsection test-describe-registered/x v1, needed: n > 1",
+        "    on   bool              1 byte",
+    ]
+
+
+def test_an_unknown_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["describe", "test-describe-no-such-device"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "vmstate: usage error: no description named 'test-describe-no-such-device'"
+    )
+
+
+def test_a_broken_file_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(capsys, str(DATA / "lint" / "unknown-type.toml"))
+    assert (status, out) == (1, "")
+    assert err == (
+        f"vmstate: error: {DATA / 'lint' / 'unknown-type.toml'}:7:20: unknown type 'uint24': "
+        "not a scalar type or a kind [unknown-type]\n"
+    )
+    missing = tmp_path / "missing.toml"
+    status, out, err = run(capsys, str(missing))
+    assert (status, out) == (1, "")
+    assert err == f"vmstate: error: {missing}: cannot read: No such file or directory\n"

@@ -1,0 +1,91 @@
+"""``vmstate lint FILES...``: every problem of every description file, in one run.
+
+Loading stops at a file's first error; authors want the whole list, each at
+its ``file:line:col``, so they can fix them all before the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from vmstate.description_file import Problem, check_description_file
+from vmstate.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "lint",
+        help="list every problem of description files",
+        description="Check description files and list every problem, one line each "
+        "(file:line:col: error|warning: message [code]). Exit 1 when there is an error, "
+        "0 when there are only warnings or none.",
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="description files (.toml); a directory stands for the *.toml files in it",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object: counts and every problem")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    files = _expand(args.files)
+    problems = sorted(
+        (p for f in files for p in check_description_file(f)),
+        key=lambda p: (p.source, p.line, p.col),
+    )
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "files": len(files),
+                    "errors": errors,
+                    "warnings": warnings,
+                    "problems": [_to_json(p) for p in problems],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for p in problems:
+            print(p)
+        print(
+            f"{_count(errors, 'error')}, {_count(warnings, 'warning')} in {_count(len(files), 'file')}"
+        )
+    return 1 if errors else 0
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    """*paths* with each directory replaced by its ``*.toml`` files."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.toml"))
+            if not found:
+                raise UsageError(f"{path}: no .toml files in this directory")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def _to_json(p: Problem) -> dict[str, Any]:
+    return {
+        "file": p.source,
+        "line": p.line,
+        "col": p.col,
+        "severity": p.severity,
+        "code": p.code,
+        "message": p.message,
+    }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
