@@ -71,6 +71,47 @@ def render_state(desc: Description, state: Mapping[str, Any], version_id: int | 
     return "\n".join(lines) + "\n"
 
 
+def render_tree(desc: Description, state: Mapping[str, Any], indent: str = "") -> list[str]:
+    """*state* as an indented tree of names and values, without offsets (for people)."""
+    lines: list[str] = []
+    for field in desc.fields:
+        if field.kind.stored and field.name in state:
+            lines.extend(_tree_value(field.kind, field.name, state[field.name], indent))
+    for sub in desc.subsections:
+        if sub.name in state:
+            lines.append(f"{indent}{sub.name}: (subsection v{sub.description.version_id})")
+            lines.extend(render_tree(sub.description, state[sub.name], indent + "  "))
+    return lines
+
+
+def _tree_value(kind: Kind, name: str, value: Any, indent: str) -> list[str]:
+    if isinstance(kind, Struct):
+        return [f"{indent}{name}:", *render_tree(kind.description, value, indent + "  ")]
+    if isinstance(kind, Array | VArray | Seq | QTailQ):
+        elements = list(_elements(kind, len(value)))
+        if all(isinstance(e, Scalar) for e in elements) and len(value) <= 16:
+            return [
+                f"{indent}{name}: [{', '.join(_show_short(e, v) for e, v in zip(elements, value, strict=True))}]"
+            ]
+        lines = [f"{indent}{name}: {len(value)} elements"]
+        for i, (element, item) in enumerate(zip(elements, value, strict=True)):
+            lines.extend(
+                _tree_value(element, f"[{i}]", item, indent + "  ")
+                if item is not None
+                else [f"{indent}  [{i}]: NULL"]
+            )
+        return lines
+    return [f"{indent}{name}: {_show_short(kind, value)}"]
+
+
+def _show_short(kind: Kind, value: Any) -> str:
+    if isinstance(value, bytes) and len(value) > ROW:
+        return f"{value[:ROW].hex(' ')} ... ({len(value)} bytes)"
+    if isinstance(kind, Scalar) and isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:#x}" if value >= 10 else str(value)
+    return _show(kind, value)
+
+
 def hexdump(data: bytes, base: int) -> list[str]:
     return [
         f"{base + i:08x}  {data[i : i + ROW].hex(' '):<47}  |{_printable(data[i : i + ROW])}|"

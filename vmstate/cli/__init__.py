@@ -17,6 +17,11 @@ from vmstate.errors import UsageError, VMStateError
 
 #: command modules, in the order ``vmstate --help`` lists them
 COMMANDS: tuple[str, ...] = (
+    "devices",
+    "decode_config",
+    "save",
+    "show",
+    "load",
     "analyze",
     "check",
     "lint",
