@@ -179,6 +179,7 @@ class VBufferSpec:
     size: str
     max_size: int
     multiply: int = 1
+    info: str = "buffer"
 
 
 @attrs.frozen(kw_only=True)
@@ -764,7 +765,7 @@ class _Reader:
             case BufferSpec():
                 return Buffer(spec.size, spec.info)
             case VBufferSpec():
-                return VBuffer(spec.size, spec.max_size, spec.multiply)
+                return VBuffer(spec.size, spec.max_size, spec.multiply, spec.info)
             case BitmapSpec():
                 return Bitmap(spec.nbits)
             case UnusedSpec():
@@ -899,7 +900,7 @@ class _Writer:
                 return BufferSpec(type="buffer", size=kind.size, info=kind.info)
             case VBuffer():
                 return VBufferSpec(type="vbuffer", size=kind.size_field, max_size=kind.max_size,
-                                   multiply=kind.multiply)
+                                   multiply=kind.multiply, info=kind.info)
             case Bitmap():
                 return BitmapSpec(type="bitmap", nbits=kind.nbits)
             case Unused():

@@ -224,7 +224,7 @@ class VBuffer(Kind):
     size_field: str
     max_size: int = attrs.field(validator=attrs.validators.ge(0))
     multiply: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    info: ClassVar[str] = "buffer"
+    info: str = "buffer"  # type: ignore[misc]
 
     def length(self, frame: Frame, pos: int) -> int:
         n = _count(frame, self.size_field, pos, "buffer size") * self.multiply

@@ -242,10 +242,8 @@ def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
 
 
 def _type_name(kind: Kind) -> str:
-    if isinstance(kind, Scalar | Buffer):
+    if isinstance(kind, Scalar | Buffer | VBuffer):
         return kind.info
-    if isinstance(kind, VBuffer):
-        return "buffer"
     if isinstance(kind, Unused):
         return "unused_buffer"
     if isinstance(kind, Bitmap):
