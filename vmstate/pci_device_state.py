@@ -195,13 +195,60 @@ def _msix_state(device: Device, config: bytes, base: int) -> dict[str, Any]:
     }
 
 
+# -- QEMU's own layout ---------------------------------------------------------------
+
+QEMU_DESCRIPTION_NAME = "VFIOPCIDevice"
+#: the PCIDevice version QEMU 7.2 stores in its version_id field
+PCI_DEVICE_VERSION = 2
+
+
+def qemu_held(state: Mapping[str, Any]) -> dict[str, Any]:
+    """What QEMU's VFIOPCIDevice layout depends on, from our config state."""
+    msix = state.get("vfio-pci-config/msix-table")
+    vectors = msix["table_size"] if msix is not None else 0
+    return {
+        "msix_present": msix is not None,
+        "pdev[0]": {"express": state["config_size"] == 4096},
+        "pdev[1]": {"msix_bytes": vectors * MSIX_ENTRY.size + (vectors + 7) // 8},
+    }
+
+
+def qemu_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Our config state as QEMU's VFIOPCIDevice state (PCIDevice + msix).
+
+    INTx levels are QEMU's emulation state, not the device's: they are saved low."""
+    config = state["config"] + state.get("extended_config", b"")
+    express = state["config_size"] == 4096
+    out: dict[str, Any] = {
+        "pdev[0]": {
+            "version_id": PCI_DEVICE_VERSION,
+            "config[1]" if express else "config[0]": config,
+            "irq_state": bytes(16),
+        }
+    }
+    msix = state.get("vfio-pci-config/msix-table")
+    if msix is not None:
+        table = b"".join(
+            MSIX_ENTRY.pack(e["address"], e["address_hi"], e["data"], e["vector_control"])
+            for e in msix["table"]
+        )
+        out["pdev[1]"] = {"msix": table + msix["pba"][: (msix["table_size"] + 7) // 8]}
+    return out
+
+
 # -- files ------------------------------------------------------------------------
 
 
-def save(device: Device, machine: str = "vmstate") -> bytes:
-    """A stream file holding *device*'s config state, as ``vmstate save`` writes it."""
+def save(device: Device, *, qemu: bool = False, machine: str = "vmstate") -> bytes:
+    """A stream file holding *device*'s config state, as ``vmstate save`` writes it;
+    with *qemu*, QEMU's own VFIOPCIDevice state of the device too."""
     state = read_state(device)
-    return write([DeviceState(f"{device.name}/{DESCRIPTION_NAME}", description(), state)], machine)
+    sections = [DeviceState(f"{device.name}/{DESCRIPTION_NAME}", description(), state)]
+    if qemu:
+        qemu_desc = registry.get(QEMU_DESCRIPTION_NAME)
+        idstr = f"{device.name}/{QEMU_DESCRIPTION_NAME}"
+        sections.append(DeviceState(idstr, qemu_desc, qemu_state(state), held=qemu_held(state)))
+    return write(sections, machine)
 
 
 def find_section(buf: Input) -> Section:

@@ -511,6 +511,8 @@ class DeviceState:
     description: Description
     state: Mapping[str, Any]
     instance_id: int = 0
+    #: values that size the state but are not on the wire (see Description.save)
+    held: Mapping[str, Any] | None = None
 
 
 def write(devices: Sequence[DeviceState], machine: str | None = None) -> bytes:
@@ -531,12 +533,12 @@ def write(devices: Sequence[DeviceState], machine: str | None = None) -> bytes:
         out += _BE32.pack(section_id) + _U8.pack(len(idstr)) + idstr
         out += _BE32.pack(dev.instance_id) + _BE32.pack(version)
         try:
-            out += dev.description.save(dev.state)
+            out += dev.description.save(dev.state, held=dev.held)
         except EncodeError as e:
             raise e.within(dev.idstr) from None
         out.append(FOOTER)
         out += _BE32.pack(section_id)
-        entry = vmdesc_entry(dev.description, dev.state, version)
+        entry = vmdesc_entry(dev.description, dev.state, version, held=dev.held)
         vmdesc_devices.append({"name": dev.idstr, "instance_id": dev.instance_id, **entry})
     out.append(EOF)
     body = json.dumps(

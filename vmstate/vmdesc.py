@@ -161,12 +161,15 @@ def resolver_from_vmdesc(vmdesc: Mapping[str, Any]) -> Any:
 
 
 def vmdesc_entry(
-    desc: Description, state: Mapping[str, Any], version_id: int | None = None
+    desc: Description,
+    state: Mapping[str, Any],
+    version_id: int | None = None,
+    held: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What QEMU writes to vmdesc for *desc* saved from *state*."""
+    """What QEMU writes to vmdesc for *desc* saved from *state* (*held* as for save)."""
     version = desc.version_id if version_id is None else version_id
     ctx = Ctx()
-    frame = Frame(dict(state), version, None, ctx)
+    frame = Frame(dict(state), version, held, ctx)
     counts: dict[str, int] = {}
     for field in desc.fields:
         counts[field.name] = counts.get(field.name, 0) + 1
@@ -192,7 +195,8 @@ def vmdesc_entry(
     subs = []
     for sub in desc.subsections:
         if sub.name in state:
-            subs.append(vmdesc_entry(sub.description, state[sub.name]))
+            sub_held = held.get(sub.name) if held is not None else None
+            subs.append(vmdesc_entry(sub.description, state[sub.name], held=sub_held))
     if subs:
         out["subsections"] = subs
     return out
@@ -226,7 +230,7 @@ def _entries(name: str, field: Field, value: Any, frame: Frame) -> list[dict[str
 
 def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
     if isinstance(kind, Struct) and kind.info == "struct":
-        inner = vmdesc_entry(kind.description, value)
+        inner = vmdesc_entry(kind.description, value, held=_held(frame, name))
         out = bytearray()
         kind.save(out, value, frame, name)
         return {"type": "struct", "struct": inner, "size": len(out)}
@@ -235,10 +239,14 @@ def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
     if isinstance(kind, Struct):
         return {
             "type": kind.info,
-            **vmdesc_entry(kind.description, value, kind.version),
+            **vmdesc_entry(kind.description, value, kind.version, held=_held(frame, name)),
             "size": len(out),
         }
     return {"type": _type_name(kind), "size": len(out)}
+
+
+def _held(frame: Frame, name: str) -> Mapping[str, Any] | None:
+    return frame.held.get(name) if frame.held is not None else None
 
 
 def _type_name(kind: Kind) -> str:

@@ -20,6 +20,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("bdf", metavar="BDF")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="written atomically")
+    p.add_argument(
+        "--qemu",
+        action="store_true",
+        help="also write QEMU's own VFIOPCIDevice state (PCIDevice + msix) of the device",
+    )
     p.set_defaults(func=run)
 
 
@@ -29,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.bdf!r} is not a PCI address like 0000:00:02.0")
     device, how = open_device(bdf)
     with device:
-        data = pci_device_state.save(device)
+        data = pci_device_state.save(device, qemu=args.qemu)
     write_atomic(args.output, data)
     print(f"saved {bdf} ({host_device(bdf).name}) {how}: {len(data)} bytes to {args.output}")
     return 0

@@ -7,11 +7,9 @@ from typing import Any
 
 from vmstate import pci_device_state, registry
 from vmstate.analyze import open_stream
-from vmstate.description import Description
 from vmstate.pci_vfio import decode_config
 from vmstate.render import render_tree
-from vmstate.stream import Input, Resolver, Section, find_vmdesc, parse, parse_vmdesc, resolver_from
-from vmstate.vmdesc import resolver_from_vmdesc
+from vmstate.stream import Input, Resolver, Section, find_vmdesc, parse, resolver_from
 
 
 def register(sub: Any) -> None:
@@ -36,19 +34,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolver(buf: Input) -> Resolver:
-    """Shipped descriptions where a section names one; the stream's vmdesc for the rest."""
-    shipped = resolver_from({name: registry.get(name) for name in registry.names()})
-    at = find_vmdesc(buf)
-    vmdesc = resolver_from_vmdesc(parse_vmdesc(buf, at)) if at is not None else None
-
-    def resolve(idstr: str, instance_id: int, version_id: int) -> Description | None:
-        found = shipped(idstr, instance_id, version_id)
-        if found is None and vmdesc is not None:
-            found = vmdesc(idstr, instance_id, version_id)
-        return found
-
-    return resolve
+def _resolver(buf: Input) -> Resolver | None:
+    """The stream's own vmdesc when it has one (it says exactly what was written);
+    else the shipped description each section names."""
+    if find_vmdesc(buf) is not None:
+        return None
+    return resolver_from({name: registry.get(name) for name in registry.names()})
 
 
 def _show(section: Section) -> None:
