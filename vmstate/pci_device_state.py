@@ -22,7 +22,14 @@ from vmstate._lowlevel import vfio
 from vmstate.description import Description
 from vmstate.device_regions import Device
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError
-from vmstate.pci_vfio import Bar, ConfigSpace, build_masks, check_compatible, decode_config
+from vmstate.pci_vfio import (
+    Bar,
+    ConfigSpace,
+    Problem,
+    build_masks,
+    check_compatible,
+    decode_config,
+)
 from vmstate.stream import DeviceState, Input, Section, parse, resolver_from, write
 
 DESCRIPTION_NAME = "vfio-pci-config"
@@ -314,16 +321,7 @@ def _examine(device: Device, buf: Input) -> tuple[Checked | None, list[DecodeErr
     dst_config = held["config"] + held.get("extended_config", b"")
     found = check_compatible(src_config, dst_config, build_masks(dst_config, bar_sizes(device)))
     base = section.start + _CONFIG_FIELD_OFFSET
-    problems += [
-        IncompatibleError(
-            p.message,
-            offset=base + p.offset,
-            expected=f"{dst_config[p.offset]:#04x}" if p.offset < len(dst_config) else "",
-            found=f"{src_config[p.offset]:#04x}" if p.offset < len(src_config) else "",
-            path=(DESCRIPTION_NAME, *_config_path(p.offset)),
-        )
-        for p in found
-    ]
+    problems += [_config_problem(p, src_config, dst_config, base) for p in found]
     if held["msix_saved"] and not state["msix_saved"]:
         problems.append(
             IncompatibleError(
@@ -335,6 +333,24 @@ def _examine(device: Device, buf: Input) -> tuple[Checked | None, list[DecodeErr
             )
         )
     return Checked(state, held), problems
+
+
+def _config_problem(problem: Problem, src: bytes, dst: bytes, base: int) -> IncompatibleError:
+    """A config-space problem as a load error: QEMU's byte rule names bytes, the
+    layout checks name what differs ("capability at 0xc8: source none, destination 0x1")."""
+    at = problem.offset
+    if problem.code == "config-byte":
+        expected, found = f"{dst[at]:#04x}", f"{src[at]:#04x}"
+    else:
+        _, _, sides = problem.message.partition(": source ")
+        found, _, expected = sides.partition(", destination ")
+    return IncompatibleError(
+        problem.message,
+        offset=base + at,
+        expected=expected,
+        found=found,
+        path=(DESCRIPTION_NAME, *_config_path(at)),
+    )
 
 
 def _config_path(offset: int) -> tuple[str, int]:
