@@ -11,6 +11,7 @@ rule on the raw config) and writes nothing unless all of it passes.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +21,7 @@ import attrs
 from vmstate import registry
 from vmstate._lowlevel import vfio
 from vmstate.description import Description
-from vmstate.device_regions import Device
+from vmstate.device_regions import Device, VfioDevice
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError
 from vmstate.pci_vfio import (
     Bar,
@@ -172,10 +173,42 @@ def _msi_state(config: bytes, base: int) -> dict[str, int]:
 
 
 def _readable(device: Device, index: int) -> bool:
+    """Whether MSI-X structures in region *index* can be read as the device holds them.
+
+    vfio-pci hides the MSI-X table from read()/write() (reads give all ones); it
+    can be reached only through a mapping, which the kernel allows when it sets
+    MSIX_MAPPABLE (interrupt remapping is there)."""
     try:
-        return device.region(index).readable
+        info = device.region(index)
     except (DeviceError, UsageError, KeyError):
         return False
+    if isinstance(device, VfioDevice):
+        return info.msix_mappable and info.mappable
+    return info.readable
+
+
+def _bar_io(device: Device, index: int, offset: int, data: bytes | int) -> bytes:
+    """Read *data* bytes (an int) or write *data* at *offset* of BAR *index*, in 32-bit
+    accesses through a mapping for VFIO devices (see :func:`_readable`)."""
+    if not isinstance(device, VfioDevice):
+        if isinstance(data, int):
+            return device.read(index, offset, data)
+        device.write(index, offset, data)
+        return data
+    size = data if isinstance(data, int) else len(data)
+    start = offset - offset % mmap.PAGESIZE
+    length = -(-(offset + size - start) // mmap.PAGESIZE) * mmap.PAGESIZE
+    first = (offset - start) // 4
+    with (
+        device.mmap(index, start, length) as mapped,
+        memoryview(mapped) as raw,
+        raw.cast("I") as words,
+    ):
+        if isinstance(data, int):
+            return struct.pack(f"<{size // 4}I", *words[first : first + size // 4])
+        for i, (value,) in enumerate(struct.iter_unpack("<I", data)):
+            words[first + i] = value  # one 32-bit store each, as MSI-X registers want
+        return data
 
 
 def _msix_state(device: Device, config: bytes, base: int) -> dict[str, Any]:
@@ -183,7 +216,7 @@ def _msix_state(device: Device, config: bytes, base: int) -> dict[str, Any]:
     size = (control & 0x7FF) + 1
     table_bir, table_offset = table & 0x7, table & ~0x7
     pba_bir, pba_offset = pba & 0x7, pba & ~0x7
-    raw = device.read(table_bir, table_offset, size * MSIX_ENTRY.size)
+    raw = _bar_io(device, table_bir, table_offset, size * MSIX_ENTRY.size)
     entries = [
         dict(zip(("address", "address_hi", "data", "vector_control"), e, strict=True))
         for e in MSIX_ENTRY.iter_unpack(raw)
@@ -198,7 +231,7 @@ def _msix_state(device: Device, config: bytes, base: int) -> dict[str, Any]:
         "pba_offset": pba_offset,
         "table": entries,
         "pba_size": pba_size,
-        "pba": device.read(pba_bir, pba_offset, pba_size),
+        "pba": _bar_io(device, pba_bir, pba_offset, pba_size),
     }
 
 
@@ -391,7 +424,7 @@ def apply(device: Device, checked: Checked) -> None:
             MSIX_ENTRY.pack(e["address"], e["address_hi"], e["data"], e["vector_control"])
             for e in msix["table"]
         )
-        device.write(msix["table_bir"], msix["table_offset"], table)
+        _bar_io(device, msix["table_bir"], msix["table_offset"], table)
     if msi is not None:
         _write16(device, state["msi_offset"] + 2, msi["control"])
     if msix is not None:
