@@ -1,0 +1,732 @@
+"""Real VFIO devices for the test suite: a Debian 6.12 guest under QEMU (TCG).
+
+The machines that build and test vmstate have no VFIO, so the vfio-marked tests run
+in a guest: QEMU's edu, pci-testdev, two e1000e and ivshmem-plain bound to vfio-pci
+behind a virtual Intel IOMMU, plus two mtty mediated devices (migration v2), with
+the host's root shared read-only over 9p so the guest runs the host's interpreter on
+this checkout.  The tests' JUnit report comes back through a second, writable share.
+
+Kernel, headers and sources come from Debian's archive through apt on a private
+source list; downloads and builds are cached outside the clone, keyed by the
+resolved package versions and by this recipe's own files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import re
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+
+import vmstate
+from vmstate._files import write_atomic
+
+from .guest_plugin import function_id
+
+HERE = Path(__file__).resolve().parent
+INIT_SCRIPT = HERE / "guest_init.sh"
+SERIES = "6.12"
+SUITE = "bookworm-backports"
+# Loaded in this order (with their dependencies first); mtty is built here.
+MODULES = ("virtio_pci", "9pnet_virtio", "9p", "vfio", "vfio_iommu_type1", "vfio-pci", "mtty")
+MTTY_MEMBER = f"linux-source-{SERIES}/samples/vfio-mdev/mtty.c"
+# Where guest_init.sh mounts the result share, seen from inside the chroot.
+GUEST_RESULTS = "/run/vmstate/results"
+GUEST_SCRATCH = "/run/vmstate/tmp"
+GUEST_HOME = "/run/vmstate/home"
+# Guest mounts that hide the host's directories of the same name.
+HIDDEN_IN_GUEST = ("/run", "/proc", "/sys", "/dev")
+APT_LIST_MAX_AGE = 24 * 3600
+DEFAULT_TIMEOUT = 600
+CONSOLE_TAIL = 100
+
+Require = Callable[[str], str]
+"""Path of a host tool by name; skips or fails the tests when it is missing."""
+
+
+class HarnessError(Exception):
+    """Preparing or running the guest failed; the message says where and why."""
+
+
+class HarnessWarning(UserWarning):
+    """Something degraded but the run goes on (e.g. stale apt lists)."""
+
+
+def cache_root() -> Path:
+    """Outside the clone, so every checkout and CI run on the machine shares it."""
+    override = os.environ.get("VMSTATE_VM_CACHE")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vmstate-vm"
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _run(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
+         timeout: float = 900) -> str:
+    """Run a preparation step; its output becomes the error when it fails."""
+    args = [os.fspath(a) for a in argv]
+    try:
+        proc = subprocess.run(args, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, env={**os.environ, "LC_ALL": "C"}, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise HarnessError(f"{shlex.join(args)} did not finish within {timeout} s") from e
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace")
+        raise HarnessError(f"{shlex.join(args)} exited with status {proc.returncode}:\n"
+                           f"{_tail(out + err, 40)}")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise cache updates between concurrent test sessions on one machine."""
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- apt on a private source list -------------------------------------------------
+
+def _deb822(text: str) -> list[dict[str, str]]:
+    """Stanzas of a deb822 file (continuation lines kept, comments dropped)."""
+    stanzas: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    key = ""
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if fields:
+                stanzas.append(fields)
+            fields, key = {}, ""
+        elif line[0].isspace() and key:
+            fields[key] += "\n" + line
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return stanzas
+
+
+def _one_line_sources(text: str) -> list[dict[str, str]]:
+    """Entries of a legacy sources.list as deb822 fields."""
+    entries = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words or words[0] != "deb":
+            continue
+        fields = {"Types": "deb"}
+        if words[1].startswith("["):
+            options = []
+            while not words[1].endswith("]"):
+                options.append(words.pop(1))
+            options.append(words.pop(1))
+            for option in " ".join(options).strip("[]").split():
+                name, _, value = option.partition("=")
+                if name == "signed-by":
+                    fields["Signed-By"] = value
+        if len(words) >= 3:
+            fields.update(URIs=words[1], Suites=words[2], Components=" ".join(words[3:]))
+            entries.append(fields)
+    return entries
+
+
+def backports_source(entries: Iterable[Mapping[str, str]]) -> str:
+    """The system's main archive (same mirror, same key) pointed at bookworm-backports."""
+    for entry in entries:
+        if "deb" not in entry.get("Types", "").split():
+            continue
+        if not any("-" not in suite for suite in entry.get("Suites", "").split()):
+            continue  # security or updates only
+        lines = ["Types: deb", f"URIs: {entry['URIs']}", f"Suites: {SUITE}", "Components: main"]
+        if "Signed-By" in entry:
+            lines.append(f"Signed-By: {entry['Signed-By']}")
+        return "\n".join(lines) + "\n"
+    raise HarnessError("no Debian archive in the system's apt sources to take "
+                       f"{SUITE} from (/etc/apt/sources.list.d/*.sources, /etc/apt/sources.list)")
+
+
+def _system_apt_entries() -> list[dict[str, str]]:
+    entries: list[dict[str, str]] = []
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        entries += _deb822(path.read_text())
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        entries += _one_line_sources(legacy.read_text())
+    return entries
+
+
+@attrs.frozen
+class Package:
+    """One binary package as apt's metadata describes it."""
+
+    name: str
+    version: str
+    sha256: str
+    size: int
+    filename: str
+
+
+class Apt:
+    """apt-get and apt-cache on a private source list: the system's state stays untouched."""
+
+    def __init__(self, root: Path, require: Require) -> None:
+        self.root = root
+        self.apt_get = require("apt-get")
+        self.apt_cache = require("apt-cache")
+        self.lists = root / "lists"
+
+    def _options(self) -> list[str]:
+        settings = {
+            "Dir::Etc::SourceList": "/dev/null",
+            "Dir::Etc::SourceParts": self.root / "sources",
+            "Dir::State::Lists": self.lists,
+            "Dir::Cache": self.root / "cache",
+            "APT::Sandbox::User": "root",  # only honoured as root: the cache is not _apt's
+            "Acquire::Retries": "2",
+            "Acquire::http::Timeout": "30",
+        }
+        return [arg for key, value in settings.items() for arg in ("-o", f"{key}={value}")]
+
+    def refresh(self) -> None:
+        """Fetch the package lists when they are missing, a day old or the source changed."""
+        source = backports_source(_system_apt_entries())
+        sources = self.root / "sources"
+        for directory in (sources, self.lists / "partial", self.root / "cache" / "archives" / "partial"):
+            directory.mkdir(parents=True, exist_ok=True)
+        source_file, updated = sources / "vmstate-vm.sources", self.root / "updated"
+        changed = not source_file.exists() or source_file.read_text() != source
+        if changed:
+            updated.unlink(missing_ok=True)
+            write_atomic(source_file, source)
+        age = time.time() - updated.stat().st_mtime if updated.exists() else None
+        if age is not None and age < APT_LIST_MAX_AGE:
+            return
+        try:
+            _run([self.apt_get, *self._options(), "-q", "update"], timeout=300)
+        except HarnessError as e:
+            if age is None:
+                raise
+            warnings.warn(f"apt-get update failed, using package lists {age / 3600:.0f} h old: {e}",
+                          HarnessWarning, stacklevel=2)
+            return
+        write_atomic(updated, time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
+
+    def names(self, prefix: str) -> list[str]:
+        return _run([self.apt_cache, *self._options(), "pkgnames", prefix]).split()
+
+    def versions(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """Every available version of each package, newest first (apt's madison order)."""
+        found: dict[str, list[str]] = {}
+        for line in _run([self.apt_cache, *self._options(), "madison", *names]).splitlines():
+            parts = [part.strip() for part in line.split("|")]
+            if len(parts) == 3:
+                found.setdefault(parts[0], []).append(parts[1])
+        return found
+
+    def package(self, name: str, version: str) -> Package:
+        stanzas = _deb822(_run([self.apt_cache, *self._options(), "show", f"{name}={version}"]))
+        fields = stanzas[0]
+        return Package(name=name, version=version, sha256=fields["SHA256"],
+                       size=int(fields["Size"]), filename=Path(fields["Filename"]).name)
+
+    def fetch(self, packages: Iterable[Package], directory: Path) -> dict[str, Path]:
+        """Verified .deb files: cached ones re-hashed, missing ones downloaded and hashed."""
+        directory.mkdir(parents=True, exist_ok=True)
+        wanted = {p.name: p for p in packages}
+        missing = [p for p in wanted.values()
+                   if not (directory / p.filename).exists()
+                   or _sha256(directory / p.filename) != p.sha256]
+        if missing:
+            partial = directory / "partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            _run([self.apt_get, *self._options(), "-q", "download",
+                  *(f"{p.name}={p.version}" for p in missing)], cwd=partial)
+            for p in missing:
+                got = [f for f in partial.glob(f"{p.name}_*.deb")]
+                if len(got) != 1 or got[0].stat().st_size != p.size or _sha256(got[0]) != p.sha256:
+                    raise HarnessError(f"{p.name} {p.version}: download does not match apt's "
+                                       f"size {p.size} and SHA256 {p.sha256}")
+                os.replace(got[0], directory / p.filename)
+            shutil.rmtree(partial)
+        return {name: directory / p.filename for name, p in wanted.items()}
+
+
+# --- which kernel --------------------------------------------------------------------
+
+ABI_NAME = re.compile(r"linux-headers-(6\.12\.(\d+)\+deb12(?:\.(\d+))?)-amd64")
+
+
+def kernel_names(abi: str) -> dict[str, tuple[str, ...]]:
+    """Role -> acceptable package names (in order of preference) for one kernel ABI."""
+    return {
+        "image": (f"linux-image-{abi}-amd64", f"linux-image-{abi}-amd64-unsigned"),
+        "headers": (f"linux-headers-{abi}-amd64",),
+        "headers-common": (f"linux-headers-{abi}-common",),
+        "kbuild": (f"linux-kbuild-{abi}",),
+        "source": (f"linux-source-{SERIES}",),
+    }
+
+
+def choose_kernel(header_names: Iterable[str],
+                  versions: Mapping[str, Sequence[str]]) -> tuple[str, dict[str, tuple[str, str]]]:
+    """The newest 6.12 ABI whose image, headers, kbuild and source share one version.
+
+    Returns the kernel release (e.g. "6.12.95+deb12-amd64") and role -> (name, version).
+    The archive keeps older images after their headers are gone, so headers lead.
+    """
+    abis = sorted(((int(m[2]), int(m[3] or 0), m[1]) for n in header_names
+                   if (m := ABI_NAME.fullmatch(n))), reverse=True)
+    for *_, abi in abis:
+        roles = kernel_names(abi)
+        for version in versions.get(roles["headers"][0], ()):
+            chosen = {}
+            for role, names in roles.items():
+                name = next((n for n in names if version in versions.get(n, ())), None)
+                if name is None:
+                    break
+                chosen[role] = (name, version)
+            else:
+                return f"{abi}-amd64", chosen
+    raise HarnessError(f"no complete set of Debian {SERIES} kernel packages (image, headers, "
+                       f"kbuild, linux-source-{SERIES}) in {SUITE}")
+
+
+@attrs.frozen
+class Kernel:
+    """A resolved kernel: its release string and the exact packages it is built from."""
+
+    release: str
+    packages: Mapping[str, Package]  # role -> package
+
+
+def resolve_kernel(apt: Apt) -> Kernel:
+    headers = apt.names(f"linux-headers-{SERIES}.")
+    abis = [m[1] for n in headers if (m := ABI_NAME.fullmatch(n))]
+    names = {n for abi in abis for group in kernel_names(abi).values() for n in group}
+    release, chosen = choose_kernel(headers, apt.versions(sorted(names)))
+    return Kernel(release, {role: apt.package(*nv) for role, nv in chosen.items()})
+
+
+# --- building the kernel's companions ----------------------------------------------------
+
+def _is_static_elf(path: Path) -> bool:
+    """True when *path* is an ELF64 executable without a program interpreter."""
+    with path.open("rb") as f:
+        header = f.read(64)
+        if header[:5] != b"\x7fELF\x02":
+            return False
+        phoff, = struct.unpack_from("<Q", header, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    pt_interp = 3
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != pt_interp for i in range(phnum))
+
+
+def _static_busybox(require: Require) -> Path:
+    path = Path(require("busybox")).resolve()
+    if not _is_static_elf(path):
+        # /init cannot load shared libraries: report the package that ships the static
+        # build through require(), which skips (fails under CI) as for any missing tool.
+        require("busybox-static")
+    return path
+
+
+def kbuild_compiler(headers: Path) -> str:
+    """The compiler Debian's kbuild calls (.kernelvariables), e.g. x86_64-linux-gnu-gcc-12."""
+    text = (headers / ".kernelvariables").read_text()
+    cross = re.search(r"^(?:override\s+)?CROSS_COMPILE\s*:?=[ \t]*(\S*)", text, re.M)
+    cc = re.search(r"^CC\s*:?=.*?(\S+)[ \t]*$", text, re.M)
+    if cc is None:
+        return "gcc"
+    return cc[1].replace("$(CROSS_COMPILE)", cross[1] if cross else "")
+
+
+def _extract_mtty(source_deb: Path, work: Path) -> bytes:
+    """samples/vfio-mdev/mtty.c out of linux-source's tarball (Debian does not build it)."""
+    tree = work / "source"
+    _run(["dpkg", "-x", source_deb, tree])
+    tarball = tree / "usr" / "src" / f"linux-source-{SERIES}.tar.xz"
+    with tarfile.open(tarball, mode="r|xz") as archive:
+        for member in archive:
+            if member.name == MTTY_MEMBER and member.isfile():
+                data = archive.extractfile(member)
+                assert data is not None
+                return data.read()
+    raise HarnessError(f"{source_deb.name} has no {MTTY_MEMBER}")
+
+
+def _build_mtty(debs: Mapping[str, Path], release: str, work: Path, require: Require) -> Path:
+    """mtty.ko, built out of tree against the kernel's own headers."""
+    require("make")
+    headers_root = work / "headers"
+    for role in ("headers", "headers-common", "kbuild"):
+        _run(["dpkg", "-x", debs[role], headers_root])
+    kdir = headers_root / "usr" / "src" / f"linux-headers-{release}"
+    # The flavour's Makefile includes the common one by absolute path: point it here.
+    makefile = kdir / "Makefile"
+    makefile.write_text(makefile.read_text().replace("/usr/src/", f"{headers_root}/usr/src/"))
+    require(kbuild_compiler(kdir))
+    if "CONFIG_DEBUG_INFO_BTF_MODULES=y" in (kdir / ".config").read_text():
+        require("pahole")  # kbuild adds BTF to modules with it (package dwarves)
+    module = work / "mtty"
+    module.mkdir()
+    (module / "mtty.c").write_bytes(_extract_mtty(debs["source"], work))
+    (module / "Kbuild").write_text("obj-m := mtty.o\n")
+    _run(["make", "-C", kdir, f"M={module}", f"-j{os.cpu_count() or 1}", "modules"])
+    return module / "mtty.ko"
+
+
+def _module_order(tree: Path, release: str) -> list[Path]:
+    """The .ko files of MODULES, each after its dependencies, each once."""
+    order: list[Path] = []
+    for name in MODULES:
+        out = _run(["modprobe", "-C", "/dev/null", "-d", tree, "-S", release,
+                    "--show-depends", name])
+        for line in out.splitlines():
+            words = line.split()
+            if words[:1] == ["insmod"] and Path(words[1]) not in order:
+                order.append(Path(words[1]))
+    return order
+
+
+def _build_initramfs(tree: Path, release: str, mtty: Path, busybox: Path, work: Path) -> Path:
+    """busybox, the modules (decompressed: busybox insmod cannot) and guest_init.sh as /init."""
+    extra = tree / "lib" / "modules" / release / "extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(mtty, extra / "mtty.ko")
+    _run(["depmod", "-b", tree, release])
+    root = work / "initramfs"
+    for directory in ("bin", "dev", "proc", "sys", "lib/modules"):
+        (root / directory).mkdir(parents=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    names = []
+    for ko in _module_order(tree, release):
+        if ko.suffix == ".xz":
+            name, data = ko.stem, lzma.decompress(ko.read_bytes())
+        elif ko.suffix == ".ko":
+            name, data = ko.name, ko.read_bytes()
+        else:
+            raise HarnessError(f"{ko}: unsupported module compression")
+        (root / "lib" / "modules" / name).write_bytes(data)
+        names.append(name)
+    (root / "modules.list").write_text("".join(f"{n}\n" for n in names))
+    shutil.copy2(INIT_SCRIPT, root / "init")
+    (root / "init").chmod(0o755)
+    members = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=root,
+                          input="\n".join(members).encode(), capture_output=True, check=False)
+    if cpio.returncode != 0:
+        raise HarnessError(f"cpio failed: {cpio.stderr.decode(errors='replace')}")
+    out = work / "initramfs.cpio.gz"
+    out.write_bytes(gzip.compress(cpio.stdout, compresslevel=6, mtime=0))
+    return out
+
+
+@attrs.frozen
+class Artifacts:
+    """What QEMU boots: a cache directory holding the kernel and its initramfs."""
+
+    directory: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / "vmlinuz"
+
+    @property
+    def initramfs(self) -> Path:
+        return self.directory / "initramfs.cpio.gz"
+
+    @property
+    def stamp(self) -> Path:
+        return self.directory / "stamp.json"
+
+    def verified(self, inputs: Mapping[str, object]) -> bool:
+        """The stamp names these exact inputs and the built files still hash as recorded."""
+        try:
+            stamp = json.loads(self.stamp.read_text())
+        except (OSError, ValueError):
+            return False
+        if stamp.get("inputs") != inputs:
+            return False
+        files = {"vmlinuz": self.kernel, "initramfs.cpio.gz": self.initramfs}
+        return all(p.exists() and stamp.get("files", {}).get(n) == _sha256(p)
+                   for n, p in files.items())
+
+
+def _inputs(kernel: Kernel) -> dict[str, object]:
+    """What a build depends on: the packages and this recipe itself."""
+    recipe = hashlib.sha256(Path(__file__).read_bytes() + INIT_SCRIPT.read_bytes()).hexdigest()
+    return {
+        "release": kernel.release,
+        "packages": {role: {"name": p.name, "version": p.version, "sha256": p.sha256}
+                     for role, p in sorted(kernel.packages.items())},
+        "recipe": recipe,
+    }
+
+
+def _build(kernel: Kernel, apt: Apt, artifacts: Artifacts, inputs: Mapping[str, object],
+           require: Require) -> None:
+    for tool in ("dpkg", "depmod", "modprobe", "cpio"):
+        require(tool)
+    busybox = _static_busybox(require)
+    fetched = apt.fetch(kernel.packages.values(), artifacts.directory / "debs")
+    debs = {role: fetched[p.name] for role, p in kernel.packages.items()}
+    work = artifacts.directory / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        mtty = _build_mtty(debs, kernel.release, work, require)
+        tree = work / "kernel"
+        _run(["dpkg", "-x", debs["image"], tree])
+        initramfs = _build_initramfs(tree, kernel.release, mtty, busybox, work)
+        os.replace(tree / "boot" / f"vmlinuz-{kernel.release}", artifacts.kernel)
+        os.replace(initramfs, artifacts.initramfs)
+        files = {"vmlinuz": _sha256(artifacts.kernel),
+                 "initramfs.cpio.gz": _sha256(artifacts.initramfs)}
+        write_atomic(artifacts.stamp, json.dumps({"inputs": inputs, "files": files}, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prepare(require: Require, root: Path | None = None) -> Artifacts:
+    """Kernel and initramfs for the newest Debian 6.12 kernel, from the cache when it holds them.
+
+    A cache hit costs the version check and two hashes; a miss downloads what is not
+    cached yet, builds mtty and the initramfs, and drops other kernels' directories.
+    """
+    root = root or cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / "lock"):
+        apt = Apt(root / "apt", require)
+        apt.refresh()
+        kernel = resolve_kernel(apt)
+        artifacts = Artifacts(root / kernel.release)
+        inputs = _inputs(kernel)
+        if artifacts.verified(inputs):
+            return artifacts
+        artifacts.directory.mkdir(exist_ok=True)
+        _build(kernel, apt, artifacts, inputs, require)
+        for other in root.glob(f"{SERIES}.*"):
+            if other != artifacts.directory:
+                shutil.rmtree(other, ignore_errors=True)
+        return artifacts
+
+
+# --- running the guest ---------------------------------------------------------------
+
+@attrs.frozen
+class GuestOutcome:
+    """One test's result as the guest's JUnit report states it."""
+
+    outcome: str  # "passed", "failed", "skipped" or "xfailed"
+    message: str
+    details: str = ""
+
+
+def parse_junit(text: str) -> dict[str, GuestOutcome]:
+    """Node ID -> outcome.  Node IDs come from the "nodeid" property that guest_plugin
+    adds; a testcase without one (a collection error) is keyed by its JUnit name."""
+    outcomes: dict[str, GuestOutcome] = {}
+    for case in ET.fromstring(text).iter("testcase"):
+        props = {p.get("name"): p.get("value", "") for p in case.iter("property")}
+        key = props.get("nodeid") or "::".join(
+            part for part in (case.get("classname"), case.get("name")) if part)
+        problems = [c for c in case if c.tag in ("failure", "error")]
+        skipped = case.find("skipped")
+        if problems:
+            message = "; ".join(c.get("message", c.tag) for c in problems)
+            output = [f"--- {c.tag} ---\n{c.text or ''}" for c in case
+                      if c.tag in ("system-out", "system-err") and (c.text or "").strip()]
+            details = "\n".join([*(c.text or c.get("message", "") for c in problems), *output])
+            outcome = GuestOutcome("failed", message, details)
+        elif skipped is not None:
+            kind = "xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"
+            outcome = GuestOutcome(kind, skipped.get("message", ""))
+        else:
+            outcome = GuestOutcome("passed", "")
+        if key not in outcomes or outcome.outcome == "failed":
+            outcomes[key] = outcome
+    return outcomes
+
+
+def outcome_for(node_id: str, outcomes: Mapping[str, GuestOutcome],
+                host_ids: Iterable[str]) -> GuestOutcome | None:
+    """The guest's outcome for one host test: its own, or else the combined outcome of the
+    instances of its function that no host test matches (parameters that differ between
+    host and guest, see guest_plugin.selected)."""
+    if node_id in outcomes:
+        return outcomes[node_id]
+    taken = set(host_ids)
+    instances = {k: o for k, o in outcomes.items()
+                 if function_id(k) == function_id(node_id) and k not in taken}
+    if not instances:
+        return None
+    failed = {k: o for k, o in instances.items() if o.outcome == "failed"}
+    if failed:
+        return GuestOutcome(
+            "failed", f"{len(failed)} of {len(instances)} instances failed in the guest",
+            "\n".join(f"--- {k}: {o.message}\n{o.details}" for k, o in failed.items()))
+    if all(o.outcome in ("skipped", "xfailed") for o in instances.values()):
+        return GuestOutcome("skipped", "; ".join(f"{k}: {o.message}" for k, o in instances.items()))
+    return GuestOutcome("passed", f"as {', '.join(instances)}")
+
+
+@attrs.frozen
+class GuestRun:
+    """What one boot of the guest reported."""
+
+    outcomes: Mapping[str, GuestOutcome]
+    problem: str | None  # why the run as a whole went wrong, if it did
+    console: str
+    seconds: float
+
+    def console_tail(self, lines: int = CONSOLE_TAIL) -> str:
+        return _tail(self.console, lines)
+
+
+def guest_pytest_args(junit: str) -> list[str]:
+    """pytest options of the guest run (the harness' own tests use them too)."""
+    # Hypothesis' plugin alone adds ~10 s of emulated start-up and the guest tests use
+    # neither it nor pytest-benchmark's (hypothesis itself still works without it).
+    return ["-m", "vfio", "-p", "no:cacheprovider", "-p", "vm.guest_plugin",
+            "-p", "no:hypothesispytest", "-p", "no:benchmark", "--continue-on-collection-errors",
+            "-v", "--color=no", f"--junitxml={junit}", "-o", "junit_family=xunit1",
+            "-o", "junit_logging=all"]
+
+
+def guest_command(node_ids: Sequence[str], rootdir: Path, inifile: Path | None) -> list[str]:
+    """The guest's pytest run: this interpreter on this checkout, the selected vfio tests.
+
+    It is given the files of *node_ids* and, through guest_plugin, the IDs themselves.
+    """
+    source = Path(vmstate.__file__).resolve().parents[1]
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": GUEST_HOME,
+        "TMPDIR": GUEST_SCRATCH,
+        "LANG": "C.UTF-8",
+        "VMSTATE_IN_GUEST": "1",
+        "VMSTATE_GUEST_SELECT": f"{GUEST_RESULTS}/selected.txt",
+        "PYTHONDONTWRITEBYTECODE": "1",  # the root is read-only
+        "PYTHONPATH": os.pathsep.join([str(source), str(HERE.parent)]),
+    }
+    if "CI" in os.environ:
+        env["CI"] = os.environ["CI"]  # a missing tool fails in the guest as on the host
+    args = ["-m", "pytest", *guest_pytest_args(f"{GUEST_RESULTS}/junit.xml"),
+            "--rootdir", str(rootdir)]
+    if inifile is not None:
+        args += ["-c", str(inifile)]
+    files = dict.fromkeys(str(rootdir / node_id.split("::", 1)[0]) for node_id in node_ids)
+    return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
+            sys.executable, *args, *files]
+
+
+def _check_visible(paths: Iterable[Path]) -> None:
+    for path in paths:
+        for hidden in HIDDEN_IN_GUEST:
+            if path == Path(hidden) or Path(hidden) in path.parents:
+                raise HarnessError(f"{path} is under {hidden}, which the guest mounts over: "
+                                   "run the tests from a checkout and interpreter elsewhere")
+
+
+def _fsdev_path(path: Path) -> str:
+    return str(path).replace(",", ",,")  # QEMU option syntax
+
+
+def qemu_command(qemu: str, artifacts: Artifacts, results: Path) -> list[str]:
+    """q35 with a virtual Intel IOMMU, the test devices and the two 9p shares."""
+    return [
+        qemu, "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
+        "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+        "-device", "intel-iommu,intremap=on",  # before the devices it translates for
+        "-kernel", str(artifacts.kernel), "-initrd", str(artifacts.initramfs),
+        "-append", "console=ttyS0 panic=-1 loglevel=4 intel_iommu=on",
+        "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+        "-fsdev", f"local,id=results,path={_fsdev_path(results)},security_model=none",
+        "-device", "virtio-9p-pci,fsdev=results,mount_tag=results",
+        "-device", "edu",
+        "-device", "pci-testdev",
+        "-device", "e1000e,id=nic-source",
+        "-device", "e1000e,id=nic-destination",
+        "-object", "memory-backend-ram,id=shm0,size=1M",
+        "-device", "ivshmem-plain,memdev=shm0",
+    ]
+
+
+def run_guest(artifacts: Artifacts, node_ids: Sequence[str], *, rootdir: Path,
+              inifile: Path | None, require: Require,
+              timeout: float = DEFAULT_TIMEOUT) -> GuestRun:
+    """Boot the guest once, run *node_ids* in it and read back their outcomes."""
+    qemu = require("qemu-system-x86_64")
+    _check_visible([rootdir, Path(sys.executable), Path(vmstate.__file__).resolve()])
+    with tempfile.TemporaryDirectory(prefix="vmstate-vm-") as tmp:
+        results = Path(tmp)
+        command = guest_command(node_ids, rootdir, inifile)
+        (results / "run.sh").write_text(f"cd {GUEST_SCRATCH} && exec {shlex.join(command)}\n")
+        (results / "selected.txt").write_text("".join(f"{n}\n" for n in node_ids))
+        console_path = results / "console.log"
+        problem = None
+        started = time.monotonic()
+        with console_path.open("wb") as console:
+            try:
+                proc = subprocess.run(qemu_command(qemu, artifacts, results),
+                                      stdin=subprocess.DEVNULL, stdout=console,
+                                      stderr=subprocess.STDOUT, timeout=timeout, check=False)
+                if proc.returncode != 0:
+                    problem = f"QEMU exited with status {proc.returncode}"
+            except subprocess.TimeoutExpired:
+                problem = f"the guest did not finish within {timeout:.0f} s; QEMU was killed"
+        seconds = time.monotonic() - started
+        console_text = console_path.read_text(errors="replace")
+        status_file, junit = results / "exit-status", results / "junit.xml"
+        outcomes: dict[str, GuestOutcome] = {}
+        if junit.exists():
+            try:
+                outcomes = parse_junit(junit.read_text(errors="replace"))
+            except ET.ParseError as e:
+                problem = problem or f"the guest's JUnit report is malformed: {e}"
+        if problem is None:
+            if not status_file.exists():
+                problem = "the guest stopped before its test run finished"
+            elif (status := status_file.read_text().strip()) not in ("0", "1"):
+                problem = f"pytest in the guest exited with status {status}"
+            elif not junit.exists():
+                problem = "the guest wrote no JUnit report"
+        return GuestRun(outcomes, problem, console_text, seconds)
