@@ -23,6 +23,7 @@ ONE_PROBLEM = {
     "reference-later.toml": (6, 38, "error", "reference-later", "comes later"),
     "since-above-version.toml": (9, 38, "error", "since-above-version", "'extra'"),
     "subsection-name.toml": (10, 1, "error", "subsection-name", "'lint-sub/irq'"),
+    "subsection-prefix.toml": (16, 1, "error", "subsection-prefix", "'demo/msix'"),
     "unknown-predicate.toml": (7, 49, "warning", "unknown-predicate", "'has_msix'"),
 }
 
@@ -109,7 +110,7 @@ def test_whole_directory_output(
     monkeypatch.chdir(DATA)
     status, out = lint(capsys, "lint")
     assert status == 1
-    assert out[-1] == "12 errors, 3 warnings in 8 files"
+    assert out[-1] == "13 errors, 3 warnings in 9 files"
     assert "\n".join(out) == snapshot
 
 

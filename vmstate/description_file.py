@@ -98,6 +98,7 @@ PROBLEM_CODES: dict[str, str] = {
     "duplicate-field": "two fields kept in state under one name",
     "duplicate-subsection": "two subsections of one name",
     "subsection-name": "a subsection whose name does not start with its parent's",
+    "subsection-prefix": "a subsection whose name is a prefix of a sibling's: QEMU loads neither",
     "bad-description": "a description the core rejects",
     "reference-later": "a count, size or condition that names a later field",
     "bad-reference": "a count or size that names a field that is not an integer",
@@ -562,6 +563,14 @@ class _Reader:
                 if sub.name in seen:
                     self.problem((*path, "subsections", i, "name"),
                                  f"subsection {sub.name!r} appears twice", "duplicate-subsection")
+                shadow = next((o for o in seen if sub.name.startswith(o) or o.startswith(sub.name)),
+                              None)
+                if shadow is not None and shadow != sub.name:
+                    short, long = sorted((shadow, sub.name), key=len)
+                    self.problem((*path, "subsections", i, "name"),
+                                 f"subsection {short!r} is a prefix of {long!r}: QEMU's loader "
+                                 f"takes {long!r} for a subsection of {short!r} and fails",
+                                 "subsection-prefix")
                 seen.add(sub.name)
                 subsections.append(sub)
         if head is None or name is None or self.errors() > before:
