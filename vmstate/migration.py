@@ -728,7 +728,8 @@ class _EmulatedStream:
     def __init__(self, seed: int, size: int) -> None:
         self.header = _EMU_HEADER.pack(_EMU_MAGIC, seed, size)
         self.total = len(self.header) + size
-        self._pattern = _pattern(seed)
+        self.pattern = _pattern(seed)
+        self._last = (-1, -1, b"")  # (phase, count, bytes): chunks repeat once a period
 
     def chunk(self, position: int, count: int) -> bytes:
         """Up to *count* bytes from *position*: the header's rest, or at most a period of body."""
@@ -736,7 +737,9 @@ class _EmulatedStream:
             return self.header[position : position + count]
         phase = (position - len(self.header)) % _PATTERN_PERIOD
         count = min(count, _PATTERN_PERIOD, self.total - position)
-        return self._pattern[phase : phase + count]
+        if self._last[:2] != (phase, count):
+            self._last = (phase, count, self.pattern[phase : phase + count])
+        return self._last[2]
 
 
 def _os_error(code: int) -> OSError:
@@ -757,10 +760,16 @@ def _pipe() -> tuple[int, int, int]:
 
 
 class _SaveSession:
-    """The device's side of a saving data fd: it fills the pipe as the reader asks."""
+    """The device's side of a saving data fd: it fills the pipe as the reader asks.
+
+    The body goes in by splice(2) from a memfd holding the pattern, without a copy, as a
+    driver's read() copies its data once.
+    """
 
     def __init__(self, stream: _EmulatedStream, released: int, dirty: list[int]) -> None:
         self.data_fd, self._write_fd, self._capacity = _pipe()
+        self._body = os.memfd_create("emulated-device-data", os.MFD_CLOEXEC)
+        _write_fully(self._body, stream.pattern)
         self.stream = stream
         self.released = released
         self.dirty = dirty
@@ -769,10 +778,14 @@ class _SaveSession:
     def read(self, data_fd: int, buffer: memoryview, largest: int, final: bool) -> int:
         count = min(len(buffer), largest, self._capacity, self.released - self.position)
         if count:
-            chunk = self.stream.chunk(self.position, count)
-            _write_fully(self._write_fd, chunk)
-            self.position += len(chunk)
-            return os.readv(data_fd, [buffer[: len(chunk)]])
+            header = len(self.stream.header)
+            if self.position < header:
+                moved = os.write(self._write_fd, self.stream.header[self.position : header][:count])
+            else:
+                phase = (self.position - header) % _PATTERN_PERIOD
+                moved = os.splice(self._body, self._write_fd, count, offset_src=phase)
+            self.position += moved
+            return os.readv(data_fd, [buffer[:moved]])
         if not final:
             raise _os_error(errno.ENOMSG)
         if self._write_fd >= 0:  # the real end of the stream: EOF on the data fd
@@ -781,6 +794,7 @@ class _SaveSession:
         return os.readv(data_fd, [buffer])
 
     def close(self) -> None:
+        os.close(self._body)
         if self._write_fd >= 0:
             os.close(self._write_fd)
             self._write_fd = -1
@@ -791,7 +805,8 @@ class _ResumeSession:
 
     def __init__(self) -> None:
         self._read_fd, self.data_fd, self._capacity = _pipe()
-        self._buffer = memoryview(bytearray(self._capacity))
+        self._raw = bytearray(self._capacity)
+        self._buffer = memoryview(self._raw)
         self.received = 0
         self.header = b""
         self.stream: _EmulatedStream | None = None
@@ -802,30 +817,33 @@ class _ResumeSession:
         if self.stream is not None and self.received + count > self.stream.total:
             raise _os_error(errno.ENOMEM)  # as mtty: more than the state it declared
         written = os.write(data_fd, data[:count])
-        got = os.readv(self._read_fd, [self._buffer[:written]])
-        self._check(self._buffer[:got])
+        self._check(os.readv(self._read_fd, [self._buffer[:written]]))
         return written
 
-    def _check(self, data: memoryview) -> None:
+    def _check(self, got: int) -> None:
+        """Check the *got* bytes just drained into the buffer against the declared stream."""
+        start = 0
         if self.stream is None:
-            need = _EMU_HEADER.size - len(self.header)
-            self.header += bytes(data[:need])
-            self.received += min(need, len(data))
-            data = data[need:]
+            start = min(_EMU_HEADER.size - len(self.header), got)
+            self.header += self._buffer[:start]
+            self.received += start
             if len(self.header) < _EMU_HEADER.size:
                 return
             magic, seed, size = _EMU_HEADER.unpack(self.header)
             if magic != _EMU_MAGIC:
                 raise _os_error(errno.EFAULT)  # as mtty: a bad header fails the write
             self.stream = _EmulatedStream(seed, size)
-        while data:
-            expected = self.stream.chunk(self.received, len(data))
-            if self.corrupt_at is None and bytes(data[: len(expected)]) != expected:
-                self.corrupt_at = self.received
-            self.received += len(expected)
-            data = data[len(expected) :]
+        while start < got:
+            expected = self.stream.chunk(self.received, got - start)
             if not expected:  # beyond the declared state
                 raise _os_error(errno.ENOMEM)
+            end = start + len(expected)
+            # A whole buffer compares as a bytearray (memcmp); a memoryview would not.
+            data = self._raw if end - start == len(self._raw) else self._buffer[start:end].tobytes()
+            if self.corrupt_at is None and data != expected:
+                self.corrupt_at = self.received
+            self.received += len(expected)
+            start = end
 
     def complete(self) -> bool:
         return (
