@@ -81,9 +81,13 @@ def test_every_kind_file_covers_every_kind_and_scalar_type() -> None:
     """A kind added to vmstate.fields without a file form fails here."""
     kinds = _all_kinds(load_description_file(EVERY_KIND))
     defined = {
-        cls for cls in vars(fields).values()
-        if inspect.isclass(cls) and issubclass(cls, Kind) and not inspect.isabstract(cls)
-        and cls.__module__ == fields.__name__ and not cls.__name__.startswith("_")
+        cls
+        for cls in vars(fields).values()
+        if inspect.isclass(cls)
+        and issubclass(cls, Kind)
+        and not inspect.isabstract(cls)
+        and cls.__module__ == fields.__name__
+        and not cls.__name__.startswith("_")
     }
     assert {type(k) for k in kinds} == defined
     assert {k.info for k in kinds if isinstance(k, fields.Scalar)} == set(SCALAR_TYPES)
@@ -96,14 +100,39 @@ def test_every_kind_file_covers_every_kind_and_scalar_type() -> None:
 def _every_kind_state(version: int) -> dict[str, Any]:
     entry = {"addr": 0x1122334455667788, "data": 0xAABBCCDD}
     state: dict[str, Any] = {
-        "flag": True, "i8": -5, "i16": -300, "i32": -70000, "i64": -(1 << 40),
-        "u8": 3, "u16": 2, "u32": 1, "u64": 1 << 63,
-        "magic": 0x5145564D, "e8": 1, "e16": 2, "ei32": -3, "e64": 1 << 63, "level": 7,
-        "deadline": -1, "ratio": 1.5, "ratio_u": -2.25,
-        "config_x": bytes(range(16)), "blob": b"abcdef", "pending": (1 << 69) | 1,
-        "entry": entry, "old_entry": {"addr": 5},
-        "regs": [1, 2, 3, 4], "slots": [entry, None],
-        "words": [b"%02d" % i for i in range(6)], "queue": [entry, entry],
+        "flag": True,
+        "i8": -5,
+        "i16": -300,
+        "i32": -70000,
+        "i64": -(1 << 40),
+        "u8": 3,
+        "u16": 2,
+        "u32": 1,
+        "u64": 1 << 63,
+        "magic": 0x5145564D,
+        "e8": 1,
+        "e16": 2,
+        "ei32": -3,
+        "e64": 1 << 63,
+        "level": 7,
+        "deadline": -1,
+        "ratio": 1.5,
+        "ratio_u": -2.25,
+        "le16": 0xBEEF,
+        "le32": 0xDEADBEEF,
+        "le64": 2**64 - 2,
+        "lei16": -2,
+        "lei32": -3,
+        "lei64": -4,
+        "config_x": bytes(range(16)),
+        "blob": b"abcdef",
+        "pending": (1 << 69) | 1,
+        "entry": entry,
+        "old_entry": {"addr": 5},
+        "regs": [1, 2, 3, 4],
+        "slots": [entry, None],
+        "words": [b"%02d" % i for i in range(6)],
+        "queue": [entry, entry],
         "mixed": [7, b"xyz", entry],
         "every-kind/extra": {"count": 2, "ids": [10, 20], "every-kind/extra/deeper": {"id": 9}},
     }
@@ -151,7 +180,8 @@ def test_problems_with_their_positions(name: str, snapshot: Any) -> None:
 
 def test_every_problem_code_is_exercised() -> None:
     codes = {
-        p.code for name in PROBLEM_FILES
+        p.code
+        for name in PROBLEM_FILES
         for p in check_description_text((DESCRIPTIONS / name).read_text(), name)
     }
     assert codes == set(PROBLEM_CODES)
@@ -165,8 +195,10 @@ def test_load_raises_the_first_error_at_its_location() -> None:
 
 
 def test_warnings_do_not_stop_loading() -> None:
-    text = '[description]\nname = "d"\nversion_id = 1\nfields = [\n' \
+    text = (
+        '[description]\nname = "d"\nversion_id = 1\nfields = [\n'
         '  { name = "a", type = "uint8", exists = "never_registered() or held_only" },\n]\n'
+    )
     problems = check_description_text(text, "w.toml")
     assert [(p.location, p.code, p.severity) for p in problems] == [
         ("w.toml:5:33", "unknown-predicate", "warning"),
@@ -187,30 +219,32 @@ def test_unreadable_files_are_description_errors(tmp_path: Path) -> None:
 
 
 def test_positions_of_tricky_toml() -> None:
-    text = "\n".join([
-        "# [not] a table",
-        "[description]",
-        'name = "x"  # comment with "quotes"',
-        '"quoted key" = 2',
-        "a.b . c = 'lit'",
-        's = """multi',
-        'line \\""" still "" """',
-        "fields = [",
-        '  { name = "a", size = [1, [2, 3]] }, # c',
-        "  # comment",
-        '  { name = "b", element = { type = "buffer" } },',
-        "]",
-        "[[description.subsections]]",
-        'name = "x/y"',
-        "[[description.subsections]]",
-        'fields = [{ name = "q" }]',
-        "[[description.subsections.subsections]]",
-        'name = "x/z/w"',
-        '[structs."we ird\\u0041"]',
-        "v = 1979-05-27 07:32:00Z",
-        "w = '''",
-        "'''''",
-    ])
+    text = "\n".join(
+        [
+            "# [not] a table",
+            "[description]",
+            'name = "x"  # comment with "quotes"',
+            '"quoted key" = 2',
+            "a.b . c = 'lit'",
+            's = """multi',
+            'line \\""" still "" """',
+            "fields = [",
+            '  { name = "a", size = [1, [2, 3]] }, # c',
+            "  # comment",
+            '  { name = "b", element = { type = "buffer" } },',
+            "]",
+            "[[description.subsections]]",
+            'name = "x/y"',
+            "[[description.subsections]]",
+            'fields = [{ name = "q" }]',
+            "[[description.subsections.subsections]]",
+            'name = "x/z/w"',
+            '[structs."we ird\\u0041"]',
+            "v = 1979-05-27 07:32:00Z",
+            "w = '''",
+            "'''''",
+        ]
+    )
     at = index_positions(text).of
     assert at(("description",)) == (2, 1)
     assert at(("description", "quoted key")) == (4, 1)
@@ -225,14 +259,52 @@ def test_positions_of_tricky_toml() -> None:
     assert at(("nowhere",)) == (1, 1)
 
 
-_KEYS = ["name", "type", "size", "count", "max_count", "element", "exists", "since", "struct",
-         "version", "info", "nullable", "count_type", "multiply", "nbits", "elements", "odd key"]
-_WORDS = ["a", "b", "uint8", "uint32 equal", "buffer", "varray", "array", "struct", "unused",
-          "validate", "seq", "qtailq", "vbuffer", "bitmap", "s", "a > 1", "not a", "?x/y", "(", ""]
+_KEYS = [
+    "name",
+    "type",
+    "size",
+    "count",
+    "max_count",
+    "element",
+    "exists",
+    "since",
+    "struct",
+    "version",
+    "info",
+    "nullable",
+    "count_type",
+    "multiply",
+    "nbits",
+    "elements",
+    "odd key",
+]
+_WORDS = [
+    "a",
+    "b",
+    "uint8",
+    "uint32 equal",
+    "buffer",
+    "varray",
+    "array",
+    "struct",
+    "unused",
+    "validate",
+    "seq",
+    "qtailq",
+    "vbuffer",
+    "bitmap",
+    "s",
+    "a > 1",
+    "not a",
+    "?x/y",
+    "(",
+    "",
+]
 _values = st.recursive(
     st.one_of(st.integers(-3, 300), st.sampled_from(_WORDS), st.booleans()),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(_KEYS), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 _field_tables = st.dictionaries(st.sampled_from(_KEYS), _values, max_size=6)

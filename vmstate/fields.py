@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 #: QEMU info name -> (struct format, check).  Check: "" none, "equal", "le".
+#: Formats are big-endian (VMState's order) unless they start with "<".
 SCALAR_TYPES: dict[str, tuple[str, str]] = {
     "bool": ("?", ""),
     "int8": ("b", ""),
@@ -71,6 +72,14 @@ SCALAR_TYPES: dict[str, tuple[str, str]] = {
     "timer": ("q", ""),
     "CPU_Double_U": ("d", ""),
     "float64": ("d", ""),
+    # Not QEMU's: little-endian numbers, for device data in a driver's own layout
+    # (a C struct in host order, like mtty's migration data).
+    "le_int16": ("<h", ""),
+    "le_int32": ("<i", ""),
+    "le_int64": ("<q", ""),
+    "le_uint16": ("<H", ""),
+    "le_uint32": ("<I", ""),
+    "le_uint64": ("<Q", ""),
 }
 #: count field types accepted for variable arrays
 COUNT_TYPES = frozenset({"uint8", "uint16", "uint32", "int32"})
@@ -107,7 +116,7 @@ class Kind(abc.ABC):
 
 @functools.cache
 def _codec(code: str) -> _struct.Struct:
-    return _struct.Struct(">" + code)
+    return _struct.Struct(code if code.startswith("<") else ">" + code)
 
 
 @attrs.frozen
@@ -131,7 +140,8 @@ class Scalar(Kind):
         object.__setattr__(self, "_codec", codec)
         object.__setattr__(self, "size", codec.size)
         object.__setattr__(self, "check", check)
-        object.__setattr__(self, "fmt", None if check else code)
+        # the fast path merges big-endian runs: checked and little-endian values stay out
+        object.__setattr__(self, "fmt", None if check or code.startswith("<") else code)
 
     def load(self, buf: bytes, pos: int, frame: Frame, name: str) -> tuple[Any, int]:
         need(buf, pos, self.size, self.info)

@@ -9,11 +9,12 @@ The input is any buffer (``bytes`` or an ``mmap`` of the file).
 
 from __future__ import annotations
 
+import io
 import json
 import mmap
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -147,6 +148,10 @@ Input = bytes | mmap.mmap
 PageSink = Callable[[str, int, bytes | int, int], None]
 #: finds the description of a section: (idstr, instance_id, version_id) -> Description
 Resolver = Callable[[str, int, int], Description | None]
+#: walks a section that is no VMState (QEMU's "old style"): (buffer, start) -> end
+RawParser = Callable[[Input, int], int]
+#: finds the walker of such a section by id string, or None
+RawResolver = Callable[[str], RawParser | None]
 
 
 def find_vmdesc(buf: Input) -> int | None:
@@ -198,11 +203,13 @@ def parse(
     *,
     limits: Limits = DEFAULT_LIMITS,
     page_sink: PageSink | None = None,
+    raw: RawResolver | None = None,
 ) -> Stream:
     """Parse a whole stream.  Device sections are decoded with *resolver*, or
-    with the stream's own vmdesc when no resolver is given."""
+    with the stream's own vmdesc when no resolver is given; sections *raw* knows
+    are walked by their own parser (their state stays None)."""
     try:
-        return _Parser(buf, resolver, limits, page_sink).run()
+        return _Parser(buf, resolver, limits, page_sink, raw).run()
     except DecodeError as e:
         located = e if e.path else e.within("stream")
         raise located.with_excerpt(buf) from None
@@ -210,11 +217,17 @@ def parse(
 
 class _Parser:
     def __init__(
-        self, buf: Input, resolver: Resolver | None, limits: Limits, sink: PageSink | None
+        self,
+        buf: Input,
+        resolver: Resolver | None,
+        limits: Limits,
+        sink: PageSink | None,
+        raw: RawResolver | None,
     ) -> None:
         self.buf = buf
         self.limits = limits
         self.sink = sink
+        self.raw = raw
         self.page_size = 4096
         self.vmdesc_at = find_vmdesc(buf)
         self.vmdesc = parse_vmdesc(buf, self.vmdesc_at) if self.vmdesc_at is not None else None
@@ -379,6 +392,11 @@ class _Parser:
                     path=(idstr,),
                 )
             pos = self.ram(pos)
+        elif self.raw is not None and (walk := self.raw(idstr)) is not None:
+            try:
+                pos = walk(self.buf, pos)
+            except DecodeError as e:
+                raise e.within(idstr) from None
         else:
             try:
                 desc = self.resolver(idstr, instance_id, version_id)
@@ -515,38 +533,68 @@ class DeviceState:
     held: Mapping[str, Any] | None = None
 
 
-def write(devices: Sequence[DeviceState], machine: str | None = None) -> bytes:
-    """A stream as QEMU writes one: header, configuration, FULL sections with
-    footers, EOF and the vmdesc, so QEMU's tools read our files too."""
-    out = bytearray(_BE32.pack(MAGIC) + _BE32.pack(VERSION))
-    if machine is not None:
-        name = machine.encode()
-        out.append(CONFIGURATION)
-        out += CONFIGURATION_DESCRIPTION.save({"len": len(name), "name": name})
-    vmdesc_devices = []
-    for section_id, dev in enumerate(devices):
-        idstr = dev.idstr.encode()
-        if not 0 < len(idstr) < 256:
-            raise EncodeError(f"section name {dev.idstr!r} must be 1..255 bytes")
+class StreamWriter:
+    """Writes a stream as QEMU does (header, configuration, FULL sections with
+    footers, EOF, vmdesc) to a binary file, one section at a time, so a section
+    of gigabytes of device data never has to be in memory."""
+
+    def __init__(self, out: BinaryIO, machine: str | None = None) -> None:
+        self.out = out
+        self.vmdesc: list[dict[str, Any]] = []
+        out.write(_BE32.pack(MAGIC) + _BE32.pack(VERSION))
+        if machine is not None:
+            name = machine.encode()
+            out.write(bytes([CONFIGURATION]))
+            out.write(CONFIGURATION_DESCRIPTION.save({"len": len(name), "name": name}))
+
+    def _header(self, idstr: str, instance_id: int, version: int) -> int:
+        name = idstr.encode()
+        if not 0 < len(name) < 256:
+            raise EncodeError(f"section name {idstr!r} must be 1..255 bytes")
+        section_id = len(self.vmdesc)
+        self.out.write(bytes([SECTION_FULL]) + _BE32.pack(section_id) + _U8.pack(len(name)))
+        self.out.write(name + _BE32.pack(instance_id) + _BE32.pack(version))
+        return section_id
+
+    def device(self, dev: DeviceState) -> None:
+        """A section encoded from a description and state."""
         version = dev.description.version_id
-        out.append(SECTION_FULL)
-        out += _BE32.pack(section_id) + _U8.pack(len(idstr)) + idstr
-        out += _BE32.pack(dev.instance_id) + _BE32.pack(version)
         try:
-            out += dev.description.save(dev.state, held=dev.held)
+            payload = dev.description.save(dev.state, held=dev.held)
         except EncodeError as e:
             raise e.within(dev.idstr) from None
-        out.append(FOOTER)
-        out += _BE32.pack(section_id)
+        section_id = self._header(dev.idstr, dev.instance_id, version)
+        self.out.write(payload + bytes([FOOTER]) + _BE32.pack(section_id))
         entry = vmdesc_entry(dev.description, dev.state, version, held=dev.held)
-        vmdesc_devices.append({"name": dev.idstr, "instance_id": dev.instance_id, **entry})
-    out.append(EOF)
-    body = json.dumps(
-        {"page_size": 4096, "devices": vmdesc_devices}, separators=(",", ":")
-    ).encode()
-    out.append(VMDESCRIPTION)
-    out += _BE32.pack(len(body)) + body
-    return bytes(out)
+        self.vmdesc.append({"name": dev.idstr, "instance_id": dev.instance_id, **entry})
+
+    def raw(
+        self, idstr: str, version: int, payload: Callable[[BinaryIO], int], instance_id: int = 0
+    ) -> int:
+        """A section that is no VMState (QEMU's "old style", like vfio's own): *payload*
+        writes its bytes and returns how many.  vmdesc records it as one buffer, as QEMU does."""
+        section_id = self._header(idstr, instance_id, version)
+        size = payload(self.out)
+        self.out.write(bytes([FOOTER]) + _BE32.pack(section_id))
+        data = {"name": "data", "type": "buffer", "size": size}
+        self.vmdesc.append(
+            {"name": idstr, "instance_id": instance_id, "size": size, "fields": [data]}
+        )
+        return size
+
+    def finish(self) -> None:
+        body = json.dumps({"page_size": 4096, "devices": self.vmdesc}, separators=(",", ":"))
+        self.out.write(bytes([EOF, VMDESCRIPTION]) + _BE32.pack(len(body)) + body.encode())
+
+
+def write(devices: Sequence[DeviceState], machine: str | None = None) -> bytes:
+    """A whole stream of *devices*, in memory (see :class:`StreamWriter`)."""
+    out = io.BytesIO()
+    writer = StreamWriter(out, machine)
+    for dev in devices:
+        writer.device(dev)
+    writer.finish()
+    return out.getvalue()
 
 
 def resolver_from(descriptions: Mapping[str, Description]) -> Resolver:
@@ -563,9 +611,12 @@ __all__ = [
     "DeviceState",
     "PageSink",
     "RamBlock",
+    "RawParser",
+    "RawResolver",
     "Resolver",
     "Section",
     "Stream",
+    "StreamWriter",
     "TruncatedError",
     "find_vmdesc",
     "parse",
