@@ -559,6 +559,11 @@ class GuestOutcome:
     details: str = ""
 
 
+def _has_output(text: str | None) -> bool:
+    """Captured output beyond pytest's empty "---- Captured ... ----" headers."""
+    return any(line.strip() and not line.startswith("-----") for line in (text or "").splitlines())
+
+
 def parse_junit(text: str) -> dict[str, GuestOutcome]:
     """Node ID -> outcome.  Node IDs come from the "nodeid" property that guest_plugin
     adds; a testcase without one (a collection error) is keyed by its JUnit name."""
@@ -571,8 +576,8 @@ def parse_junit(text: str) -> dict[str, GuestOutcome]:
         skipped = case.find("skipped")
         if problems:
             message = "; ".join(c.get("message", c.tag) for c in problems)
-            output = [f"--- {c.tag} ---\n{c.text or ''}" for c in case
-                      if c.tag in ("system-out", "system-err") and (c.text or "").strip()]
+            output = [c.text or "" for c in case
+                      if c.tag in ("system-out", "system-err") and _has_output(c.text)]
             details = "\n".join([*(c.text or c.get("message", "") for c in problems), *output])
             outcome = GuestOutcome("failed", message, details)
         elif skipped is not None:
