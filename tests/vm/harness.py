@@ -277,7 +277,7 @@ class Apt:
             _run([self.apt_get, *self._options(), "-q", "download",
                   *(f"{p.name}={p.version}" for p in missing)], cwd=partial)
             for p in missing:
-                got = [f for f in partial.glob(f"{p.name}_*.deb")]
+                got = list(partial.glob(f"{p.name}_*.deb"))
                 if len(got) != 1 or got[0].stat().st_size != p.size or _sha256(got[0]) != p.sha256:
                     raise HarnessError(f"{p.name} {p.version}: download does not match apt's "
                                        f"size {p.size} and SHA256 {p.sha256}")
@@ -314,7 +314,7 @@ def choose_kernel(header_names: Iterable[str],
     for *_, abi in abis:
         roles = kernel_names(abi)
         for version in versions.get(roles["headers"][0], ()):
-            chosen = {}
+            chosen: dict[str, tuple[str, str]] = {}
             for role, names in roles.items():
                 name = next((n for n in names if version in versions.get(n, ())), None)
                 if name is None:
@@ -384,9 +384,7 @@ def _extract_mtty(source_deb: Path, work: Path) -> bytes:
     tarball = tree / "usr" / "src" / f"linux-source-{SERIES}.tar.xz"
     with tarfile.open(tarball, mode="r|xz") as archive:
         for member in archive:
-            if member.name == MTTY_MEMBER and member.isfile():
-                data = archive.extractfile(member)
-                assert data is not None
+            if member.name == MTTY_MEMBER and (data := archive.extractfile(member)):
                 return data.read()
     raise HarnessError(f"{source_deb.name} has no {MTTY_MEMBER}")
 
