@@ -292,7 +292,7 @@ def test_qemu_state_of_an_emulated_device() -> None:
     src = programmed()
     state = pci_device_state.read_state(src)
     qemu = pci_device_state.qemu_state(state)
-    held = pci_device_state.qemu_held(state)
+    held = pci_device_state.qemu_held(state["config"])
     assert qemu["pdev[0]"]["config[1]"] == src.read(CONFIG, 0, 4096)
     assert qemu["pdev[1]"]["msix"][:80] == src.read(MSIX_BAR, 0, 80)
     data = registry.get("VFIOPCIDevice").save(qemu, held=held)

@@ -723,9 +723,9 @@ class _Reader:
         if field is None:
             return
         kind = field.kind
-        if not (isinstance(kind, Scalar) and SCALAR_TYPES[kind.info][0] in "bBhHiIqQ"):
+        if not (isinstance(kind, Scalar) and SCALAR_TYPES[kind.info][0].lstrip("<") in "bBhHiIqQ"):
             self.problem(path, f"{name!r} is a {kind.info} field, not an integer", "bad-reference")
-        elif count_type is not None and kind.info.split()[0] != count_type:
+        elif count_type is not None and kind.info.split()[0].removeprefix("le_") != count_type:
             self.problem(path, f"{name!r} is a {kind.info} field but count_type is {count_type}",
                          "count-type", "warning")
 

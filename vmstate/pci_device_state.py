@@ -31,7 +31,17 @@ from vmstate.pci_vfio import (
     check_compatible,
     decode_config,
 )
-from vmstate.stream import DeviceState, Input, Section, parse, resolver_from, write
+from vmstate.stream import (
+    DeviceState,
+    Input,
+    RawResolver,
+    Section,
+    Stream,
+    find_vmdesc,
+    parse,
+    resolver_from,
+    write,
+)
 
 DESCRIPTION_NAME = "vfio-pci-config"
 CONFIG = vfio.VFIO_PCI_CONFIG_REGION_INDEX
@@ -65,8 +75,14 @@ def bar_sizes(device: Device) -> dict[int, int]:
 
 
 def read_config(device: Device) -> bytes:
+    """The device's config space: 256 or 4096 bytes.
+
+    A mediated device may expose a shorter config region (mtty's is 0xff bytes);
+    it is padded with zeros to 256, as reads past its end would give."""
     info = device.region(CONFIG)
     config = device.read(CONFIG, 0, info.size)
+    if 64 < len(config) < 256:
+        config += bytes(256 - len(config))
     if len(config) not in (256, 4096):
         raise DeviceError(
             f"{device.name}: config space reads {len(config)} bytes, not 256 or 4096 "
@@ -242,13 +258,14 @@ QEMU_DESCRIPTION_NAME = "VFIOPCIDevice"
 PCI_DEVICE_VERSION = 2
 
 
-def qemu_held(state: Mapping[str, Any]) -> dict[str, Any]:
-    """What QEMU's VFIOPCIDevice layout depends on, from our config state."""
-    msix = state.get("vfio-pci-config/msix-table")
-    vectors = msix["table_size"] if msix is not None else 0
+def qemu_held(config: bytes) -> dict[str, Any]:
+    """What QEMU's VFIOPCIDevice layout depends on, read from the config space
+    itself (the first 256 bytes do): PCI Express or not, and how many MSI-X vectors."""
+    space = decode_config(config[:256])
+    vectors = space.msix.table_size if space.msix is not None else 0
     return {
-        "msix_present": msix is not None,
-        "pdev[0]": {"express": state["config_size"] == 4096},
+        "msix_present": space.msix is not None,
+        "pdev[0]": {"express": space.express is not None},
         "pdev[1]": {"msix_bytes": vectors * MSIX_ENTRY.size + (vectors + 7) // 8},
     }
 
@@ -256,9 +273,13 @@ def qemu_held(state: Mapping[str, Any]) -> dict[str, Any]:
 def qemu_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """Our config state as QEMU's VFIOPCIDevice state (PCIDevice + msix).
 
-    INTx levels are QEMU's emulation state, not the device's: they are saved low."""
+    INTx levels are QEMU's emulation state, not the device's: they are saved low,
+    and so is an MSI-X table that could not be read (see :func:`_readable`)."""
     config = state["config"] + state.get("extended_config", b"")
-    express = state["config_size"] == 4096
+    held = qemu_held(config)
+    express = held["pdev[0]"]["express"]
+    if express and len(config) != 4096:
+        raise UsageError("a PCI Express device whose config space is not 4096 bytes")
     out: dict[str, Any] = {
         "pdev[0]": {
             "version_id": PCI_DEVICE_VERSION,
@@ -266,13 +287,17 @@ def qemu_state(state: Mapping[str, Any]) -> dict[str, Any]:
             "irq_state": bytes(16),
         }
     }
-    msix = state.get("vfio-pci-config/msix-table")
-    if msix is not None:
-        table = b"".join(
-            MSIX_ENTRY.pack(e["address"], e["address_hi"], e["data"], e["vector_control"])
-            for e in msix["table"]
-        )
-        out["pdev[1]"] = {"msix": table + msix["pba"][: (msix["table_size"] + 7) // 8]}
+    if held["msix_present"]:
+        msix = state.get("vfio-pci-config/msix-table")
+        size = held["pdev[1]"]["msix_bytes"]
+        if msix is None:
+            out["pdev[1]"] = {"msix": bytes(size)}
+        else:
+            table = b"".join(
+                MSIX_ENTRY.pack(e["address"], e["address_hi"], e["data"], e["vector_control"])
+                for e in msix["table"]
+            )
+            out["pdev[1]"] = {"msix": (table + msix["pba"])[:size]}
     return out
 
 
@@ -287,14 +312,27 @@ def save(device: Device, *, qemu: bool = False, machine: str = "vmstate") -> byt
     if qemu:
         qemu_desc = registry.get(QEMU_DESCRIPTION_NAME)
         idstr = f"{device.name}/{QEMU_DESCRIPTION_NAME}"
-        sections.append(DeviceState(idstr, qemu_desc, qemu_state(state), held=qemu_held(state)))
+        config = state["config"] + state.get("extended_config", b"")
+        sections.append(DeviceState(idstr, qemu_desc, qemu_state(state), held=qemu_held(config)))
     return write(sections, machine)
 
 
-def find_section(buf: Input) -> Section:
-    """The config-state section of a saved file, decoded with the shipped description."""
-    desc = description()
-    parsed = parse(buf, resolver_from({desc.name: desc}))
+def find_section(buf: Input, raw: RawResolver | None = None) -> Section:
+    """The config-state section of a saved file.
+
+    Sections are delimited with the file's vmdesc (which describes every section
+    exactly), else with the shipped descriptions; *raw* walks non-VMState ones."""
+    return config_section(parse_file(buf, raw))
+
+
+def parse_file(buf: Input, raw: RawResolver | None = None) -> Stream:
+    """A saved file parsed with its vmdesc, else with the shipped descriptions."""
+    if find_vmdesc(buf) is not None:
+        return parse(buf, raw=raw)
+    return parse(buf, resolver_from({n: registry.get(n) for n in registry.names()}), raw=raw)
+
+
+def config_section(parsed: Stream) -> Section:
     for section in parsed.device_sections():
         assert section.description is not None
         if section.description.name == DESCRIPTION_NAME:
@@ -319,11 +357,11 @@ class Checked:
     held: dict[str, Any]
 
 
-def check(device: Device, buf: Input) -> Checked:
+def check(device: Device, buf: Input, raw: RawResolver | None = None) -> Checked:
     """Validate the saved state in *buf* against *device*; raise the first problem.
 
     Reads the destination, writes nothing."""
-    checked, problems = _examine(device, buf)
+    checked, problems = _examine(device, buf, raw)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -332,13 +370,15 @@ def check(device: Device, buf: Input) -> Checked:
     return checked
 
 
-def problems_with(device: Device, buf: Input) -> list[DecodeError]:
+def problems_with(device: Device, buf: Input, raw: RawResolver | None = None) -> list[DecodeError]:
     """Every reason the saved state in *buf* would not load into *device*."""
-    return _examine(device, buf)[1]
+    return _examine(device, buf, raw)[1]
 
 
-def _examine(device: Device, buf: Input) -> tuple[Checked | None, list[DecodeError]]:
-    section = find_section(buf)
+def _examine(
+    device: Device, buf: Input, raw: RawResolver | None
+) -> tuple[Checked | None, list[DecodeError]]:
+    section = find_section(buf, raw)
     held = read_state(device)
     desc = description()
     problems: list[DecodeError] = []

@@ -18,6 +18,7 @@ from vmstate.device_regions import Device, SysfsPciDevice, VfioDevice
 from vmstate.errors import UsageError
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
+SYSFS_MDEV = Path("/sys/bus/mdev/devices")
 PCI_IDS = (
     Path("/usr/share/misc/pci.ids"),
     Path("/usr/share/hwdata/pci.ids"),
@@ -25,6 +26,7 @@ PCI_IDS = (
 )
 MAX_PCI_IDS = 8 << 20
 _BDF = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def normalize_bdf(text: str) -> str | None:
@@ -137,21 +139,78 @@ def _is_hex4(code: str) -> bool:
     return len(code) == 4 and all(c in "0123456789abcdefABCDEF" for c in code)
 
 
-def open_device(bdf: str) -> tuple[Device, str]:
-    """Open *bdf* through VFIO when it is bound to vfio-pci, else read-only from sysfs.
+def normalize_name(text: str) -> str:
+    """A PCI address (any accepted spelling) or a mediated device's UUID, as sysfs names it."""
+    bdf = normalize_bdf(text)
+    if bdf is not None:
+        return bdf
+    if _UUID.match(text.lower()):
+        return text.lower()
+    raise UsageError(f"{text!r} is neither a PCI address like 0000:00:02.0 nor an mdev UUID")
 
-    Returns the device and how it was opened, for messages."""
-    host = host_device(bdf)
+
+def is_mdev(name: str) -> bool:
+    return _UUID.match(name) is not None
+
+
+@attrs.frozen
+class MediatedDevice:
+    """A mediated device: its UUID, its type (e.g. ``mtty-2``) and parent driver."""
+
+    uuid: str
+    type_name: str
+
+    @property
+    def driver(self) -> str:
+        """mdev types are named "<parent driver>-<type>"."""
+        return self.type_name.rsplit("-", 1)[0]
+
+
+def mediated_device(uuid: str, sysfs: Path = SYSFS_MDEV) -> MediatedDevice:
+    path = sysfs / uuid
+    if not path.is_dir():
+        raise UsageError(f"no mediated device {uuid} on this host")
+    return MediatedDevice(uuid, _link_name(path / "mdev_type") or "unknown")
+
+
+def mediated_devices(sysfs: Path = SYSFS_MDEV) -> Iterator[MediatedDevice]:
+    if sysfs.is_dir():
+        for entry in sorted(sysfs.iterdir()):
+            yield mediated_device(entry.name, sysfs)
+
+
+def title(name: str) -> str:
+    """What a device is, for messages: vendor and device names, or the mdev type."""
+    return f"mdev {mediated_device(name).type_name}" if is_mdev(name) else host_device(name).name
+
+
+def driver_of(name: str) -> str | None:
+    """The driver whose migration data a device carries: an mdev's parent driver,
+    a PCI function's bound driver."""
+    return mediated_device(name).driver if is_mdev(name) else host_device(name).driver
+
+
+def open_device(name: str) -> tuple[Device, str]:
+    """Open a PCI function through VFIO when it is bound to vfio-pci, else read-only
+    from sysfs; a mediated device always through VFIO.  Returns the device and how
+    it was opened, for messages."""
+    if is_mdev(name):
+        mdev = mediated_device(name)
+        return VfioDevice.open(name), f"through VFIO (mediated device {mdev.type_name})"
+    host = host_device(name)
     if host.driver == "vfio-pci":
-        return VfioDevice.open(bdf), "through VFIO"
+        return VfioDevice.open(name), "through VFIO"
     how = f"read-only from sysfs (driver {host.driver})" if host.driver else "read-only from sysfs"
-    return SysfsPciDevice.open(bdf), how
+    return SysfsPciDevice.open(name), how
 
 
-def open_for_writing(bdf: str) -> Device:
-    """Open *bdf* through VFIO; a device another driver owns is not ours to write."""
-    host = host_device(bdf)
+def open_for_writing(name: str) -> Device:
+    """Open a device through VFIO; a PCI function another driver owns is not ours to write."""
+    if is_mdev(name):
+        mediated_device(name)
+        return VfioDevice.open(name)
+    host = host_device(name)
     if host.driver != "vfio-pci":
         owner = host.driver or "no driver"
-        raise UsageError(f"{bdf} is bound to {owner}, not vfio-pci: loads go through VFIO only")
-    return VfioDevice.open(bdf)
+        raise UsageError(f"{name} is bound to {owner}, not vfio-pci: loads go through VFIO only")
+    return VfioDevice.open(name)

@@ -55,11 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"vmstate: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (| head): nothing to say
+        sys.stderr.close()
+        return 1
     except OSError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"vmstate: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"vmstate: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     return 0

@@ -1,24 +1,24 @@
-"""``vmstate save BDF -o FILE``: a device's config state into a file."""
+"""``vmstate save NAME -o FILE``: a device's state into a file."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from vmstate import pci_device_state
-from vmstate._files import write_atomic
-from vmstate.errors import UsageError
-from vmstate.pci_host import host_device, normalize_bdf, open_device
+from vmstate import vfio_state
+from vmstate.pci_host import driver_of, normalize_name, open_device, title
+from vmstate.progress import reporter
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "save",
-        help="save a PCI device's config state to a file",
-        description="Save a device's config state: through VFIO when it is bound to vfio-pci, "
-        "else read-only from sysfs (config space and BAR sizes; no MSI-X table).",
+        help="save a device's config state, and its device data when it can migrate",
+        description="Save a device's state: through VFIO when it is bound to vfio-pci (or is a "
+        "mediated device), else read-only from sysfs (config space and BAR sizes). A device "
+        "with VFIO migration also gives its device data, in the same file.",
     )
-    p.add_argument("bdf", metavar="BDF")
+    p.add_argument("name", metavar="BDF|UUID", help="a PCI address or a mediated device's UUID")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="written atomically")
     p.add_argument(
         "--qemu",
@@ -29,12 +29,22 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bdf = normalize_bdf(args.bdf)
-    if bdf is None:
-        raise UsageError(f"{args.bdf!r} is not a PCI address like 0000:00:02.0")
-    device, how = open_device(bdf)
+    name = normalize_name(args.name)
+    device, how = open_device(name)
     with device:
-        data = pci_device_state.save(device, qemu=args.qemu)
-    write_atomic(args.output, data)
-    print(f"saved {bdf} ({host_device(bdf).name}) {how}: {len(data)} bytes to {args.output}")
+        saved = vfio_state.save(
+            device,
+            args.output,
+            driver=driver_of(name),
+            qemu=args.qemu,
+            progress=reporter(f"{name} device data"),
+        )
+    data = (
+        f"device data {saved.data_size} bytes"
+        if saved.data_size is not None
+        else f"no device data ({saved.reason})"
+    )
+    print(
+        f"saved {name} ({title(name)}) {how}: config state, {data}; {saved.size} bytes to {args.output}"
+    )
     return 0

@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vmstate import pci_device_state, registry
+from vmstate import pci_device_state, registry, vfio_state
 from vmstate.analyze import open_stream
 from vmstate.pci_vfio import decode_config
 from vmstate.render import render_tree
-from vmstate.stream import Input, Resolver, Section, find_vmdesc, parse, resolver_from
+from vmstate.stream import (
+    Input,
+    RawParser,
+    Resolver,
+    Section,
+    find_vmdesc,
+    parse,
+    resolver_from,
+)
 
 
 def register(sub: Any) -> None:
@@ -24,14 +32,30 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_stream(args.file) as buf:
-        parsed = parse(buf, _resolver(buf))
-        print(
-            f"{args.file}: QEMU-format stream, {parsed.size} bytes, {len(parsed.device_sections())} sections"
-        )
-        for section in parsed.device_sections():
-            _show(section)
+    return show_file(args.file)
+
+
+def show_file(path: str) -> int:
+    """Print every section of *path*: decoded trees, and vfio sections unframed."""
+    with open_stream(path) as buf:
+        parsed = parse(buf, _resolver(buf), raw=_raw)
+        print(f"{path}: QEMU-format stream, {parsed.size} bytes, {len(parsed.sections)} sections")
+        saved = None
+        for section in parsed.sections:
+            if section.state is not None:
+                _show(section)
+            elif section.idstr.endswith("/vfio"):
+                if saved is None:
+                    saved = vfio_state.read_file(buf)
+                _show_vfio(section, buf, saved)
     return 0
+
+
+def _raw(idstr: str) -> RawParser | None:
+    """vfio sections are QEMU's own framing, walked without copying their data."""
+    if idstr.endswith("/vfio"):
+        return lambda buf, pos: vfio_state.walk_vfio(buf, pos).end
+    return None
 
 
 def _resolver(buf: Input) -> Resolver | None:
@@ -55,3 +79,23 @@ def _show(section: Section) -> None:
             print(f"  | {line}")
     for line in render_tree(desc, state, "  "):
         print(line)
+
+
+def _show_vfio(section: Section, buf: Input, saved: vfio_state.SavedFile) -> None:
+    payload = vfio_state.walk_vfio(buf, section.start)
+    print(f"\n{section.idstr}: QEMU vfio section, {section.end - section.start} bytes")
+    if payload.config is not None:
+        start, end = payload.config
+        qemu = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
+        held = pci_device_state.qemu_held(bytes(buf[start + 4 : start + 4 + 256]))
+        state, _ = qemu.load_from(buf, start, qemu.version_id, held=held)
+        print(f"  DEV_CONFIG_STATE: {qemu.name}, {end - start} bytes")
+        for line in render_tree(qemu, state, "    "):
+            print(line)
+    print(
+        f"  DEV_DATA_STATE: {len(payload.chunks)} chunks, {payload.data_size} bytes of device data"
+    )
+    if saved.data is not None and saved.data_format is not None:
+        print(f"  device data as {saved.data_format.name}:")
+        for line in render_tree(saved.data_format, saved.data, "    "):
+            print(line)

@@ -1,0 +1,290 @@
+"""A device's whole state in one file (vmstate.vfio_state), on an emulated device
+that has both PCI config semantics (device_regions.EmulatedPciDevice) and
+migration v2 (migration.EmulatedMigrationDevice): config state, QEMU's vfio
+section framing, device data streamed in chunks, loads checked before writing."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmstate import pci_device_state, registry, stream, vfio_state
+from vmstate.cli.show import show_file
+from vmstate.device_regions import EmulatedPciDevice, e1000e_like
+from vmstate.errors import DecodeError, DeviceError, IncompatibleError, LimitError, VMStateError
+from vmstate.migration import DeviceState, EmulatedMigrationDevice
+from vmstate.stream import DeviceState as Section
+from vmstate.stream import StreamWriter
+from vmstate.vfio_state import DEV_DATA_STATE, END_OF_STATE
+
+
+class MigratablePci(EmulatedPciDevice):
+    """An emulated PCI function whose device data is an EmulatedMigrationDevice's."""
+
+    def __init__(self, name: str, **migration: Any) -> None:
+        base = e1000e_like(name)
+        bars = {r.index: base.read(r.index, 0, r.size) for r in base.regions() if r.index != 7}
+        super().__init__(name, base.read(7, 0, 4096), base._wmask, base._w1cmask, bars)
+        self.migration = EmulatedMigrationDevice(name, **migration)
+
+    def device_feature(self, flags: int, payload: bytes = b"") -> bytes:
+        return self.migration.device_feature(flags, payload)
+
+    def precopy_info(self, data_fd: int) -> Any:
+        return self.migration.precopy_info(data_fd)
+
+    def read_data(self, data_fd: int, buffer: memoryview) -> int:
+        return self.migration.read_data(data_fd, buffer)
+
+    def write_data(self, data_fd: int, data: memoryview) -> int:
+        return self.migration.write_data(data_fd, data)
+
+    def reset(self) -> None:
+        super().reset()
+        self.migration.reset()
+
+
+def state_of(dev: MigratablePci) -> DeviceState:
+    return DeviceState(struct.unpack("=Ii", dev.device_feature(0x10002 | 1 << 16, bytes(8)))[0])
+
+
+def programmed(name: str = "src", seed: int = 7, size: int = 3 << 20) -> MigratablePci:
+    dev = MigratablePci(name, seed=seed, size=size)
+    dev.write(7, 0x10, struct.pack("<I", 0xFEBC0000))
+    dev.write(7, 0x04, struct.pack("<H", 0x0506))
+    return dev
+
+
+def test_save_streams_device_data_in_qemus_vfio_framing(tmp_path: Path) -> None:
+    src = programmed()
+    path = tmp_path / "dev.vms"
+    reports: list[tuple[int, int | None]] = []
+    saved = vfio_state.save(src, path, progress=lambda done, total: reports.append((done, total)))
+    assert saved.data_size == 24 + (3 << 20)
+    assert reports[-1] == (saved.data_size, saved.data_size)
+    data = path.read_bytes()
+    found = vfio_state.read_file(data)
+    assert found.payload is not None and found.meta is not None
+    assert found.meta["data_size"] == saved.data_size and found.meta["protocol"] == 2
+    assert len(found.payload.chunks) >= 3  # bounded chunks, not one 3 MiB blob
+    assert max(size for _, size in found.payload.chunks) <= 1 << 20
+    assert found.payload.config is not None
+    start, end = found.payload.config
+    assert data[start - 8 : start] == vfio_state.DEV_CONFIG_STATE.to_bytes(8, "big")
+    assert data[end : end + 8] == END_OF_STATE.to_bytes(8, "big")
+    assert data[end + 24 : end + 32] == DEV_DATA_STATE.to_bytes(8, "big")
+    assert state_of(src) == DeviceState.RUNNING
+
+
+def test_load_restores_data_then_config(tmp_path: Path) -> None:
+    src, dst = programmed(), MigratablePci("dst", seed=7, size=3 << 20)
+    path = tmp_path / "dev.vms"
+    vfio_state.save(src, path)
+    vfio_state.load(dst, path.read_bytes())
+    arcs = [(a.source, a.target) for a in dst.migration.arcs]
+    assert (DeviceState.STOP, DeviceState.RESUMING) in arcs
+    assert arcs.index((DeviceState.STOP, DeviceState.RESUMING)) < arcs.index(
+        (DeviceState.RESUMING, DeviceState.STOP)
+    )
+    assert state_of(dst) == DeviceState.RUNNING
+    assert pci_device_state.read_state(dst)["bars"][0]["address"] == 0xFEBC0000
+    assert pci_device_state.read_state(dst)["command"] == 0x0506
+
+
+def test_corrupt_device_data_is_refused_by_the_driver_and_nothing_else_changes(
+    tmp_path: Path,
+) -> None:
+    src, dst = programmed(), MigratablePci("dst", seed=7, size=3 << 20)
+    path = tmp_path / "dev.vms"
+    vfio_state.save(src, path)
+    data = bytearray(path.read_bytes())
+    found = vfio_state.read_file(bytes(data))
+    assert found.payload is not None
+    at, _ = found.payload.chunks[1]
+    data[at + 100] ^= 0xFF  # inside the data: only the driver can tell
+    config_before = dst.read(7, 0, 4096)
+    with pytest.raises(VMStateError) as info:
+        vfio_state.load(dst, bytes(data))
+    assert "was left in RESUMING and was reset" in str(info.value)
+    assert state_of(dst) not in (DeviceState.RESUMING, DeviceState.ERROR)
+    assert dst.read(7, 0, 4096) == config_before, "config is applied only after the data took"
+
+
+def test_config_is_checked_before_any_device_data_moves(tmp_path: Path) -> None:
+    from vmstate.device_regions import EmulatedPciBuilder
+
+    src = programmed()
+    path = tmp_path / "dev.vms"
+    vfio_state.save(src, path)
+
+    class Other(MigratablePci):
+        def __init__(self) -> None:
+            base = (
+                EmulatedPciBuilder(config_size=4096)
+                .header(vendor=0x1AF4, device=0x1041, class_code=0x020000)
+                .build("o")
+            )
+            EmulatedPciDevice.__init__(
+                self, "other", base.read(7, 0, 4096), base._wmask, base._w1cmask
+            )
+            self.migration = EmulatedMigrationDevice("other", seed=7, size=3 << 20)
+
+    other = Other()
+    with pytest.raises(IncompatibleError, match="vendor_id does not equal"):
+        vfio_state.load(other, path.read_bytes())
+    assert other.migration.arcs == [], "no state change may be requested before the checks pass"
+
+
+def test_a_device_without_migration_still_saves_its_config(tmp_path: Path) -> None:
+    plain = MigratablePci("plain", flags=None)
+    saved = vfio_state.save(plain, tmp_path / "plain.vms")
+    assert saved.data_size is None
+    assert (
+        saved.reason
+        == "its driver has no VFIO migration v2 (VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY)"
+    )
+    found = vfio_state.read_file((tmp_path / "plain.vms").read_bytes())
+    assert found.payload is None
+    with pytest.raises(DeviceError, match="does not support migration"):
+        from vmstate import migration
+
+        migration.DeviceStateMachine(plain)
+
+
+def test_file_with_device_data_needs_a_migration_capable_destination(tmp_path: Path) -> None:
+    path = tmp_path / "dev.vms"
+    vfio_state.save(programmed(), path)
+    with pytest.raises(IncompatibleError, match="cannot take it"):
+        vfio_state.load(MigratablePci("dst", flags=None), path.read_bytes())
+
+
+def test_framing_errors_name_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "dev.vms"
+    vfio_state.save(programmed(size=4096), path)
+    data = path.read_bytes()
+    found = vfio_state.read_file(data)
+    assert found.payload is not None
+    at, size = found.payload.chunks[0]
+    huge = bytearray(data)
+    huge[at - 8 : at] = (1 << 40).to_bytes(8, "big")
+    with pytest.raises(LimitError) as info:
+        vfio_state.read_file(bytes(huge))
+    assert info.value.offset == at - 8
+    tag = bytearray(data)
+    end = found.payload.end
+    tag[end - 8 : end] = (0xFFFFFFFFEF100009).to_bytes(8, "big")
+    with pytest.raises(DecodeError):
+        vfio_state.read_file(bytes(tag))
+    meta_lie = bytearray(data)
+    section = next(
+        s
+        for s in stream.parse(
+            data,
+            raw=lambda i: (
+                None if not i.endswith("/vfio") else (lambda b, p: vfio_state.walk_vfio(b, p).end)
+            ),
+        ).device_sections()
+        if s.idstr.endswith(vfio_state.META_NAME)
+    )
+    meta_lie[section.end - 8 : section.end] = (size + 1).to_bytes(8, "big")
+    with pytest.raises(IncompatibleError, match="device data size differs"):
+        vfio_state.read_file(bytes(meta_lie))
+
+
+MTTY_PORT = struct.Struct("<8s16sBBB??xHBBBx")
+
+
+def mtty_data(magic: int = 0x7E9D09898C3E2C4E, major: int = 1, ports: int = 2) -> bytes:
+    header = struct.pack("<QIIII", magic, major, 0, ports, 0)
+    port = MTTY_PORT.pack(
+        bytes([0x41, 0x05, 0xC1, 0x1B, 0x08, 0x60, 0, 0x5A]),
+        bytes(16),
+        0,
+        0,
+        0,
+        False,
+        False,
+        12,
+        0xC1,
+        16,
+        1,
+    )
+    return header + port * ports
+
+
+def mtty_file(tmp_path: Path, data: bytes) -> Path:
+    """A saved file as vmstate save writes one for an mtty device."""
+    dev = e1000e_like("83b8f4f2-509f-382f-3c1e-e6bfe0fa1001")
+    state = pci_device_state.read_state(dev)
+    path = tmp_path / "mtty.vms"
+    with open(path, "wb") as out:
+        writer = StreamWriter(out, "vmstate")
+        writer.device(Section(f"{dev.name}/vfio-pci-config", pci_device_state.description(), state))
+
+        def payload(f: Any) -> int:
+            f.write(vfio_state.DEV_SETUP_STATE.to_bytes(8, "big") + END_OF_STATE.to_bytes(8, "big"))
+            f.write(
+                DEV_DATA_STATE.to_bytes(8, "big")
+                + len(data).to_bytes(8, "big")
+                + data
+                + END_OF_STATE.to_bytes(8, "big")
+            )
+            return 16 + 16 + len(data) + 8
+
+        writer.raw(f"{dev.name}/vfio", 1, payload)
+        fmt = b"mtty-migration-data"
+        meta = {
+            "protocol": 2,
+            "flags": 7,
+            "format_len": len(fmt),
+            "format": fmt,
+            "data_size": len(data),
+        }
+        writer.device(
+            Section(f"{dev.name}/vfio-device-state", registry.get("vfio-device-state"), meta)
+        )
+        writer.finish()
+    return path
+
+
+def test_mtty_data_decodes_field_by_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = mtty_file(tmp_path, mtty_data())
+    found = vfio_state.read_file(path.read_bytes())
+    assert found.data is not None and found.data_format is not None
+    assert found.data["magic"] == 0x7E9D09898C3E2C4E
+    assert found.data["nr_ports"] == 2
+    assert found.data["ports"][0]["uart_reg"] == [0x41, 0x05, 0xC1, 0x1B, 0x08, 0x60, 0, 0x5A]
+    assert found.data["ports"][1]["divisor"] == 12
+    show_file(str(path))
+    out = capsys.readouterr().out
+    assert (
+        "mtty-migration-data" in out and "divisor: 0xc" in out and "uart_reg: [0x41, 5, 0xc1" in out
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (mtty_data(magic=0x1234), "mtty-migration-data/magic_ok"),
+        (mtty_data(major=2), "mtty-migration-data/version_ok"),
+        (mtty_data(ports=3)[:96], "mtty-migration-data/ports_ok"),
+        (mtty_data()[:80], "input ends early"),
+        (mtty_data() + b"\x00" * 4, "unexpected bytes after the end"),
+    ],
+    ids=["magic", "version", "ports", "short", "long"],
+)
+def test_corrupt_mtty_data_is_refused_before_the_device(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    path = mtty_file(tmp_path, data)
+    with pytest.raises(DecodeError) as info:
+        vfio_state.read_file(path.read_bytes())
+    assert message in str(info.value)
+    assert info.value.path[0].endswith("/vfio")
+    raw = path.read_bytes()
+    assert 0 < info.value.offset < len(raw)
