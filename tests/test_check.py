@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import IN_CI
 
 from vmstate import fields as F
 from vmstate.cli import main
@@ -73,7 +75,9 @@ def test_finds_everything_qemus_checker_finds(capsys: pytest.CaptureFixture[str]
     assert main([*args, "--waivers", str(QEMU_WAIVERS)]) == 1
     out = capsys.readouterr().out
     assert "error: usb-kbd: usb-kbd.kbd.keycodes: size mismatch: 4 -> 2 [size-changed]" in out
-    assert out.rstrip().splitlines()[-1] == "NOT compatible: 13 errors, 0 warnings"  # as QEMU: exit 13
+    assert (
+        out.rstrip().splitlines()[-1] == "NOT compatible: 13 errors, 0 warnings"
+    )  # as QEMU: exit 13
 
 
 @pytest.mark.parametrize(
@@ -318,10 +322,44 @@ def test_usage_errors_exit_2() -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert (
-        result.stderr.strip() == "vmstate: usage error: give --src and --dst, or --stream and --dst"
+        result.stderr.strip()
+        == "vmstate: usage error: give --src and --dst, --stream and --dst, or --state and --device"
     )
 
 
 def test_warnings_alone_are_compatible() -> None:
     problems = one(desc(F.uint32("a")), desc(F.int32("a")))
     assert [p.severity for p in problems] == [WARNING]
+
+
+# -- a saved device state against a device (this host's, read-only) -------------------
+
+
+def _host_pair() -> tuple[str, str]:
+    """Two of this host's PCI functions with different identities."""
+    root = Path("/sys/bus/pci/devices")
+    seen: dict[tuple[str, str], str] = {}
+    for dev in sorted(root.iterdir()):
+        key = ((dev / "vendor").read_text(), (dev / "device").read_text())
+        seen.setdefault(key, dev.name)
+    names = list(seen.values())
+    assert len(names) >= 2, "this host needs two different PCI devices"
+    return names[0], names[1]
+
+
+def test_state_against_a_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() != 0:
+        message = "whole config spaces from sysfs need root"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    first, second = _host_pair()
+    saved = tmp_path / "dev.vms"
+    assert main(["save", first, "-o", str(saved)]) == 0
+    capsys.readouterr()
+    assert main(["check", "--state", str(saved), "--device", first]) == 0
+    assert capsys.readouterr().out.strip() == "compatible: 0 errors, 0 warnings"
+    assert main(["check", "--state", str(saved), "--device", second, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["compatible"]
+    reasons = " ".join(p["reason"] for p in report["problems"])
+    assert "does not equal the value held by the destination" in reasons
+    assert all(p["section"] == f"{first}/vfio-pci-config" for p in report["problems"])

@@ -33,7 +33,7 @@ from vmstate.device_regions import Device
 from vmstate.errors import DecodeError, IncompatibleError, LimitError, TruncatedError, UsageError
 from vmstate.migration import DeviceState as MigState
 from vmstate.stream import DeviceState as Section_
-from vmstate.stream import Input, Section, StreamWriter
+from vmstate.stream import Input, RawParser, Section, StreamWriter
 
 END_OF_STATE = 0xFFFFFFFFEF100001
 DEV_CONFIG_STATE = 0xFFFFFFFFEF100002
@@ -254,14 +254,15 @@ class SavedFile:
     data_format: Description | None
 
 
-def _raw(idstr: str) -> Any:
+def raw_sections(idstr: str) -> RawParser | None:
+    """The walker of vfio sections, for parsing files that hold them."""
     return (lambda b, pos: walk_vfio(b, pos).end) if idstr.endswith("/vfio") else None
 
 
 def read_file(buf: Input) -> SavedFile:
     """Walk the whole file: framing, every section, chunk sizes, and the device data
     against its format's description.  Nothing here needs or touches a device."""
-    parsed = pci_device_state.parse_file(buf, _raw)
+    parsed = pci_device_state.parse_file(buf, raw_sections)
     config = pci_device_state.config_section(parsed)
     name = config.idstr.rsplit("/", 1)[0]
     sections = {s.idstr: s for s in parsed.sections}
@@ -340,7 +341,7 @@ def load(
     Nothing is written unless every check passes; the device data goes first
     (leaving RESUMING makes its driver check it), the config after it."""
     saved = read_file(buf)
-    checked = pci_device_state.check(device, buf, _raw)
+    checked = pci_device_state.check(device, buf, raw_sections)
     if saved.payload is not None and saved.meta is not None:
         if not _migratable(device):
             raise UsageError("device data can only be loaded through VFIO")

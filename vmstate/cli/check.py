@@ -10,7 +10,9 @@ import attrs
 
 from vmstate.compat import ERROR, Problem, compare
 from vmstate.errors import UsageError
+from vmstate.pci_host import normalize_name
 from vmstate.sources import load_description_set
+from vmstate.state_check import check_state
 from vmstate.stream_check import check_stream
 from vmstate.waivers import Waivers, load_waivers
 
@@ -20,7 +22,8 @@ def register(sub: Any) -> None:
         "check",
         help="check migration compatibility before launch",
         description="Compare two description sets (--src/--dst), dry-run a saved stream "
-        "against destination descriptions (--stream/--dst). Exit 0 when compatible, 1 when not.",
+        "against destination descriptions (--stream/--dst), or a saved device state against a "
+        "device (--state/--device). Exit 0 when compatible, 1 when not.",
     )
     p.add_argument(
         "--src",
@@ -30,6 +33,14 @@ def register(sub: Any) -> None:
     p.add_argument("--dst", metavar="SET", help="destination descriptions (same forms as --src)")
     p.add_argument(
         "--stream", metavar="FILE", help="a saved migration stream to dry-run against --dst"
+    )
+    p.add_argument(
+        "--state",
+        metavar="FILE",
+        help="a saved device state (vmstate save) to check against --device",
+    )
+    p.add_argument(
+        "--device", metavar="BDF|UUID", help="the target of --state; nothing is written to it"
     )
     p.add_argument(
         "--bidirectional", action="store_true", help="also check migrating back from --dst to --src"
@@ -51,13 +62,17 @@ def run(args: argparse.Namespace) -> int:
     waivers = Waivers()
     for path in args.waivers:
         waivers = waivers + load_waivers(path)
-    if args.stream:
+    if args.state or args.device:
+        if not (args.state and args.device) or args.src or args.dst or args.stream:
+            raise UsageError("--state and --device go together, without --src, --dst or --stream")
+        problems = check_state(args.state, normalize_name(args.device))
+    elif args.stream:
         if not args.dst or args.src:
             raise UsageError("--stream needs --dst (and no --src)")
         problems = check_stream(args.stream, load_description_set(args.dst), waivers)
     else:
         if not (args.src and args.dst):
-            raise UsageError("give --src and --dst, or --stream and --dst")
+            raise UsageError("give --src and --dst, --stream and --dst, or --state and --device")
         src, dst = load_description_set(args.src), load_description_set(args.dst)
         problems = [
             _direction(p, "src->dst") if args.bidirectional else p

@@ -11,7 +11,6 @@ from vmstate.pci_vfio import decode_config
 from vmstate.render import render_tree
 from vmstate.stream import (
     Input,
-    RawParser,
     Resolver,
     Section,
     find_vmdesc,
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 def show_file(path: str) -> int:
     """Print every section of *path*: decoded trees, and vfio sections unframed."""
     with open_stream(path) as buf:
-        parsed = parse(buf, _resolver(buf), raw=_raw)
+        parsed = parse(buf, _resolver(buf), raw=vfio_state.raw_sections)
         print(f"{path}: QEMU-format stream, {parsed.size} bytes, {len(parsed.sections)} sections")
         saved = None
         for section in parsed.sections:
@@ -49,13 +48,6 @@ def show_file(path: str) -> int:
                     saved = vfio_state.read_file(buf)
                 _show_vfio(section, buf, saved)
     return 0
-
-
-def _raw(idstr: str) -> RawParser | None:
-    """vfio sections are QEMU's own framing, walked without copying their data."""
-    if idstr.endswith("/vfio"):
-        return lambda buf, pos: vfio_state.walk_vfio(buf, pos).end
-    return None
 
 
 def _resolver(buf: Input) -> Resolver | None:
