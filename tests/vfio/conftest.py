@@ -14,16 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest._code.code import TerminalRepr
 from conftest import require_tool
 from vm import harness
 
 IN_GUEST = os.environ.get("VMSTATE_IN_GUEST") == "1"
 HERE = Path(__file__).resolve().parent
-
-
-class GuestFailure(Exception):
-    """A guest test failed or the guest run broke; the text is the whole report."""
 
 
 class GuestSession:
@@ -45,7 +40,8 @@ class GuestSession:
                     artifacts, self.node_ids, rootdir=self.config.rootpath,
                     inifile=self.config.inipath, require=require_tool, timeout=timeout)
             except harness.HarnessError as e:
-                self._run = GuestFailure(f"preparing or booting the guest failed: {e}")
+                self._run = pytest.fail.Exception(
+                    f"preparing or booting the guest failed: {e}", pytrace=False)
             except (Exception, pytest.skip.Exception, pytest.fail.Exception) as e:
                 self._run = e
         if isinstance(self._run, BaseException):
@@ -80,22 +76,17 @@ class GuestTest(pytest.Item):
             # Collection errors are keyed by JUnit names, not node IDs: show them all.
             others = [f"{key}: {o.message}\n{o.details}" for key, o in run.outcomes.items()
                       if ".py::" not in key and o.outcome == "failed"]
-            raise GuestFailure("\n".join([
+            pytest.fail("\n".join([
                 "the guest reported no result for this test"
                 + (f" ({run.problem})" if run.problem else ""),
-                *others, session.console(self.nodeid)]))
+                *others, session.console(self.nodeid)]), pytrace=False)
         if outcome.outcome == "skipped":
             pytest.skip(f"in the guest: {outcome.message}")
         if outcome.outcome == "xfailed":
             pytest.xfail(f"in the guest: {outcome.message}")
         if outcome.outcome == "failed":
-            raise GuestFailure("\n".join([f"in the guest: {outcome.message}", outcome.details,
-                                          session.console(self.nodeid)]))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | TerminalRepr:
-        if isinstance(excinfo.value, GuestFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
+            pytest.fail("\n".join([f"in the guest: {outcome.message}", outcome.details,
+                                   session.console(self.nodeid)]), pytrace=False)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, self._location[1], self._location[2]
