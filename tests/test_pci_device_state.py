@@ -374,3 +374,25 @@ def test_load_refuses_devices_not_bound_to_vfio(
 def test_errors_are_vmstate_errors() -> None:
     with pytest.raises(VMStateError):
         pci_device_state.load(e1000e_like("x"), b"QEVM")
+
+
+def test_a_different_serial_number_does_not_block_a_load() -> None:
+    """Two devices of one type differ in their Device Serial Number (QEMU's e1000e
+    derives it from the MAC): the serial is not identity, the capability is."""
+    from vmstate.device_regions import EmulatedPciBuilder
+
+    def nic(name: str, serial: int) -> EmulatedPciDevice:
+        builder = EmulatedPciBuilder(config_size=4096).header(
+            vendor=0x8086, device=0x10D3, class_code=0x020000
+        )
+        builder.capability(0xE0, 0x10, struct.pack("<HIH", 0x0001, 0x00008CC1, 0) + bytes(10))
+        builder.extended_capability(0x100, 0x0003, 1, struct.pack("<Q", serial))
+        return builder.build(name)
+
+    src, dst = nic("src", 0x525400FFFE123456), nic("dst", 0x525400FFFE123457)
+    # QEMU's masks do check the serial; the load leaves those bytes out on purpose
+    from vmstate.pci_vfio import build_masks
+
+    assert build_masks(dst.read(CONFIG, 0, 4096)).checked[0x104:0x10C] == b"\xff" * 8
+    pci_device_state.load(dst, pci_device_state.save(src))
+    assert dst.read(CONFIG, 0x104, 8) == struct.pack("<Q", 0x525400FFFE123457)

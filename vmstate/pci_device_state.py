@@ -24,6 +24,7 @@ from vmstate.description import Description
 from vmstate.device_regions import Device, VfioDevice
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError
 from vmstate.pci_vfio import (
+    EXT_DSN,
     Bar,
     ConfigSpace,
     Problem,
@@ -394,7 +395,10 @@ def _examine(
     dst_config = held["config"] + held.get("extended_config", b"")
     found = check_compatible(src_config, dst_config, build_masks(dst_config, bar_sizes(device)))
     base = section.start + _CONFIG_FIELD_OFFSET
-    problems += [_config_problem(p, src_config, dst_config, base) for p in found]
+    serial = _serial_number_bytes(dst_config)
+    problems += [
+        _config_problem(p, src_config, dst_config, base) for p in found if p.offset not in serial
+    ]
     if held["msix_saved"] and not state["msix_saved"]:
         problems.append(
             IncompatibleError(
@@ -424,6 +428,16 @@ def _config_problem(problem: Problem, src: bytes, dst: bytes, base: int) -> Inco
         found=found,
         path=(DESCRIPTION_NAME, *_config_path(at)),
     )
+
+
+def _serial_number_bytes(config: bytes) -> range:
+    """Where the Device Serial Number's serial lies, if the device has one.
+
+    QEMU's masks check it like any capability body, but it names one device,
+    not its type: two devices of one type never share it, so a load from one to
+    the other must not be refused for it."""
+    cap = decode_config(config).extended_capability(EXT_DSN)
+    return range(cap.offset + 4, cap.offset + 12) if cap is not None else range(0)
 
 
 def _config_path(offset: int) -> tuple[str, int]:

@@ -3,24 +3,26 @@ the QEMU test guest: the files the command line writes, checked end to end."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from vfio.test_mtty_migration import (
     DESTINATION,
     FCR,
     FCR_ENABLE_AND_CLEAR,
-    HEADER,
+    MDEVS,
     SCR,
     SOURCE,
+    _available,
     assert_programmed,
-    mtty,  # noqa: F401  (fixture)
     program_source,
     set_uart,
     uart,
 )
+
 from vmstate import vfio_state
 from vmstate.cli import main
 from vmstate.device_regions import VfioDevice
@@ -29,35 +31,69 @@ from vmstate.migration import DeviceState, DeviceStateMachine
 pytestmark = pytest.mark.vfio
 
 
-def _state(device: VfioDevice) -> DeviceState:
-    return DeviceStateMachine(device).state()
+@contextlib.contextmanager
+def opened(uuid: str) -> Iterator[VfioDevice]:
+    """A VFIO group opens once: tests open a device only while the command line does not."""
+    with VfioDevice.open(uuid) as device:
+        yield device
+
+
+@pytest.fixture
+def mtty_pair() -> Iterator[None]:
+    """Both mtty mdevs reset (RUNNING) before and after each test, and closed in between."""
+    for uuid in (SOURCE, DESTINATION):
+        _available(MDEVS / uuid, "the test guest creates two mtty mdevs")
+    for uuid in (SOURCE, DESTINATION):
+        with opened(uuid) as device:
+            DeviceStateMachine(device).reset()
+    yield
+    for uuid in (SOURCE, DESTINATION):
+        with opened(uuid) as device:
+            DeviceStateMachine(device).reset()
+
+
+def state_of(uuid: str) -> DeviceState:
+    with opened(uuid) as device:
+        return DeviceStateMachine(device).state()
+
+
+def scratch(uuid: str) -> int:
+    with opened(uuid) as device:
+        return uart(device, 0, SCR)
+
+
+def prepare() -> None:
+    """Non-default registers on the source; a marker in the destination's scratch register."""
+    with opened(SOURCE) as source:
+        program_source(source)
+    with opened(DESTINATION) as destination:
+        set_uart(destination, 0, FCR, FCR_ENABLE_AND_CLEAR)
+        set_uart(destination, 0, SCR, 0x33)
 
 
 def test_save_show_and_load_an_mtty_through_the_command_line(
-    mtty: tuple[VfioDevice, VfioDevice],  # noqa: F811
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    mtty_pair: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source, destination = mtty
-    program_source(source)
+    prepare()
     path = tmp_path / "mtty.vms"
     assert main(["save", SOURCE, "-o", str(path)]) == 0
     said = capsys.readouterr().out
     assert "through VFIO (mediated device mtty-2)" in said and "device data 96 bytes" in said
-    assert _state(source) == DeviceState.RUNNING
+    assert state_of(SOURCE) == DeviceState.RUNNING
     assert main(["show", str(path)]) == 0
     shown = capsys.readouterr().out
     assert "device data as mtty-migration-data:" in shown
     assert "magic: 0x7e9d09898c3e2c4e" in shown and "nr_ports: 2" in shown
-    set_uart(destination, 0, SCR, 0x33)
     assert main(["load", str(path), DESTINATION, "--dry-run"]) == 0
-    assert uart(destination, 0, SCR) == 0x33
+    assert scratch(DESTINATION) == 0x33
     assert main(["load", str(path), DESTINATION]) == 0
-    assert _state(destination) == DeviceState.RUNNING
-    assert_programmed(destination)
+    assert state_of(DESTINATION) == DeviceState.RUNNING
+    with opened(DESTINATION) as destination:
+        assert_programmed(destination)
 
 
-def _damaged(data: bytes, at: int, value: bytes) -> bytes:
+def damaged(data: bytes, at: int, value: bytes) -> bytes:
+    """*data* with *value* written at byte *at* of its device data."""
     saved = vfio_state.read_file(data)
     assert saved.payload is not None
     start, _ = saved.payload.chunks[0]
@@ -76,44 +112,37 @@ def _damaged(data: bytes, at: int, value: bytes) -> bytes:
     ids=["magic", "version", "ports"],
 )
 def test_corrupt_device_data_is_refused_and_the_destination_untouched(
-    mtty: tuple[VfioDevice, VfioDevice],  # noqa: F811
+    mtty_pair: None,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     offset: int,
     value: bytes,
     message: str,
 ) -> None:
-    source, destination = mtty
-    program_source(source)
+    prepare()
     good = tmp_path / "good.vms"
     assert main(["save", SOURCE, "-o", str(good)]) == 0
     bad = tmp_path / "bad.vms"
-    bad.write_bytes(_damaged(good.read_bytes(), offset, value))
-    set_uart(destination, 0, FCR, FCR_ENABLE_AND_CLEAR)
-    set_uart(destination, 0, SCR, 0x33)
+    bad.write_bytes(damaged(good.read_bytes(), offset, value))
     capsys.readouterr()
     assert main(["load", str(bad), DESTINATION]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
-    assert _state(destination) not in (DeviceState.RESUMING, DeviceState.ERROR)
-    assert uart(destination, 0, SCR) == 0x33
+    assert state_of(DESTINATION) not in (DeviceState.RESUMING, DeviceState.ERROR)
+    assert scratch(DESTINATION) == 0x33
 
 
-def test_a_wrong_size_is_refused(
-    mtty: tuple[VfioDevice, VfioDevice],  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    _source, destination = mtty
+def test_a_chunk_size_beyond_the_file_is_refused(mtty_pair: None, tmp_path: Path) -> None:
+    prepare()
     good = tmp_path / "good.vms"
     assert main(["save", SOURCE, "-o", str(good)]) == 0
     saved = vfio_state.read_file(good.read_bytes())
     assert saved.payload is not None
     start, size = saved.payload.chunks[-1]
     data = bytearray(good.read_bytes())
-    # a chunk that claims more bytes than the file holds
-    data[start - 8 : start] = (size + 1 << 20).to_bytes(8, "big")
+    data[start - 8 : start] = (size + (1 << 20)).to_bytes(8, "big")
     bad = tmp_path / "bad.vms"
     bad.write_bytes(bytes(data))
     assert main(["load", str(bad), DESTINATION]) == 1
-    assert _state(destination) not in (DeviceState.RESUMING, DeviceState.ERROR)
-    assert HEADER.size == 24
+    assert state_of(DESTINATION) not in (DeviceState.RESUMING, DeviceState.ERROR)
+    assert scratch(DESTINATION) == 0x33
