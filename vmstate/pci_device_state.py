@@ -123,7 +123,9 @@ def read_state(device: Device) -> dict[str, Any]:
     if space.msi is not None:
         state["vfio-pci-config/msi-vectors"] = _msi_state(config, state["msi_offset"])
     msix = space.msix
-    if msix is not None and _readable(device, msix.table_bir) and _readable(device, msix.pba_bir):
+    if msix is not None and all(
+        _readable(device, i, h.command) for i in (msix.table_bir, msix.pba_bir)
+    ):
         state["msix_saved"] = True
         state["vfio-pci-config/msix-table"] = _msix_state(device, config, state["msix_offset"])
     return state
@@ -189,18 +191,19 @@ def _msi_state(config: bytes, base: int) -> dict[str, int]:
     return out
 
 
-def _readable(device: Device, index: int) -> bool:
+def _readable(device: Device, index: int, command: int) -> bool:
     """Whether MSI-X structures in region *index* can be read as the device holds them.
 
     vfio-pci hides the MSI-X table from read()/write() (reads give all ones); it
     can be reached only through a mapping, which the kernel allows when it sets
-    MSIX_MAPPABLE (interrupt remapping is there)."""
+    MSIX_MAPPABLE (interrupt remapping is there), and only while memory decoding
+    is on: else the access faults (SIGBUS)."""
     try:
         info = device.region(index)
     except (DeviceError, UsageError, KeyError):
         return False
     if isinstance(device, VfioDevice):
-        return info.msix_mappable and info.mappable
+        return info.msix_mappable and info.mappable and bool(command & COMMAND_MEMORY)
     return info.readable
 
 
@@ -446,9 +449,11 @@ def _config_path(offset: int) -> tuple[str, int]:
 
 
 def apply(device: Device, checked: Checked) -> None:
-    """Program *device* from a checked state, in an order that never lets it decode
-    or send interrupts half-programmed: decode and bus mastering off, BARs, MSI with
-    its enable clear, MSI-X masked, then the saved enables and command last."""
+    """Program *device* from a checked state, in an order that never lets it decode at
+    half-programmed addresses or interrupt half-programmed: decoding and bus mastering
+    off, BARs, the command without bus mastering (memory decoding on where the MSI-X
+    table must be written: it lives in a BAR), MSI with its enable clear, MSI-X masked
+    and disabled with its table, then the saved MSI/MSI-X enables and command."""
     state = checked.state
     command = _read16(device, _COMMAND)
     _write16(device, _COMMAND, command & ~COMMAND_DECODE)  # bitwise not: the 2019 bug was `!`
@@ -463,6 +468,9 @@ def apply(device: Device, checked: Checked) -> None:
         _write32(device, _rom_register(state), rom["address"])
     _write8(device, _INTERRUPT_LINE, state["interrupt_line"])
     msi = state.get("vfio-pci-config/msi-vectors")
+    msix = state.get("vfio-pci-config/msix-table")
+    staged = state["command"] & ~COMMAND_MASTER | (COMMAND_MEMORY if msix is not None else 0)
+    _write16(device, _COMMAND, staged)
     if msi is not None:
         base = state["msi_offset"]
         _write16(device, base + 2, msi["control"] & ~MSI_ENABLE)
@@ -470,7 +478,6 @@ def apply(device: Device, checked: Checked) -> None:
             if name == "pending":
                 continue  # read-only
             (_write16 if name == "data" else _write32)(device, at, msi[name])
-    msix = state.get("vfio-pci-config/msix-table")
     if msix is not None:
         base = state["msix_offset"]
         _write16(device, base + 2, (msix["control"] & ~MSIX_ENABLE) | MSIX_FUNCTION_MASK)

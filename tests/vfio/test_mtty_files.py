@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from vfio.test_mtty_migration import (
     DESTINATION,
     FCR,
@@ -22,7 +23,6 @@ from vfio.test_mtty_migration import (
     set_uart,
     uart,
 )
-
 from vmstate import vfio_state
 from vmstate.cli import main
 from vmstate.device_regions import VfioDevice
