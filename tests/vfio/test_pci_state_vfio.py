@@ -111,8 +111,10 @@ def _program(dev: VfioDevice) -> None:
 
 
 def test_save_e1000e_and_load_into_the_second(names: list[str], tmp_path: Path) -> None:
+    """vfio-pci restores a device's config when its last file descriptor closes, so the
+    load is checked while the destination is still open, as a VMM would hold it."""
     src_bdf, dst_bdf = _e1000e_pair(names)
-    with opened(src_bdf, dst_bdf) as (src, dst):
+    with opened(src_bdf) as (src,):
         _program(src)
         saved = pci_device_state.read_state(src)
         assert saved["msix_saved"], "the MSI-X table must be reachable (MSIX_MAPPABLE)"
@@ -120,8 +122,8 @@ def test_save_e1000e_and_load_into_the_second(names: list[str], tmp_path: Path) 
     out = tmp_path / "e1000e.vms"
     out.write_bytes(data)
     assert main(["load", str(out), dst_bdf, "--dry-run"]) == 0
-    assert main(["load", str(out), dst_bdf]) == 0
     with opened(dst_bdf) as (dst,):
+        pci_device_state.load(dst, data)
         after = pci_device_state.read_state(dst)
     assert [b["address"] for b in after["bars"]] == [b["address"] for b in saved["bars"]]
     assert after["command"] & 0x7 == saved["command"] & 0x7

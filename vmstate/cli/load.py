@@ -18,7 +18,10 @@ def register(sub: Any) -> None:
         description="Check the whole file against the device (identity, BAR kinds and sizes, "
         "capability layout, MSI-X size, read-only bits, device data framing and format), then "
         "write the device data (its driver checks it) and program the config: decoding off, "
-        "BARs, MSI, MSI-X, enables. A rejected load writes nothing.",
+        "BARs, MSI, MSI-X, enables. A rejected load writes nothing. Note: vfio-pci restores a "
+        "PCI function's config when the last user closes it, so for those a load that is to "
+        "last is done by the program that keeps the device open (the library's "
+        "vfio_state.load); mediated devices keep what they are given.",
     )
     p.add_argument("file", metavar="FILE")
     p.add_argument("name", metavar="BDF|UUID")
