@@ -189,7 +189,7 @@ def test_framing_errors_name_offsets(tmp_path: Path) -> None:
         ).device_sections()
         if s.idstr.endswith(vfio_state.META_NAME)
     )
-    meta_lie[section.end - 8 : section.end] = (size + 1).to_bytes(8, "big")
+    meta_lie[section.end - 16 : section.end - 8] = (size + 1).to_bytes(8, "big")  # data_size
     with pytest.raises(IncompatibleError, match="device data size differs"):
         vfio_state.read_file(bytes(meta_lie))
 
@@ -242,6 +242,7 @@ def mtty_file(tmp_path: Path, data: bytes) -> Path:
             "format_len": len(fmt),
             "format": fmt,
             "data_size": len(data),
+            "dirty_pages": 0,
         }
         writer.device(
             Section(f"{dev.name}/vfio-device-state", registry.get("vfio-device-state"), meta)
@@ -288,3 +289,64 @@ def test_corrupt_mtty_data_is_refused_before_the_device(
     assert info.value.path[0].endswith("/vfio")
     raw = path.read_bytes()
     assert 0 < info.value.offset < len(raw)
+
+
+# -- the 2019 patch's region protocol ---------------------------------------------------
+
+
+class RegionProtocolPci:
+    """An emulated PCI function (regions 0-7) that also has the 2019 patch's
+    device-state regions (9-11, test_region_protocol's emulation)."""
+
+    def __init__(self, name: str, snapshot: bytes, dirty: frozenset[int] = frozenset()) -> None:
+        """*dirty*: guest addresses the device reports as written."""
+        from test_region_protocol import StateRegionsDevice
+
+        self.name = name
+        self.pci = e1000e_like(name)
+        self.state = StateRegionsDevice(snapshot=snapshot, dirty=dirty)
+
+    def _part(self, index: int) -> Any:
+        return self.pci if index <= 8 else self.state
+
+    def regions(self) -> tuple[Any, ...]:
+        return self.pci.regions() + self.state.regions()
+
+    def region(self, index: int) -> Any:
+        return self._part(index).region(index)
+
+    def find_region(self, type: int, subtype: int) -> Any:
+        return self.state.find_region(type, subtype)
+
+    def read(self, index: int, offset: int, size: int) -> bytes:
+        return self._part(index).read(index, offset, size)
+
+    def write(self, index: int, offset: int, data: bytes) -> None:
+        self._part(index).write(index, offset, data)
+
+    def close(self) -> None:
+        return None
+
+
+def test_region_protocol_device_config_data_travels_in_the_file(tmp_path: Path) -> None:
+    from vmstate.region_protocol import CAP_SYSTEM_MEMORY
+
+    snapshot = bytes(range(256)) * 12
+    dirty = frozenset(0x100000 + page * 4096 for page in (1, 2, 40))
+    src = RegionProtocolPci("src", snapshot, dirty=dirty)
+    path = tmp_path / "regions.vms"
+    saved = vfio_state.save(src, path, dirty_range=(0x100000, 64))  # type: ignore[arg-type]
+    assert saved.data_size == len(snapshot) and saved.reason == ""
+    found = vfio_state.read_file(path.read_bytes())
+    assert found.payload is None and found.meta is not None
+    assert found.meta["protocol"] == vfio_state.PROTOCOL_REGIONS
+    assert found.meta["flags"] == CAP_SYSTEM_MEMORY
+    assert found.meta["vfio-device-state/region-config"]["data"] == snapshot
+    bitmap = found.meta["vfio-device-state/dirty-bitmap"]
+    assert (bitmap["start_addr"], bitmap["page_nr"]) == (0x100000, 64)
+    assert int.from_bytes(bitmap["bitmap"], "little") == (1 << 1) | (1 << 2) | (1 << 40)
+    dst = RegionProtocolPci("dst", b"")
+    vfio_state.load(dst, path.read_bytes())  # type: ignore[arg-type]
+    assert dst.state.loaded == snapshot
+    with pytest.raises(IncompatibleError, match="has no device-state regions"):
+        vfio_state.load(MigratablePci("plain", flags=None), path.read_bytes())

@@ -36,7 +36,20 @@ def check_state(path: str | Path, name: str) -> list[Problem]:
             _problem(section, e, "config")
             for e in pci_device_state.problems_with(device, buf, vfio_state.raw_sections)
         ]
-        if saved.payload is not None and saved.meta is not None:
+        meta = saved.meta
+        if meta is not None and meta["protocol"] == vfio_state.PROTOCOL_REGIONS:
+            if vfio_state.state_regions(device) is None:
+                reason = f"the file has region-protocol device data; {name} has no state regions"
+                problems.append(
+                    Problem(
+                        ERROR,
+                        f"{saved.name}/{vfio_state.META_NAME}",
+                        "protocol",
+                        "device-data",
+                        reason,
+                    )
+                )
+        elif meta is not None:
             data_section = f"{saved.name}/vfio"
             if not callable(getattr(device, "device_feature", None)):
                 reason = f"{name} is not opened through VFIO: it cannot take device data"
@@ -46,7 +59,4 @@ def check_state(path: str | Path, name: str) -> list[Problem]:
                 if caps.blocker:
                     reason = f"the file has device data; {name} cannot take it: {caps.blocker}"
                     problems.append(Problem(ERROR, data_section, "", "device-data", reason))
-            if saved.meta["protocol"] != vfio_state.PROTOCOL_V2:
-                reason = f"device data of protocol {saved.meta['protocol']}, not VFIO migration v2"
-                problems.append(Problem(ERROR, data_section, "protocol", "device-data", reason))
     return problems

@@ -19,6 +19,7 @@ it), then the config.
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,18 @@ from typing import Any, BinaryIO
 
 import attrs
 
-from vmstate import migration, pci_device_state, registry
+from vmstate import migration, pci_device_state, region_protocol, registry
 from vmstate._files import atomic_output
 from vmstate.description import Description
 from vmstate.device_regions import Device
-from vmstate.errors import DecodeError, IncompatibleError, LimitError, TruncatedError, UsageError
+from vmstate.errors import (
+    DecodeError,
+    DeviceError,
+    IncompatibleError,
+    LimitError,
+    TruncatedError,
+    UsageError,
+)
 from vmstate.migration import DeviceState as MigState
 from vmstate.stream import DeviceState as Section_
 from vmstate.stream import Input, RawParser, Section, StreamWriter
@@ -45,6 +53,10 @@ MAX_CHUNK = 64 << 20
 #: device data decoded for checking and showing when a format is registered
 MAX_DECODED_DATA = 16 << 20
 PROTOCOL_V2 = 2
+#: the 2019 patch's device-state regions
+PROTOCOL_REGIONS = 1
+#: device config data carried by the region protocol (a vbuffer in the description)
+MAX_REGION_CONFIG = 1 << 20
 META_NAME = "vfio-device-state"
 _BE64 = struct.Struct(">Q")
 
@@ -186,13 +198,15 @@ def save(
     driver: str | None = None,
     qemu: bool = False,
     progress: migration.Progress | None = None,
+    dirty_range: tuple[int, int] | None = None,
 ) -> Saved:
     """Save *device*'s config state, and its device data when it supports migration.
 
     The device data is read with the device stopped (STOP_COPY, after PRE_COPY
-    rounds when it has them); the device runs again afterwards.  Without device
-    data, *qemu* adds QEMU's VFIOPCIDevice state on its own (with device data it
-    is in the vfio section anyway)."""
+    rounds when it has them); the device runs again afterwards.  A device with the
+    2019 patch's state regions instead gives its device config data that way (and
+    the dirty bitmap of *dirty_range*).  Without a vfio section, *qemu* adds QEMU's
+    VFIOPCIDevice state on its own (with one it is in that section anyway)."""
     state = pci_device_state.read_state(device)
     caps = migration.probe(device) if _migratable(device) else None  # type: ignore[arg-type]
     reason = "not opened through VFIO" if caps is None else (caps.blocker or "")
@@ -229,13 +243,64 @@ def save(
                 "format_len": len(fmt),
                 "format": fmt,
                 "data_size": saved.size,
+                "dirty_pages": 0,
             }
             writer.device(Section_(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
-        elif qemu:
-            idstr = f"{device.name}/{pci_device_state.QEMU_DESCRIPTION_NAME}"
-            writer.device(Section_(idstr, qemu_desc, qemu_state, held=qemu_held))
+        else:
+            regions = state_regions(device)
+            if regions is not None:
+                meta = _region_protocol_state(regions, dirty_range)
+                writer.device(Section_(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
+                reason = ""
+                size = meta[f"{META_NAME}/region-config"]["size"]
+                saved = migration.SavedDeviceData(size=size)
+            if qemu:
+                idstr = f"{device.name}/{pci_device_state.QEMU_DESCRIPTION_NAME}"
+                writer.device(Section_(idstr, qemu_desc, qemu_state, held=qemu_held))
         writer.finish()
     return Saved(Path(path).stat().st_size, saved.size if saved else None, reason)
+
+
+def state_regions(device: Device) -> region_protocol.DeviceStateRegions | None:
+    """The 2019 protocol's regions when the device has them (none has in Linux)."""
+    try:
+        return region_protocol.DeviceStateRegions.open(device)
+    except DeviceError:
+        return None
+
+
+def _region_protocol_state(
+    regions: region_protocol.DeviceStateRegions, dirty_range: tuple[int, int] | None
+) -> dict[str, Any]:
+    """The device config data (device stopped while it is taken), and the dirty bitmap
+    of *dirty_range* (start address, pages) when asked for and the device logs it."""
+    sink = io.BytesIO()
+    regions.set_state(region_protocol.RegionState.STOP)
+    try:
+        regions.save_config(sink, limit=MAX_REGION_CONFIG)
+    finally:
+        regions.set_state(region_protocol.RegionState.RUNNING)
+    data = sink.getvalue()
+    meta: dict[str, Any] = {
+        "protocol": PROTOCOL_REGIONS,
+        "flags": regions.caps,
+        "format_len": 0,
+        "format": b"",
+        "data_size": 0,
+        "dirty_pages": 0,
+        f"{META_NAME}/region-config": {"size": len(data), "data": data},
+    }
+    if dirty_range is not None and regions.bitmap is not None:
+        start, pages = dirty_range
+        bitmap = b"".join(chunk.bitmap for chunk in regions.dirty_bitmap(start, pages))
+        meta["dirty_pages"] = pages
+        meta[f"{META_NAME}/dirty-bitmap"] = {
+            "start_addr": start,
+            "page_nr": pages,
+            "bitmap_size": len(bitmap),
+            "bitmap": bitmap,
+        }
+    return meta
 
 
 # -- load ---------------------------------------------------------------------------
@@ -268,24 +333,26 @@ def read_file(buf: Input) -> SavedFile:
     sections = {s.idstr: s for s in parsed.sections}
     meta_section = sections.get(f"{name}/{META_NAME}")
     vfio_section = sections.get(f"{name}/vfio")
-    if (meta_section is None) != (vfio_section is None):
-        missing = META_NAME if meta_section is None else "vfio"
+    meta = meta_section.state if meta_section is not None else None
+    protocol = meta["protocol"] if meta is not None else None
+    if (protocol == PROTOCOL_V2) != (vfio_section is not None):
+        what = "a vfio section without its" if vfio_section is not None else "no vfio section for"
+        at = vfio_section or meta_section
+        assert at is not None
         raise DecodeError(
-            f"device data without its {missing} section",
-            offset=(vfio_section or meta_section or config).header_offset,
-            expected=f"both {name}/vfio and {name}/{META_NAME}",
-            found="one of them",
+            f"{what} {META_NAME} of protocol {PROTOCOL_V2}",
+            offset=at.header_offset,
+            expected=f"{name}/vfio exactly with VFIO migration v2 device data",
+            found=f"protocol {protocol}",
             path=(name,),
         )
-    if meta_section is None or vfio_section is None:
-        return SavedFile(name, config, None, None, None, None)
-    meta = meta_section.state
-    assert meta is not None
+    if meta is None or vfio_section is None:
+        return SavedFile(name, config, meta, None, None, None)
     payload = walk_vfio(buf, vfio_section.start)
     if payload.data_size != meta["data_size"]:
         raise IncompatibleError(
             "device data size differs from the size recorded",
-            offset=meta_section.start,
+            offset=meta_section.start if meta_section is not None else 0,
             expected=f"{meta['data_size']} bytes (data_size)",
             found=f"{payload.data_size} bytes in chunks",
             path=(META_NAME, "data_size"),
@@ -354,8 +421,27 @@ def load(
                 found=caps.blocker,
                 path=(META_NAME, "protocol"),
             )
+    regions = None
+    if saved.meta is not None and saved.meta["protocol"] == PROTOCOL_REGIONS:
+        regions = state_regions(device)
+        if regions is None:
+            raise IncompatibleError(
+                f"the file has region-protocol device data but {device.name} has no "
+                "device-state regions",
+                offset=saved.config.header_offset,
+                expected="the 2019 patch's device-state regions",
+                found="none",
+                path=(META_NAME, "protocol"),
+            )
     if dry_run:
         return saved
+    if regions is not None and saved.meta is not None:
+        config = saved.meta[f"{META_NAME}/region-config"]
+        regions.set_state(region_protocol.RegionState.STOP)
+        try:
+            regions.load_config(io.BytesIO(config["data"]), config["size"], limit=MAX_REGION_CONFIG)
+        finally:
+            regions.set_state(region_protocol.RegionState.RUNNING)
     if saved.payload is not None and saved.meta is not None:
         source = _ChunkSource(buf, saved.payload.chunks)
         migration.load_device_data(device, source, saved.payload.data_size, progress)  # type: ignore[arg-type]
