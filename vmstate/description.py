@@ -30,7 +30,7 @@ from vmstate.errors import (
     VMStateError,
 )
 from vmstate.fields import Field, Kind, Validate
-from vmstate.predicates import Condition, is_opaque, parse_condition
+from vmstate.predicates import Condition, as_condition, is_opaque
 
 SUBSECTION = 0x05
 _BE32 = struct.Struct(">I")
@@ -84,18 +84,12 @@ class Hooks:
         return any((self.pre_save, self.post_save, self.pre_load, self.post_load))
 
 
-def _needed(value: str | Condition | None) -> Condition | None:
-    if value is None or isinstance(value, Condition):
-        return value
-    return parse_condition(value)
-
-
 @attrs.frozen
 class Subsection:
     """An optional part sent when ``needed`` holds (always, when it has none)."""
 
     description: Description
-    needed: Condition | None = attrs.field(default=None, converter=_needed)
+    needed: Condition | None = attrs.field(default=None, converter=as_condition)
 
     @property
     def name(self) -> str:

@@ -29,7 +29,7 @@ import attrs
 
 from vmstate._wire import Frame, need
 from vmstate.errors import DecodeError, DescriptionError, EncodeError, IncompatibleError, LimitError
-from vmstate.predicates import Condition, parse_condition
+from vmstate.predicates import Condition, as_condition
 
 if TYPE_CHECKING:
     from vmstate.description import Description
@@ -568,12 +568,6 @@ class QTailQ(Kind):
         out.append(0)
 
 
-def _condition(value: str | Condition | None) -> Condition | None:
-    if value is None or isinstance(value, Condition):
-        return value
-    return parse_condition(value)
-
-
 @attrs.frozen
 class Field:
     """One entry of a description's field list."""
@@ -581,7 +575,7 @@ class Field:
     name: str
     kind: Kind
     since: int = 0
-    exists: Condition | None = attrs.field(default=None, converter=_condition)
+    exists: Condition | None = attrs.field(default=None, converter=as_condition)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.kind, Validate) and self.exists is None:

@@ -256,6 +256,13 @@ def parse_condition(source: str) -> Condition:
     return Condition(source, fn, frozenset(parser.names), frozenset(parser.calls))
 
 
+def as_condition(value: str | Condition | None) -> Condition | None:
+    """A condition given as source text, parsed (attrs converter for fields and subsections)."""
+    if value is None or isinstance(value, Condition):
+        return value
+    return parse_condition(value)
+
+
 def opaque_condition(origin: str) -> Condition:
     """A test QEMU has but does not export: the field is present iff the state has it.
 
