@@ -123,6 +123,12 @@ class _Run:
 _Step = _Run | Field
 
 
+@functools.lru_cache(maxsize=4096)
+def _run_codec(fmt: str) -> struct.Struct:
+    """Runs of the same layout recur across descriptions: compile each once."""
+    return struct.Struct(fmt)
+
+
 @attrs.frozen(cache_hash=True)
 class Description:
     """QEMU's VMStateDescription as an immutable value."""
@@ -184,7 +190,7 @@ class Description:
                 steps.append(run[0])
             elif run:
                 fmt = ">" + "".join(f.kind.fmt or "" for f in run)
-                steps.append(_Run(tuple(run), tuple(f.name for f in run), struct.Struct(fmt)))
+                steps.append(_Run(tuple(run), tuple(f.name for f in run), _run_codec(fmt)))
             run.clear()
 
         for field in self.fields:

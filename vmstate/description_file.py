@@ -57,6 +57,7 @@ from vmstate.fields import (
     Validate,
     VArray,
     VBuffer,
+    scalar_kind,
 )
 from vmstate.predicates import (
     Condition,
@@ -770,7 +771,7 @@ class _Reader:
         """The core kind of a checked *spec* whose references are resolved."""
         match spec:
             case ScalarSpec():
-                return Scalar(spec.type)
+                return scalar_kind(spec.type)
             case BufferSpec():
                 return Buffer(spec.size, spec.info)
             case VBufferSpec():
@@ -797,7 +798,7 @@ class _Reader:
     def element(self, ref: Element, path: _Path) -> Kind | None:
         if isinstance(ref, str):
             if ref in SCALAR_TYPES:
-                return Scalar(ref)
+                return scalar_kind(ref)
             desc = self.struct(ref, path)
             return None if desc is None else Struct(desc)
         return self.kind(ref, path, None)

@@ -86,10 +86,16 @@ COUNT_TYPES = frozenset({"uint8", "uint16", "uint32", "int32"})
 NULLPTR_MARKER = 0x30
 
 
+@functools.cache
+def scalar_kind(info: str) -> Scalar:
+    """The (immutable, shared) kind of scalar type *info*."""
+    return Scalar(info)
+
+
 def kind_of(element: str | Kind | Description) -> Kind:
     """An element given as a type name, a kind or a description (a struct)."""
     if isinstance(element, str):
-        return Scalar(element)
+        return scalar_kind(element)
     if isinstance(element, Kind):
         return element
     return Struct(element)
@@ -595,7 +601,7 @@ def scalar(info: str) -> Callable[..., Field]:
     """A constructor for fields of the scalar type *info*."""
 
     def make(name: str, *, since: int = 0, exists: Exists = None) -> Field:
-        return Field(name, Scalar(info), since, exists)
+        return Field(name, scalar_kind(info), since, exists)
 
     make.__name__ = info.replace(" ", "_")
     make.__doc__ = f"A {info} field."

@@ -31,6 +31,7 @@ from vmstate.fields import (
     Validate,
     VArray,
     VBuffer,
+    scalar_kind,
 )
 from vmstate.predicates import is_opaque, opaque_condition
 
@@ -124,8 +125,8 @@ def _element(f: Mapping[str, Any], where: str, depth: int) -> Kind:
     if typ in _INLINE and "vmsd_name" in f:
         desc = description_from_vmdesc(f, None, where, depth + 1)
         return Struct(desc, desc.version_id, typ)
-    if typ in SCALAR_TYPES and Scalar(typ).size == size:
-        return Scalar(typ)
+    if typ in SCALAR_TYPES and (kind := scalar_kind(typ)).size == size:
+        return kind
     return Buffer(size, typ)
 
 
