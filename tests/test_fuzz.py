@@ -174,3 +174,39 @@ def test_deeply_nested_vmdesc_is_refused() -> None:
         assert "nests too deeply" in str(e)
     else:
         raise AssertionError("a 200-deep vmdesc must be refused")
+
+
+@cache
+def saved_device_file() -> bytes:
+    """A file as vmstate save writes one for a device with migration data (emulated)."""
+    import tempfile
+
+    from test_vfio_state import programmed
+
+    from vmstate import vfio_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dev.vms"
+        vfio_state.save(programmed(size=600), path)
+        return path.read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_saved_device_files(data: st.DataObject) -> None:
+    """Saved files are untrusted input too: framing, config state, chunks, metadata."""
+    from vmstate import vfio_state
+
+    raw = bytearray(saved_device_file())
+    end = stream.find_vmdesc(bytes(raw)) or len(raw)
+    if data.draw(st.booleans()):
+        for _ in range(data.draw(st.integers(1, 6))):
+            raw[data.draw(st.integers(0, end - 1))] = data.draw(st.integers(0, 255))
+    else:
+        del raw[data.draw(st.integers(0, end - 1)) :]
+    try:
+        vfio_state.read_file(bytes(raw))
+    except DecodeError as e:
+        assert e.path and 0 <= e.offset <= len(raw), e
+    except VMStateError as e:
+        assert str(e)
