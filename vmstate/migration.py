@@ -24,7 +24,7 @@ import functools
 import os
 import random
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final, NoReturn, Protocol
 
 import attrs
@@ -53,8 +53,10 @@ __all__ = [
     "load_device_data",
     "plan",
     "probe",
+    "read_exactly",
     "save_device_data",
     "stop_copy_size",
+    "write_all",
 ]
 
 #: largest read from or write to a data fd: the memory a transfer holds
@@ -583,13 +585,13 @@ class _Pump:
                     expected=f"at most {self._limit} bytes",
                     found=f"{self.done + count} bytes or more",
                 )
-            _write_all(self._sink, self._buffer[:count])
+            write_all(self._sink, self._buffer[:count])
             self.done += count
             if self._progress is not None:
                 self._progress(self.done, None if total is None else max(total, self.done))
 
 
-def _write_all(sink: Sink, data: bytes | memoryview) -> None:
+def write_all(sink: Sink, data: bytes | memoryview) -> None:
     """Write all of *data*: a raw (unbuffered) file may take part of it."""
     view = memoryview(data)
     while view:
@@ -599,36 +601,45 @@ def _write_all(sink: Sink, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def _feed(
-    device: MigrationDevice, data_fd: int, source: Source, size: int, progress: Progress | None
-) -> None:
-    """Copy exactly *size* bytes from *source* to the data fd in bounded chunks."""
+def read_exactly(source: Source, size: int, what: str) -> Iterator[tuple[int, memoryview]]:
+    """Exactly *size* bytes of *source*, a bounded chunk at a time, as (offset, chunk).
+
+    The one buffer is reused: use each chunk before asking for the next."""
     buffer = memoryview(bytearray(min(size, CHUNK_SIZE)))
     done = 0
     while done < size:
         count = source.readinto(buffer[: size - done])
         if not count:
             raise TruncatedError(
-                f"device data end after {done} of {size} bytes",
+                f"{what} end after {done} of {size} bytes",
                 offset=done,
                 expected=f"{size} bytes",
                 found=f"{done} bytes",
             )
-        data = buffer[:count]
+        yield done, buffer[:count]
+        done += count
+
+
+def _feed(
+    device: MigrationDevice, data_fd: int, source: Source, size: int, progress: Progress | None
+) -> None:
+    """Copy exactly *size* bytes from *source* to the data fd in bounded chunks."""
+    for at, chunk in read_exactly(source, size, "device data"):
+        data = chunk
         while data:
             try:
                 written = device.write_data(data_fd, data)
             except OSError as exc:
                 raise DeviceError(
                     f"{device.name}: the device refused the data at byte "
-                    f"{done + count - len(data)}: {_strerror(exc)}"
+                    f"{at + len(chunk) - len(data)}: {_strerror(exc)}"
                 ) from exc
             if not written:
-                raise DeviceError(f"{device.name}: the device accepted no more data at byte {done}")
+                position = at + len(chunk) - len(data)
+                raise DeviceError(f"{device.name}: the device accepted no more data at byte {position}")
             data = data[written:]
-        done += count
         if progress is not None:
-            progress(done, size)
+            progress(at + len(chunk), size)
 
 
 def _recover(machine: DeviceStateMachine, start: DeviceState) -> str:

@@ -27,8 +27,8 @@ import attrs
 import cffi
 
 from vmstate.device_regions import Device, RegionInfo
-from vmstate.errors import DeviceError, LimitError, TruncatedError, UsageError
-from vmstate.migration import Sink, Source, _write_all
+from vmstate.errors import DeviceError, LimitError, UsageError
+from vmstate.migration import Sink, Source, read_exactly, write_all
 
 __all__ = [
     "ACTION_GET_BUFFER",
@@ -196,7 +196,7 @@ class DeviceStateRegions:
             )
         for position in range(0, size, CHUNK_SIZE):
             count = min(CHUNK_SIZE, size - position)
-            _write_all(sink, self.device.read(self.config.index, position, count))
+            write_all(sink, self.device.read(self.config.index, position, count))
         return size
 
     def load_config(self, source: Source, size: int, *, limit: int = MAX_CONFIG_SIZE) -> None:
@@ -214,19 +214,8 @@ class DeviceStateRegions:
                 found=f"{size} bytes",
             )
         self._write(_offset("device_config", "size"), _U64.pack(size))
-        buffer = memoryview(bytearray(min(size, CHUNK_SIZE)))
-        position = 0
-        while position < size:
-            count = source.readinto(buffer[: size - position])
-            if not count:
-                raise TruncatedError(
-                    f"device config data end after {position} of {size} bytes",
-                    offset=position,
-                    expected=f"{size} bytes",
-                    found=f"{position} bytes",
-                )
-            self.device.write(self.config.index, position, bytes(buffer[:count]))
-            position += count
+        for position, chunk in read_exactly(source, size, "device config data"):
+            self.device.write(self.config.index, position, bytes(chunk))
         self._write(_offset("device_config", "action"), _U32.pack(ACTION_SET_BUFFER))
 
     def dirty_bitmap(
