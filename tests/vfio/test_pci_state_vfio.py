@@ -7,13 +7,13 @@ On the host these stand in for their run in the guest (see tests/vfio/conftest.p
 from __future__ import annotations
 
 import contextlib
-import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from vfio.test_vfio_device import IN_GUEST, SYSFS_PCI, VFIO_PCI, bound, ids
 from vmstate import pci_device_state
 from vmstate.cli import main
 from vmstate.device_regions import VfioDevice
@@ -23,22 +23,8 @@ from vmstate.pci_vfio import decode_config
 
 pytestmark = pytest.mark.vfio
 
-IN_GUEST = os.environ.get("VMSTATE_IN_GUEST") == "1"
-VFIO_PCI = Path("/sys/bus/pci/drivers/vfio-pci")
-SYSFS_PCI = Path("/sys/bus/pci/devices")
 E1000E = (0x8086, 0x10D3)
 MSIX_BAR = 3  # e1000e: MSI-X table at BAR3 + 0, PBA at BAR3 + 0x2000
-
-
-def bound() -> list[str]:
-    if not VFIO_PCI.is_dir():
-        return []
-    return sorted(p.name for p in VFIO_PCI.iterdir() if p.name.count(":") == 2)
-
-
-def ids(bdf: str) -> tuple[int, int]:
-    vendor, device = (int((SYSFS_PCI / bdf / f).read_text(), 16) for f in ("vendor", "device"))
-    return vendor, device
 
 
 @pytest.fixture
