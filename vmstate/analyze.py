@@ -20,6 +20,7 @@ from vmstate.description import Description
 from vmstate.errors import UsageError
 from vmstate.fields import Array, Buffer, Kind, Scalar, Seq, Struct, VArray
 from vmstate.stream import Input, RamBlock, Section, Stream
+from vmstate.vmdesc import NullPointer, qemu_name
 
 #: types QEMU's analyze-migration.py prints unsigned; other numbers it prints signed
 _UNSIGNED = frozenset({"uint8", "uint16", "uint32", "uint64", "uint32 equal"})
@@ -71,7 +72,8 @@ def _qemu_struct(desc: Description, state: Mapping[str, Any], version: int) -> d
     frame = Frame(dict(state), version, None, Ctx())
     for field in desc.fields:
         if field.name in state:
-            out[field.name] = _qemu_value(field.kind, state[field.name], frame, field.name)
+            value = _qemu_value(field.kind, state[field.name], frame, field.name)
+            out[qemu_name(field.name)] = value
     for sub in desc.subsections:
         if sub.name in state:
             out[sub.name] = _qemu_struct(
@@ -81,6 +83,8 @@ def _qemu_struct(desc: Description, state: Mapping[str, Any], version: int) -> d
 
 
 def _qemu_value(kind: Kind, value: Any, frame: Frame, name: str) -> Any:
+    if isinstance(kind, NullPointer):
+        return "nullptr"
     if isinstance(kind, Scalar):
         render = _scalar_renderer(kind.info, kind.size)
         if render is not None:

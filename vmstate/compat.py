@@ -3,14 +3,20 @@
 Covers what QEMU's ``scripts/vmstate-static-checker.py`` reports (missing
 sections, version and minimum-version errors, field order and names, sizes,
 ``unused`` padding absorbing fields, substructs added or removed, missing
-subsections) and what it misses (exists-test and ``needed`` changes, field
-kind changes, array counts, variable-size bounds, fields the destination
-expects that the source never sends).  Renames and accepted differences come
-from a waiver file (:mod:`vmstate.waivers`), never from code.
+subsections) and what it misses: the machine type (QEMU refuses a stream of
+another machine type), exists-test changes (a field one side sends only when a
+test holds while the other always expects it), ``needed`` changes, field kind
+changes, array counts, variable-size bounds, fields the destination expects
+that the source never sends.  It also avoids the checker's false alarms: a
+nested struct's version is never on the wire, so it is not compared; a device
+class one QEMU has and the other lacks is an error only when a stream says the
+VM has that device.  Renames and accepted differences come from a waiver file
+(:mod:`vmstate.waivers`), never from code.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 
 import attrs
@@ -58,6 +64,11 @@ class DescriptionSet:
     kind: str = FILES
     #: a dump entry's own (version_id, minimum_version_id), where it differs from its description's
     versions: Mapping[str, tuple[int, int]] = attrs.field(factory=dict)
+    #: the machine type the set belongs to (a dump's, a stream's configuration), if it says
+    machine: str | None = None
+    #: False for a dump of a QEMU that does not write array lengths ("num", QEMU 10.0+):
+    #: any field of it may be an array of unknown length
+    counts_known: bool = True
 
     @property
     def decodes(self) -> bool:
@@ -65,8 +76,9 @@ class DescriptionSet:
         return self.kind != DUMP
 
     def find(self, name: str, desc: Description | None = None) -> tuple[str, Description] | None:
-        """The section *name*, else (given *desc*) the one with the same description name,
-        as sets of different kinds name sections differently (device type, id string)."""
+        """The section *name*, else (given *desc*) the one with the same description name:
+        sets of different kinds name sections differently (device type, id string), and
+        QEMU finds a section by its description's name, whatever the device type is called."""
         if name in self.sections:
             return name, self.sections[name]
         if desc is not None:
@@ -75,24 +87,35 @@ class DescriptionSet:
                     return key, other
         return None
 
+    def named(self, name: str) -> int:
+        """How many sections are described *name*."""
+        return sum(desc.name == name for desc in self.sections.values())
+
+    def describes(self, name: str) -> bool:
+        """Whether any section of the set, or any struct in one, is described *name*."""
+        return name in self._names
+
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(d.name for desc in self.sections.values() for d in desc.walk())
+
 
 def compare(
     src: DescriptionSet, dst: DescriptionSet, waivers: Waivers = NO_WAIVERS
 ) -> list[Problem]:
     """Every problem migrating from *src* to *dst*, waived ones removed."""
-    problems: list[Problem] = []
+    problems: list[Problem] = list(machine_problems(src.machine, dst.machine))
     for name, desc in src.sections.items():
         if name in src.unmigratable:
             continue
-        # sets of one kind name sections alike; only across kinds match by description name
-        target = dst.find(waivers.section_name(name), desc if src.kind != dst.kind else None)
+        target = find_section(name, desc, src, dst, waivers)
         if target is None and name not in dst.unmigratable:
-            problems.append(missing_section(name, src, dst))
+            problems.append(missing_section(name, desc, src, dst))
         elif target is None or target[0] in dst.unmigratable:
             reason = "the destination has this device but cannot migrate it"
             problems.append(Problem(ERROR, name, "", "section-unmigratable", reason))
         else:
-            comparison = _Comparison(name, waivers, {src.kind, dst.kind})
+            comparison = _Comparison(name, waivers, src, dst)
             if name in src.versions or target[0] in dst.versions:
                 problems.extend(
                     comparison.versions(
@@ -104,32 +127,93 @@ def compare(
                     )
                 )
             problems.extend(comparison.descriptions(desc, target[1], desc.name))
-    return [p for p in problems if not waivers.accepts(p)]
+    machine = dst.machine or src.machine
+    return [p for p in problems if not waivers.accepts(p, machine)]
 
 
-def missing_section(name: str, src: DescriptionSet, dst: DescriptionSet) -> Problem:
-    """The problem of section *name* having no description in *dst*.
+def find_section(
+    name: str, desc: Description, src: DescriptionSet, dst: DescriptionSet, waivers: Waivers
+) -> tuple[str, Description] | None:
+    """*dst*'s section for *src*'s section *name*: the same name, a waiver's rename of it,
+    else the section with the same description name (QEMU matches sections by it, not
+    by device type: a type renamed between two dumps is still found, unless the name
+    is ambiguous in either dump)."""
+    found = dst.find(name) or dst.find(waivers.section_name(name))
+    if found is not None or dst.kind == VMDESC:
+        return found  # two streams name the same device alike (path and instance)
+    if src.kind == DUMP and (src.named(desc.name) > 1 or dst.named(desc.name) > 1):
+        return None  # device classes sharing a description name (isa-serial, serial-mm)
+    return dst.find(waivers.section_name(name), desc)
 
-    A dump lists device classes that have a vmsd, not every section a stream
-    carries: against a dump, a stream's section that is not there is unknown,
-    not known to be missing."""
-    if dst.kind == DUMP and src.kind != DUMP:
+
+def machine_problems(src: str | None, dst: str | None) -> list[Problem]:
+    """QEMU refuses a stream whose configuration names another machine type."""
+    if src is None or dst is None or src == dst:
+        return []
+    reason = (
+        f"the source runs machine type {src!r}, the destination {dst!r}: QEMU refuses the "
+        'stream ("Machine type received is ... and local is ..."); pin the destination to '
+        f"-M {src}"
+    )
+    return [Problem(ERROR, "configuration", "", "machine-mismatch", reason)]
+
+
+def missing_section(
+    name: str, desc: Description | None, src: DescriptionSet, dst: DescriptionSet
+) -> Problem:
+    """The problem of section *name* (described *desc*) having no description in *dst*.
+
+    A dump lists device classes, not every section a stream carries (``timer``,
+    ``cpu``, ``ram``...), and not what a VM is made of:
+
+    - dump to dump: the destination QEMU lacks that device class, which matters
+      only to a VM with that device (a warning);
+    - a stream's section against a dump: a VMState section of a device (``<device
+      path>/<description name>``) that no device class of the dump describes is a
+      device the destination cannot take (QEMU: "Unknown savevm section"); a system
+      section the dump cannot describe is unknown, not known to be missing.
+    """
+    if dst.kind == DUMP and src.kind == DUMP:
+        reason = (
+            "the destination QEMU has no device class of this name or description: a VM "
+            "with this device cannot migrate there"
+        )
+        return Problem(WARNING, name, "", "device-class-missing", reason)
+    if dst.kind == DUMP:
+        if desc is not None and is_device_section(name, desc) and not dst.describes(desc.name):
+            reason = (
+                f"no device class of the destination QEMU is described {desc.name!r}: it "
+                'cannot load this device (QEMU: "Unknown savevm section or instance")'
+            )
+            return Problem(ERROR, name, "", "section-missing", reason)
         reason = "not described by the destination's dump (-dump-vmstate lists device classes only)"
         return Problem(WARNING, name, "", "section-undescribed", reason)
     return Problem(ERROR, name, "", "section-missing", "section does not exist in the destination")
 
 
+def is_device_section(name: str, desc: Description) -> bool:
+    """Whether section *name* is a device's VMState: ``<qdev path>/<description name>``
+    (an old-style section, like vfio's, is described by its id string instead)."""
+    base = name.split(" (", 1)[0]  # a stream set keys instance > 0 as "name (n)"
+    return "/" in base and base.endswith("/" + desc.name) and base != desc.name
+
+
 class _Comparison:
     """Comparison of one section; collects problems in order."""
 
-    def __init__(self, section: str, waivers: Waivers, kinds: set[str]) -> None:
+    def __init__(
+        self, section: str, waivers: Waivers, src: DescriptionSet, dst: DescriptionSet
+    ) -> None:
         self.section = section
         self.waivers = waivers
-        #: a vmdesc side says nothing of tests; a dump side nothing of types and counts
+        kinds = {src.kind, dst.kind}
+        #: a vmdesc side says nothing of tests; a dump side nothing of types
         self.tests_known = VMDESC not in kinds
         self.types_known = DUMP not in kinds
         #: a vmdesc leaves out arrays that had no elements, so a field may be absent
         self.sent_only = VMDESC in kinds
+        #: a dump of a QEMU before 10.0 says no array lengths: any field may be an array
+        self.counts_known = src.counts_known and dst.counts_known
 
     def problem(self, severity: str, path: str, rule: str, reason: str) -> Problem:
         return Problem(severity, self.section, path, rule, reason)
@@ -151,10 +235,16 @@ class _Comparison:
                 f"source version {s[0]} < destination minimum version {d[1]}",
             )
 
-    def descriptions(self, s: Description, d: Description, path: str) -> Iterator[Problem]:
-        yield from self.versions(
-            (s.version_id, s.minimum_version_id), (d.version_id, d.minimum_version_id), path
-        )
+    def descriptions(
+        self, s: Description, d: Description, path: str, nested: bool = False
+    ) -> Iterator[Problem]:
+        """Compare two descriptions.  A section's or subsection's version is on the wire
+        and the destination loads at it; a *nested* struct's is not: each side uses its
+        own, so versions are not compared and the destination reads at its own."""
+        if not nested:
+            yield from self.versions(
+                (s.version_id, s.minimum_version_id), (d.version_id, d.minimum_version_id), path
+            )
         if s.name != d.name and not self.waivers.renamed(self.section, s.name, d.name):
             yield self.problem(
                 ERROR,
@@ -163,7 +253,7 @@ class _Comparison:
                 f"description {s.name!r} missing, got {d.name!r} instead; skipping",
             )
             return
-        yield from self.fields(s, d, path)
+        yield from self.fields(s, d, path, d.version_id if nested else s.version_id)
         yield from self.subsections(s, d, path)
 
     def subsections(self, s: Description, d: Description, path: str) -> Iterator[Problem]:
@@ -182,7 +272,7 @@ class _Comparison:
                 self.tests_known
                 and sub.needed != other.needed
                 and not _opaque_pair(sub.needed, other.needed)
-            ):
+            ):  # a subsection names itself on the wire: a changed needed() loses nothing
                 yield self.problem(
                     WARNING,
                     f"{path}/{sub.name}",
@@ -191,17 +281,25 @@ class _Comparison:
                 )
             yield from self.descriptions(sub.description, other.description, f"{path}/{sub.name}")
 
-    def fields(self, s: Description, d: Description, path: str) -> Iterator[Problem]:
+    def fields(
+        self, s: Description, d: Description, path: str, read_version: int
+    ) -> Iterator[Problem]:
+        """The field lists; the destination reads fields up to *read_version*."""
         src = _Cursor(s.fields)
         dst = _Cursor(d.fields)
         while (sf := src.peek()) is not None:
             df = dst.peek()
             if df is None:
+                when = (
+                    f" (sent when {_source(sf.exists)} holds: migration breaks whenever it is)"
+                    if sf.exists is not None
+                    else ""
+                )
                 yield self.problem(
                     ERROR,
                     f"{path}.{sf.name}",
                     "field-missing",
-                    f"expected field {sf.name!r}, while the destination has no further fields",
+                    f"expected field {sf.name!r}, while the destination has no further fields{when}",
                 )
                 return
             if self.matches(d.name, sf.name, df.name):
@@ -219,11 +317,21 @@ class _Comparison:
             ):
                 src.descend()  # the source had them in a substruct the destination dropped
                 continue
-            if df.exists is not None or df.since > s.version_id:
+            if df.exists is not None or df.since > read_version:
                 dst.advance()  # the destination's field is not on the wire from this source
                 continue
+            if sf.exists is not None:
+                yield self.problem(
+                    ERROR,
+                    f"{path}.{sf.name}",
+                    "field-missing",
+                    f"the source sends {sf.name!r} when {_source(sf.exists)} holds, the "
+                    "destination has no such field: migration breaks whenever it is sent",
+                )
+                src.advance()
+                continue
             if _is_padding(sf) or _is_padding(df):
-                problem = _absorb(src, dst, sf, df)
+                problem = _absorb(src, dst, self.counts_known)
                 if problem is not None:
                     yield self.problem(
                         ERROR,
@@ -244,12 +352,14 @@ class _Comparison:
             )
             return
         for df in dst.rest():
-            if df.exists is None and df.since <= s.version_id and not self.may_be_empty(df):
+            if df.exists is None and df.since <= read_version and not self.may_be_empty(df):
                 yield self.problem(
                     ERROR,
                     f"{path}.{df.name}",
                     "field-not-sent",
-                    f"the destination expects {df.name!r} (since version {df.since}) but the source at version {s.version_id} does not send it",
+                    f"the destination expects {df.name!r} (since version {df.since}, reading "
+                    f"at version {read_version}) but the source at version {s.version_id} "
+                    "does not send it",
                 )
 
     def may_be_empty(self, field: Field) -> bool:
@@ -267,12 +377,7 @@ class _Comparison:
                 ERROR, path, "field-version", f"field version {sf.since} > {df.since}"
             )
         if self.tests_known and _tests_differ(sf.exists, df.exists):
-            yield self.problem(
-                WARNING,
-                path,
-                "exists-changed",
-                f"exists-test changed from {_source(sf.exists)} to {_source(df.exists)}",
-            )
+            yield self.problem(ERROR, path, "exists-changed", _exists_reason(sf, df))
         s_struct, d_struct = _struct_of(sf.kind), _struct_of(df.kind)
         if s_struct is not None:
             if d_struct is None:
@@ -283,7 +388,7 @@ class _Comparison:
                     "the destination has no nested description for this field",
                 )
                 return
-            yield from self.descriptions(s_struct, d_struct, f"{path}")
+            yield from self.descriptions(s_struct, d_struct, f"{path}", nested=True)
         elif d_struct is not None:
             yield self.problem(
                 ERROR, path, "struct-added", "the destination expects a nested description here"
@@ -306,13 +411,13 @@ class _Comparison:
         yield from self.counts(sf.kind, df.kind, path)
 
     def counts(self, s: Kind, d: Kind, path: str) -> Iterator[Problem]:
-        if not self.types_known:
-            return  # a -dump-vmstate side does not say how many elements there are
         if isinstance(s, Array) and isinstance(d, Array) and s.count != d.count:
             yield self.problem(
                 ERROR, path, "array-count", f"array of {s.count} elements became {d.count}"
             )
-        elif type(s) is not type(d) and isinstance(s, _LISTS) != isinstance(d, _LISTS):
+        if not self.types_known:
+            return  # a -dump-vmstate side does not say which fields are variable arrays
+        if type(s) is not type(d) and isinstance(s, _LISTS) != isinstance(d, _LISTS):
             yield self.problem(
                 ERROR, path, "array-kind", f"{type(s).__name__} became {type(d).__name__}"
             )
@@ -375,6 +480,11 @@ class _Cursor:
         assert nested is not None
         self.stack.append((nested.fields, 0))
 
+    def clone(self) -> _Cursor:
+        copy = _Cursor(())
+        copy.stack = list(self.stack)
+        return copy
+
     def rest(self) -> list[Field]:
         out = []
         while (f := self.peek()) is not None:
@@ -383,27 +493,57 @@ class _Cursor:
         return out
 
 
-def _absorb(src: _Cursor, dst: _Cursor, sf: Field, df: Field) -> str | None:
+def _absorb(src: _Cursor, dst: _Cursor, counts_known: bool) -> str | None:
     """``unused`` padding on one side standing for fields of the same total size on the other.
 
-    Returns the name of the field where the sizes stop adding up, or None."""
-    s_size, d_size = _element_size(sf.kind), _element_size(df.kind)
-    src.advance()
-    dst.advance()
-    if s_size == d_size:
-        return None
-    _, other, remaining = (
-        (dst, src, d_size - s_size) if _is_padding(df) else (src, dst, s_size - d_size)
-    )
-    while remaining > 0:
-        f = other.peek()
-        if f is None:
-            return "<end>"
-        remaining -= _element_size(f.kind) or 0
-        other.advance()
-        if remaining < 0:
-            return f.name
+    Of the runs of fields whose sizes add up to the padding's, the one after
+    which both sides go on with the same field name wins.  Without array
+    lengths (a dump before QEMU 10.0) a field stands for any whole number of its
+    elements.  Returns the name of the field where the sizes stop adding up, or None."""
+    pad_side, other = (dst, src) if _is_padding(_peeked(dst)) else (src, dst)
+    pad = _peeked(pad_side)
+    pad_side.advance()
+    total = _total_size(pad.kind) or 0
+    trial = other.clone()
+    sizes: list[int] = []
+    chosen: _Cursor | None = None
+    while (f := trial.peek()) is not None:
+        sizes.append(_total_size(f.kind) or 0)
+        trial.advance()
+        if sum(sizes) > total:
+            break
+        if _fits(sizes, total, counts_known):
+            chosen = chosen or trial.clone()
+            if _next_name(pad_side) == _next_name(trial):
+                chosen = trial.clone()
+                break
+    if chosen is None:
+        return f.name if f is not None else "<end>"
+    other.stack = chosen.stack
     return None
+
+
+def _fits(sizes: list[int], total: int, counts_known: bool) -> bool:
+    """Whether fields of *sizes* bytes fill *total* bytes, each taken once, or (lengths
+    unknown) each any positive number of times."""
+    rest = total - sum(sizes)
+    if counts_known or rest == 0:
+        return rest == 0
+    reachable = [True] + [False] * rest  # rest <= a padding's size: small
+    for amount in range(1, rest + 1):
+        reachable[amount] = any(0 < s <= amount and reachable[amount - s] for s in sizes)
+    return reachable[rest]
+
+
+def _peeked(cursor: _Cursor) -> Field:
+    field = cursor.peek()
+    assert field is not None
+    return field
+
+
+def _next_name(cursor: _Cursor) -> str | None:
+    field = cursor.peek()
+    return field.name if field is not None else None
 
 
 def _element(kind: Kind) -> Kind | None:
@@ -442,6 +582,14 @@ def _element_size(kind: Kind) -> int | None:
     return element.size if element is not None else 0
 
 
+def _total_size(kind: Kind) -> int | None:
+    """Bytes of a field: an array's elements together, where its length is known."""
+    size = _element_size(kind)
+    if isinstance(kind, Array) and size is not None:
+        return size * kind.count
+    return size
+
+
 def _info(kind: Kind) -> str:
     element = _element(kind)
     return element.info if element is not None else ""
@@ -456,6 +604,26 @@ def _tests_differ(a: Condition | None, b: Condition | None) -> bool:
 def _opaque_pair(a: Condition | None, b: Condition | None) -> bool:
     """Both tests are QEMU code we cannot see: only their presence can be compared."""
     return a is not None and b is not None and is_opaque(a) and is_opaque(b)
+
+
+def _exists_reason(sf: Field, df: Field) -> str:
+    """When a changed exists-test breaks migration, in words."""
+    name = sf.name
+    if sf.exists is not None and df.exists is None:
+        return (
+            f"the source sends {name!r} only when {_source(sf.exists)} holds, the destination "
+            "always reads it: migration breaks whenever that test is false (the destination "
+            "reads the following bytes as this field)"
+        )
+    if sf.exists is None and df.exists is not None:
+        return (
+            f"the source always sends {name!r}, the destination reads it only when "
+            f"{_source(df.exists)} holds: migration breaks whenever that test is false"
+        )
+    return (
+        f"the source sends {name!r} when {_source(sf.exists)} holds, the destination reads "
+        f"it when {_source(df.exists)} holds: migration breaks whenever the two disagree"
+    )
 
 
 def _source(cond: Condition | None) -> str:

@@ -12,6 +12,9 @@ The import keeps exactly that, and guesses nothing:
 
 - a field with a nested description becomes a :class:`DumpedStruct`: the nested
   description, one element at its own version; ``host_size`` keeps QEMU's size;
+- a field with ``num`` (QEMU 10.0 writes it for fixed-size arrays, VMS_ARRAY)
+  becomes an :class:`~vmstate.fields.Array` of ``num`` such elements, ``size``
+  being one element's; a variable array has no ``num`` and stays one element;
 - a field named ``unused`` becomes :class:`~vmstate.fields.Unused` padding, as
   QEMU names every ``VMSTATE_UNUSED`` (and as ``vmstate-static-checker`` reads it);
 - any other field becomes :class:`DumpedBytes`: ``size`` raw bytes;
@@ -26,7 +29,9 @@ A dump-derived description therefore lays out bytes as QEMU declares fields,
 one element each: right for comparing QEMU versions and as the start of a
 hand-written description file, not a decoder for real streams (a stream's
 vmdesc says the real sizes; see :mod:`vmstate.vmdesc`).  Export gives back JSON
-equal to the input.
+equal to the input.  Keys this module does not know (a newer QEMU's) never make
+a dump unreadable: they are kept, exported back, and listed in
+:attr:`QemuDump.unknown_keys` so a comparison can say what it could not use.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ import attrs
 
 from vmstate.description import Description, Subsection
 from vmstate.errors import DescriptionError
-from vmstate.fields import Buffer, Field, Kind, Struct, Unused
+from vmstate.fields import Array, Buffer, Field, Kind, Struct, Unused
 from vmstate.predicates import opaque_condition
+from vmstate.vmdesc import state_name
 
 __all__ = [
     "DumpedBytes",
@@ -59,13 +65,16 @@ __all__ = [
 #: a full x86 dump is under 1 MB; anything this big is not a dump
 MAX_DUMP_BYTES = 64 << 20
 MAX_DEPTH = 64
+MAX_NUM = 1 << 24
 MACHINE_KEY = "vmschkmachine"
 #: Buffer.info of dumped fields: the dump does not say QEMU's type
 UNKNOWN_TYPE = "unknown"
 
 _DEVICE_KEYS = frozenset({"Name", "version_id", "minimum_version_id", "Description"})
 _DESC_KEYS = frozenset({"name", "version_id", "minimum_version_id", "Fields", "Subsections"})
-_FIELD_KEYS = frozenset({"field", "version_id", "field_exists", "size", "Description"})
+_FIELD_KEYS = frozenset({"field", "version_id", "field_exists", "num", "size", "Description"})
+#: where an object sits in the dump: (device type, "Description", "Fields", 3, ...)
+JsonPath = tuple[str | int, ...]
 
 
 @attrs.frozen
@@ -122,6 +131,15 @@ class QemuDump:
 
     machine: str
     devices: tuple[DumpedDevice, ...]
+    #: keys of a newer QEMU, by where they were: kept for export, unused otherwise
+    extra: Mapping[JsonPath, Mapping[str, Any]] = attrs.field(factory=dict)
+    #: whether the dump states array lengths ("num", QEMU 10.0+); without them any
+    #: field may stand for an array of unknown length
+    counts_known: bool = False
+
+    @property
+    def unknown_keys(self) -> frozenset[str]:
+        return frozenset(key for keys in self.extra.values() for key in keys)
 
     def device(self, type_name: str) -> DumpedDevice:
         for dev in self.devices:
@@ -156,12 +174,19 @@ def parse_qemu_dump(obj: Any, source: str = "<dump>") -> QemuDump:
     if not isinstance(obj, dict):
         raise DescriptionError("a dump is a JSON object", location=source)
     machine = _get(_get(obj, MACHINE_KEY, dict, source), "Name", str, f"{source}: {MACHINE_KEY}")
+    extra: dict[JsonPath, dict[str, Any]] = {}
     devices = [
-        _device(name, value, f"{source}: {name}")
+        _device(name, value, f"{source}: {name}", extra)
         for name, value in obj.items()
         if name != MACHINE_KEY
     ]
-    return QemuDump(machine, tuple(devices))
+    counts = any(
+        isinstance(f.kind, Array)
+        for dev in devices
+        for d in dev.description.walk()
+        for f in d.fields
+    )
+    return QemuDump(machine, tuple(devices), extra, counts)
 
 
 def _get(obj: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
@@ -175,23 +200,33 @@ def _get(obj: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
     return value
 
 
-def _only(obj: Any, keys: frozenset[str], where: str) -> None:
-    """Unknown keys would be lost on export: refuse them instead."""
-    if not isinstance(obj, dict):
-        raise DescriptionError("expected a JSON object", location=where)
-    unknown = sorted(set(obj) - keys)
-    if unknown:
-        raise DescriptionError(f"unknown keys {unknown}", location=where)
+class _Extra:
+    """Collects a newer QEMU's keys by where they were."""
+
+    def __init__(self, found: dict[JsonPath, dict[str, Any]]) -> None:
+        self.found = found
+
+    def object(self, obj: Any, keys: frozenset[str], where: str, path: JsonPath) -> None:
+        if not isinstance(obj, dict):
+            raise DescriptionError("expected a JSON object", location=where)
+        unknown = {key: value for key, value in obj.items() if key not in keys}
+        if unknown:
+            self.found[path] = unknown
 
 
-def _device(type_name: str, obj: Any, where: str) -> DumpedDevice:
-    _only(obj, _DEVICE_KEYS, where)
+def _device(
+    type_name: str, obj: Any, where: str, found: dict[JsonPath, dict[str, Any]]
+) -> DumpedDevice:
+    extra = _Extra(found)
+    extra.object(obj, _DEVICE_KEYS, where, (type_name,))
     version = _get(obj, "version_id", int, where)
     minimum = _get(obj, "minimum_version_id", int, where)
     described = "Description" in obj
     if described:
         raw = _get(obj, "Description", dict, where)
-        desc = _description(raw, f"{where}.Description", depth=0, top=True)
+        desc = _description(
+            raw, f"{where}.Description", (type_name, "Description"), extra, depth=0, top=True
+        )
     else:  # QEMU always writes one; a hand-edited dump may not (the checker's test data)
         raw, desc = {}, Description(type_name, version, minimum)
     return DumpedDevice(
@@ -205,10 +240,12 @@ def _device(type_name: str, obj: Any, where: str) -> DumpedDevice:
     )
 
 
-def _description(obj: Any, where: str, depth: int, top: bool = False) -> Description:
+def _description(
+    obj: Any, where: str, path: JsonPath, extra: _Extra, depth: int, top: bool = False
+) -> Description:
     if depth > MAX_DEPTH:
         raise DescriptionError("descriptions nest too deeply", location=where)
-    _only(obj, _DESC_KEYS, where)
+    extra.object(obj, _DESC_KEYS, where, path)
     name = _get(obj, "name", str, where)
     if "Fields" not in obj and not top:
         raise DescriptionError(
@@ -218,12 +255,13 @@ def _description(obj: Any, where: str, depth: int, top: bool = False) -> Descrip
     counts = Counter(f.get("field") if isinstance(f, dict) else None for f in raw_fields)
     seen: Counter[str] = Counter()
     fields = [
-        _field(raw, name, counts, seen, f"{where}.Fields[{i}]", depth)
+        _field(raw, name, counts, seen, f"{where}.Fields[{i}]", (*path, "Fields", i), extra, depth)
         for i, raw in enumerate(raw_fields)
     ]
     subsections = []
     for i, raw in enumerate(_get(obj, "Subsections", list, where) if "Subsections" in obj else []):
-        sub = _description(raw, f"{where}.Subsections[{i}]", depth + 1)
+        at = f"{where}.Subsections[{i}]"
+        sub = _description(raw, at, (*path, "Subsections", i), extra, depth + 1)
         subsections.append(Subsection(sub, opaque_condition(sub.name)))
     try:
         return Description(
@@ -238,9 +276,16 @@ def _description(obj: Any, where: str, depth: int, top: bool = False) -> Descrip
 
 
 def _field(
-    obj: Any, owner: str, counts: Counter[Any], seen: Counter[str], where: str, depth: int
+    obj: Any,
+    owner: str,
+    counts: Counter[Any],
+    seen: Counter[str],
+    where: str,
+    path: JsonPath,
+    extra: _Extra,
+    depth: int,
 ) -> Field:
-    _only(obj, _FIELD_KEYS, where)
+    extra.object(obj, _FIELD_KEYS, where, path)
     qemu_name = _get(obj, "field", str, where)
     since = _get(obj, "version_id", int, where)
     size = _get(obj, "size", int, where)
@@ -250,13 +295,21 @@ def _field(
     seen[qemu_name] += 1
     kind: Kind
     if "Description" in obj:
-        nested = _description(obj["Description"], f"{where}.Description", depth + 1)
+        at = f"{where}.Description"
+        nested = _description(obj["Description"], at, (*path, "Description"), extra, depth + 1)
         kind = DumpedStruct(nested, host_size=size, qemu_name=qemu_name)
     elif qemu_name == "unused":
         kind = Unused(size)
     else:
         kind = DumpedBytes(size, UNKNOWN_TYPE, qemu_name=qemu_name)
-    name = qemu_name if counts[qemu_name] == 1 or not kind.stored else f"{qemu_name}[{k}]"
+    if "num" in obj:
+        num = _get(obj, "num", int, where)
+        if not 0 <= num <= MAX_NUM:
+            raise DescriptionError(f"num {num} out of range 0..{MAX_NUM}", location=where)
+        kind = Array(kind, num)
+    name = state_name(
+        qemu_name if counts[qemu_name] == 1 or not kind.stored else f"{qemu_name}[{k}]"
+    )
     exists = opaque_condition(f"{owner}/{name}") if _get(obj, "field_exists", bool, where) else None
     try:
         return Field(name, kind, since, exists)
@@ -271,14 +324,16 @@ def export_qemu_dump(dump: QemuDump) -> dict[str, Any]:
     """*dump* as the JSON object QEMU writes (equal to the imported one)."""
     out: dict[str, Any] = {MACHINE_KEY: {"Name": dump.machine}}
     for dev in dump.devices:
+        path: JsonPath = (dev.type_name,)
         out[dev.type_name] = {
             "Name": dev.name,
             "version_id": dev.version_id,
             "minimum_version_id": dev.minimum_version_id,
+            **dump.extra.get(path, {}),
         }
         if dev.described:
             out[dev.type_name]["Description"] = _description_json(
-                dev.description, fields=not dev.unmigratable
+                dev.description, (*path, "Description"), dump.extra, fields=not dev.unmigratable
             )
     return out
 
@@ -288,28 +343,46 @@ def format_qemu_dump(dump: QemuDump) -> str:
     return json.dumps(export_qemu_dump(dump), indent=2) + "\n"
 
 
-def _description_json(desc: Description, fields: bool = True) -> dict[str, Any]:
+def _description_json(
+    desc: Description,
+    path: JsonPath,
+    extra: Mapping[JsonPath, Mapping[str, Any]],
+    fields: bool = True,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": desc.name,
         "version_id": desc.version_id,
         "minimum_version_id": desc.minimum_version_id,
+        **extra.get(path, {}),
     }
     if fields:
-        out["Fields"] = [_field_json(f, desc.name) for f in desc.fields]
+        out["Fields"] = [
+            _field_json(f, desc.name, (*path, "Fields", i), extra)
+            for i, f in enumerate(desc.fields)
+        ]
     if desc.subsections:
-        out["Subsections"] = [_description_json(s.description) for s in desc.subsections]
+        out["Subsections"] = [
+            _description_json(s.description, (*path, "Subsections", i), extra)
+            for i, s in enumerate(desc.subsections)
+        ]
     return out
 
 
-def _field_json(field: Field, owner: str) -> dict[str, Any]:
+def _field_json(
+    field: Field, owner: str, path: JsonPath, extra: Mapping[JsonPath, Mapping[str, Any]]
+) -> dict[str, Any]:
     kind = field.kind
-    head = {"version_id": field.since, "field_exists": field.exists is not None}
+    head: dict[str, Any] = {"version_id": field.since, "field_exists": field.exists is not None}
+    if isinstance(kind, Array):
+        head["num"] = kind.count
+        kind = kind.element
+    head.update(extra.get(path, {}))
     if isinstance(kind, DumpedStruct):
         return {
             "field": kind.qemu_name,
             **head,
             "size": kind.host_size,
-            "Description": _description_json(kind.description),
+            "Description": _description_json(kind.description, (*path, "Description"), extra),
         }
     if isinstance(kind, DumpedBytes):
         return {"field": kind.qemu_name, **head, "size": kind.size}

@@ -13,11 +13,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from vmstate.compat import DUMP, VMDESC, DescriptionSet
 from vmstate.description_file import load_description_file
 from vmstate.errors import DescriptionError, UsageError
 from vmstate.qemu_dump import MACHINE_KEY, load_qemu_dump
-from vmstate.stream import MAGIC, Resolver, find_vmdesc, parse_vmdesc, resolver_from
+from vmstate.stream import (
+    MAGIC,
+    Resolver,
+    find_vmdesc,
+    parse_vmdesc,
+    resolver_from,
+    stream_machine,
+)
 from vmstate.vmdesc import description_from_vmdesc, resolver_from_vmdesc
 
 _MAX_JSON = 64 << 20
@@ -37,7 +46,8 @@ def load_description_set(path: str | Path) -> DescriptionSet:
         return DescriptionSet({desc.name: desc}, origin=str(source))
     head = _head(source)
     if head[:4] == MAGIC.to_bytes(4, "big"):
-        return _from_vmdesc(_stream_vmdesc(source), str(source))
+        vmdesc, machine = _stream_vmdesc(source)
+        return attrs.evolve(_from_vmdesc(vmdesc, str(source)), machine=machine)
     data = _json(source)
     if isinstance(data, dict) and MACHINE_KEY in data:
         dump = load_qemu_dump(source)
@@ -53,6 +63,8 @@ def load_description_set(path: str | Path) -> DescriptionSet:
             origin=str(source),
             kind=DUMP,
             versions=versions,
+            machine=dump.machine,
+            counts_known=dump.counts_known,
         )
     if isinstance(data, dict) and isinstance(data.get("devices"), list):
         return _from_vmdesc(data, str(source))
@@ -94,14 +106,15 @@ def _json(path: Path) -> Any:
         raise UsageError(f"{path}: not readable JSON: {e}") from None
 
 
-def _stream_vmdesc(path: Path) -> dict[str, Any]:
+def _stream_vmdesc(path: Path) -> tuple[dict[str, Any], str | None]:
+    """A stream's vmdesc and the machine type its configuration section names."""
     from vmstate.analyze import open_stream
 
     with open_stream(path) as buf:
         at = find_vmdesc(buf)
         if at is None:
             raise UsageError(f"{path}: the stream has no vmdesc to describe its sections")
-        return parse_vmdesc(buf, at)
+        return parse_vmdesc(buf, at), stream_machine(buf)
 
 
 def _from_vmdesc(vmdesc: dict[str, Any], origin: str) -> DescriptionSet:

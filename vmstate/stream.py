@@ -2,8 +2,11 @@
 START/PART/END/FULL sections with footers, commands, EOF and the vmdesc JSON.
 
 Device sections carry no length, so a section's end is found by decoding it
-with its description; the ``ram`` section is walked record by record and its
-pages are never held in memory (they are skipped, or handed to a sink).
+with its description; the ``ram`` section is walked record by record
+(:mod:`vmstate.stream_ram`) and its pages are never held in memory.  Commands
+are kept in order: QEMU 10.0 machine types send SWITCHOVER_START before the
+device sections, postcopy streams announce themselves (POSTCOPY_ADVISE) and
+carry their device sections inside a PACKAGED command, which is read in place.
 The input is any buffer (``bytes`` or an ``mmap`` of the file).
 """
 
@@ -29,6 +32,7 @@ from vmstate.errors import (
     LimitError,
     TruncatedError,
 )
+from vmstate.stream_ram import PAGE_SIZES, PageSink, RamBlock, RamSettings, RamWalker
 from vmstate.vmdesc import resolver_from_vmdesc, vmdesc_entry
 
 MAGIC = 0x5145564D  # "QEVM"
@@ -44,17 +48,28 @@ CONFIGURATION = 0x07
 COMMAND = 0x08
 FOOTER = 0x7E
 
-RAM_ZERO = 0x02
-RAM_MEM_SIZE = 0x04
-RAM_PAGE = 0x08
-RAM_EOS = 0x10
-RAM_CONTINUE = 0x20
-_RAM_KNOWN = RAM_ZERO | RAM_MEM_SIZE | RAM_PAGE | RAM_EOS | RAM_CONTINUE
+#: QEMU 10.0's commands (savevm.c mig_cmd_args): number -> (name, data length or None
+#: when it varies).  QEMU refuses any other number, and a known one of another length.
+COMMANDS: dict[int, tuple[str, int | None]] = {
+    1: ("OPEN_RETURN_PATH", 0),
+    2: ("PING", 4),
+    3: ("POSTCOPY_ADVISE", None),
+    4: ("POSTCOPY_LISTEN", 0),
+    5: ("POSTCOPY_RUN", 0),
+    6: ("POSTCOPY_RAM_DISCARD", None),
+    7: ("PACKAGED", 4),
+    8: ("ENABLE_COLO", 0),
+    9: ("POSTCOPY_RESUME", 0),
+    10: ("RECV_BITMAP", None),
+    11: ("SWITCHOVER_START", 0),
+}
+POSTCOPY_ADVISE = 3
+PACKAGED = 7
+SWITCHOVER_START = 11
 
 MAX_VMDESC = 64 << 20
-_PAGE_SIZES = frozenset(1 << bits for bits in range(9, 25))
 MAX_SECTIONS = 1 << 16
-MAX_RAM_BLOCKS = 1024
+MAX_COMMANDS = 1 << 16
 
 _U8 = struct.Struct(">B")
 _BE16 = struct.Struct(">H")
@@ -114,9 +129,16 @@ class Section:
 
 
 @attrs.frozen
-class RamBlock:
-    name: str
-    length: int
+class Command:
+    """A COMMAND record: its number, where it starts and its data."""
+
+    number: int
+    offset: int
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return COMMANDS[self.number][0]
 
 
 @attrs.frozen
@@ -130,6 +152,7 @@ class Stream:
     vmdesc: dict[str, Any] | None
     vmdesc_offset: int | None
     size: int
+    commands: tuple[Command, ...] = ()
 
     @property
     def machine(self) -> str | None:
@@ -137,15 +160,27 @@ class Stream:
             return None
         return self.configuration["name"].decode("utf-8", "replace")
 
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The migration capabilities the configuration section names (QEMU sends
+        only those the destination must share: x-ignore-shared, mapped-ram)."""
+        return capabilities_of(self.configuration)
+
+    def command_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.commands)
+
     def device_sections(self) -> tuple[Section, ...]:
         return tuple(s for s in self.sections if s.state is not None)
 
 
+def capabilities_of(configuration: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The capability names in a decoded configuration section."""
+    caps = (configuration or {}).get("configuration/capabilities", {}).get("capabilities", [])
+    return tuple(bytes(c["name"]).decode("utf-8", "replace") for c in caps)
+
+
 #: a whole stream in memory or mapped from its file
 Input = bytes | mmap.mmap
-#: page sink: (block name, offset in the block, page bytes or the fill byte of a
-#: uniform page, page size) -> None
-PageSink = Callable[[str, int, bytes | int, int], None]
 #: finds the description of a section: (idstr, instance_id, version_id) -> Description
 Resolver = Callable[[str, int, int], Description | None]
 #: walks a section that is no VMState (QEMU's "old style"): (buffer, start) -> end
@@ -197,6 +232,15 @@ def parse_vmdesc(buf: Input, at: int) -> dict[str, Any]:
     return desc
 
 
+def stream_machine(buf: Input) -> str | None:
+    """The machine type a stream's configuration section names (None without one: machine
+    types up to 2.3 send none), read from the header alone."""
+    if len(buf) < 13 or _BE32.unpack_from(buf, 0)[0] != MAGIC or buf[8] != CONFIGURATION:
+        return None
+    length = min(_BE32.unpack_from(buf, 9)[0], 255)
+    return bytes(buf[13 : 13 + length]).decode("utf-8", "replace")
+
+
 def parse(
     buf: Input,
     resolver: Resolver | None = None,
@@ -244,12 +288,15 @@ class _Parser:
         self.resolver = resolver
         self.sections: list[Section] = []
         self.open: dict[int, tuple[str, int, int]] = {}
-        self.ram_blocks: list[RamBlock] = []
-        self.ram_block = ""
+        self.commands: list[Command] = []
+        self.capabilities: tuple[str, ...] = ()
+        self.ram: RamWalker | None = None
+        #: where the package being read ends (postcopy), or None
+        self.package_end: int | None = None
 
     def vmdesc_page_size(self, vmdesc: dict[str, Any]) -> int:
         size = vmdesc.get("page_size", 4096)
-        if isinstance(size, bool) or not isinstance(size, int) or size not in _PAGE_SIZES:
+        if isinstance(size, bool) or not isinstance(size, int) or size not in PAGE_SIZES:
             raise DecodeError(
                 "vmdesc page_size is not a power of two in 512..16M",
                 offset=self.vmdesc_at or 0,
@@ -293,8 +340,13 @@ class _Parser:
         pos = 8
         configuration = None
         while True:
-            if len(self.sections) > MAX_SECTIONS:
-                raise LimitError("too many sections", offset=pos, expected=f"<= {MAX_SECTIONS}")
+            if len(self.sections) > MAX_SECTIONS or len(self.commands) > MAX_COMMANDS:
+                raise LimitError(
+                    "too many sections or commands",
+                    offset=pos,
+                    expected=f"<= {MAX_SECTIONS} sections, <= {MAX_COMMANDS} commands",
+                )
+            self.leave_package(pos)
             kind = self.u8(pos, "section type")
             if kind == EOF:
                 pos += 1
@@ -306,13 +358,18 @@ class _Parser:
             elif kind in (SECTION_PART, SECTION_END):
                 pos = self.section_part(kind, pos)
             elif kind == COMMAND:
-                length = _BE16.unpack_from(buf, pos + 3)[0] if pos + 5 <= len(buf) else 0
-                need(buf, pos + 1, 4 + length, "command")
-                pos += 5 + length
+                pos = self.command(pos)
             else:
                 raise DecodeError(
                     "unknown section type", offset=pos, expected="0x00-0x08", found=f"{kind:#x}"
                 )
+        if self.package_end is not None:
+            raise DecodeError(
+                "EOF inside a PACKAGED command",
+                offset=pos - 1,
+                expected=f"the package to end at {self.package_end:#x}",
+                found="EOF",
+            )
         if pos != len(buf) and self.vmdesc_at != pos:
             raise DecodeError(
                 "unexpected bytes after EOF",
@@ -324,10 +381,11 @@ class _Parser:
             version,
             configuration,
             tuple(self.sections),
-            tuple(self.ram_blocks),
+            tuple(self.ram.blocks) if self.ram is not None else (),
             self.vmdesc,
             self.vmdesc_at,
             len(buf),
+            tuple(self.commands),
         )
 
     def configuration(self, pos: int) -> tuple[dict[str, Any], int]:
@@ -339,7 +397,66 @@ class _Parser:
                     "bad target page bits", offset=pos, expected="9..24", found=str(bits)
                 )
             self.page_size = 1 << bits
+        self.capabilities = capabilities_of(state)
         return state, end
+
+    def command(self, pos: int) -> int:
+        """A COMMAND record, refused as QEMU 10.0 refuses it; a PACKAGED command's
+        package (a postcopy stream's device sections) is read on in place."""
+        need(self.buf, pos + 1, 4, "command header")
+        number, length = (
+            _BE16.unpack_from(self.buf, pos + 1)[0],
+            _BE16.unpack_from(self.buf, pos + 3)[0],
+        )
+        known = COMMANDS.get(number)
+        if known is None or known[1] not in (None, length):
+            raise DecodeError(
+                "unknown command" if known is None else f"{known[0]} command of a bad length",
+                offset=pos + 1,
+                expected="a command 1..11" if known is None else f"{known[1]} bytes of data",
+                found=f"{number:#x}" if known is None else str(length),
+            )
+        need(self.buf, pos + 5, length, f"{known[0]} command data")
+        data = bytes(self.buf[pos + 5 : pos + 5 + length])
+        self.commands.append(Command(number, pos, data))
+        pos += 5 + length
+        if number == PACKAGED:
+            if self.package_end is not None:
+                raise DecodeError(
+                    "a package inside a package",
+                    offset=pos - 9,
+                    expected="sections and commands",
+                    found="PACKAGED",
+                )
+            size = _BE32.unpack(data)[0]
+            need(self.buf, pos, size, "package")
+            self.package_end = pos + size
+        return pos
+
+    def leave_package(self, pos: int) -> None:
+        """Close the package at its end; an item that ran over it is malformed."""
+        if self.package_end is None or pos < self.package_end:
+            return
+        if pos > self.package_end:
+            raise DecodeError(
+                "a section runs past the end of its package",
+                offset=self.package_end,
+                expected=f"an item boundary at {self.package_end:#x}",
+                found=f"the item ends at {pos:#x}",
+            )
+        self.package_end = None
+
+    def ram_walker(self) -> RamWalker:
+        """The walker of the ram section, set up from what the stream said before it."""
+        if self.ram is None:
+            settings = RamSettings(
+                page_size=self.page_size,
+                postcopy=any(c.number == POSTCOPY_ADVISE for c in self.commands),
+                ignore_shared="x-ignore-shared" in self.capabilities,
+                mapped_ram="mapped-ram" in self.capabilities,
+            )
+            self.ram = RamWalker(self.buf, settings, self.sink)
+        return self.ram
 
     def section_start(self, kind: int, pos: int) -> int:
         header = pos
@@ -391,7 +508,7 @@ class _Parser:
                     found=str(version_id),
                     path=(idstr,),
                 )
-            pos = self.ram(pos)
+            pos = self.ram_walker().walk(pos)
         elif self.raw is not None and (walk := self.raw(idstr)) is not None:
             try:
                 pos = walk(self.buf, pos)
@@ -440,84 +557,6 @@ class _Parser:
                     path=(idstr,),
                 )
             return pos + 5
-        return pos
-
-    def ram(self, pos: int) -> int:
-        """Walk RAM records to EOS; pages go to the sink or are skipped."""
-        mask = self.page_size - 1
-        buf, end, unpack, sink = self.buf, len(self.buf), _BE64.unpack_from, self.sink
-        zero_run = RAM_ZERO | RAM_CONTINUE
-        while True:
-            # fast path: a zero page of the current block, by far the commonest record
-            if pos + 9 <= end and self.ram_block:
-                (word,) = unpack(buf, pos)
-                if word & mask == zero_run:
-                    if sink is not None:
-                        sink(self.ram_block, word & ~mask, buf[pos + 8], self.page_size)
-                    pos += 9
-                    continue
-            word = self.be64(pos, "RAM record")
-            record = pos
-            pos += 8
-            flags = word & mask
-            addr = word & ~mask
-            if flags & ~_RAM_KNOWN:
-                raise DecodeError(
-                    "unsupported RAM record flags",
-                    offset=record,
-                    expected=f"flags within {_RAM_KNOWN:#x}",
-                    found=f"{flags:#x}",
-                    path=("ram",),
-                )
-            if flags & RAM_MEM_SIZE:
-                pos = self.ram_blocks_list(pos, addr)
-            if flags & (RAM_ZERO | RAM_PAGE):
-                if not flags & RAM_CONTINUE:
-                    length = self.u8(pos, "RAM block name length")
-                    self.ram_block = self.text(pos + 1, length, "RAM block name")
-                    pos += 1 + length
-                elif not self.ram_block:
-                    raise DecodeError(
-                        "RAM page continues no block",
-                        offset=record,
-                        expected="a block name first",
-                        found="CONTINUE",
-                        path=("ram",),
-                    )
-                if flags & RAM_ZERO:
-                    fill = self.u8(pos, "RAM fill byte")
-                    pos += 1
-                    if self.sink is not None:
-                        self.sink(self.ram_block, addr, fill, self.page_size)
-                else:
-                    need(self.buf, pos, self.page_size, "RAM page")
-                    if self.sink is not None:
-                        page = bytes(self.buf[pos : pos + self.page_size])
-                        self.sink(self.ram_block, addr, page, self.page_size)
-                    pos += self.page_size
-            if flags & RAM_EOS:
-                return pos
-
-    def ram_blocks_list(self, pos: int, total: int) -> int:
-        remaining = total
-        while remaining > 0:
-            if len(self.ram_blocks) >= MAX_RAM_BLOCKS:
-                raise LimitError("too many RAM blocks", offset=pos, expected=f"<= {MAX_RAM_BLOCKS}")
-            length = self.u8(pos, "RAM block name length")
-            name = self.text(pos + 1, length, "RAM block name")
-            pos += 1 + length
-            size = self.be64(pos, "RAM block length")
-            pos += 8
-            if size == 0 or size > remaining:
-                raise DecodeError(
-                    f"RAM block {name} length does not fit the total",
-                    offset=pos - 8,
-                    expected=f"1..{remaining}",
-                    found=str(size),
-                    path=("ram",),
-                )
-            self.ram_blocks.append(RamBlock(name, size))
-            remaining -= size
         return pos
 
 
@@ -608,6 +647,7 @@ def resolver_from(descriptions: Mapping[str, Description]) -> Resolver:
 
 __all__ = [
     "CONFIGURATION_DESCRIPTION",
+    "Command",
     "DeviceState",
     "PageSink",
     "RamBlock",

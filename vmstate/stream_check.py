@@ -11,10 +11,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
+
 from vmstate.analyze import open_stream
-from vmstate.compat import ERROR, VMDESC, DescriptionSet, Problem, compare, missing_section
+from vmstate.compat import (
+    ERROR,
+    VMDESC,
+    WARNING,
+    DescriptionSet,
+    Problem,
+    compare,
+    find_section,
+    machine_problems,
+    missing_section,
+)
 from vmstate.errors import DecodeError, format_path
-from vmstate.stream import Section, parse
+from vmstate.stream import Section, Stream, parse
 from vmstate.waivers import NO_WAIVERS, Waivers
 
 
@@ -24,8 +36,29 @@ def check_stream(
     problems: list[Problem] = []
     with open_stream(path) as buf:
         parsed = parse(buf)
+        problems.extend(stream_problems(parsed, dst))
         for section in parsed.device_sections():
             problems.extend(_section(section, buf, dst, waivers))
+    machine = dst.machine or parsed.machine
+    return [p for p in problems if not waivers.accepts(p, machine)]
+
+
+def stream_problems(parsed: Stream, dst: DescriptionSet) -> list[Problem]:
+    """What the stream as a whole asks of the destination: its machine type, capabilities."""
+    problems = []
+    if parsed.machine is None:
+        reason = (
+            "the stream names no machine type (machine types up to 2.3 send no configuration "
+            "section): the destination must run the source's"
+        )
+        problems.append(Problem(WARNING, "configuration", "", "machine-unknown", reason))
+    problems.extend(machine_problems(parsed.machine, dst.machine))
+    for capability in parsed.capabilities:
+        reason = (
+            f"the source migrated with capability {capability!r}: QEMU refuses the stream "
+            "unless the destination enables it too (migrate-set-capabilities)"
+        )
+        problems.append(Problem(WARNING, "configuration", capability, "capability", reason))
     return problems
 
 
@@ -34,16 +67,14 @@ def _section(section: Section, buf: bytes, dst: DescriptionSet, waivers: Waivers
     name = section.idstr
     if section.instance_id:
         name = f"{name} ({section.instance_id})"  # as sources.py keys a vmdesc's sections
-    target = dst.find(waivers.section_name(name), section.description)
+    sent = DescriptionSet({name: section.description}, kind=VMDESC)
+    target = find_section(name, section.description, sent, dst, waivers)
     if target is None:
-        vmsd = section.description.name
-        target = dst.find(waivers.section_name(vmsd), section.description)
-    if target is None:
-        return [missing_section(name, DescriptionSet({}, kind=VMDESC), dst)]
+        return [missing_section(name, section.description, sent, dst)]
     _, desc = target
     if not dst.decodes:
-        sent = DescriptionSet({name: section.description}, kind=VMDESC)
-        return compare(sent, DescriptionSet({name: desc}, kind=dst.kind), waivers)
+        one = attrs.evolve(dst, sections={name: desc}, versions={}, machine=None)
+        return compare(sent, one, waivers)
     try:
         _, end = desc.load_from(buf, section.start, section.version_id)
     except DecodeError as e:

@@ -3,20 +3,27 @@
 vmdesc records what the source wrote, field by field with sizes, so a
 description built from it decodes that stream exactly: scalars whose size
 matches their type become numbers, everything else opaque bytes tagged with
-QEMU's type name, and per-element array entries (``index``) become a
-:class:`~vmstate.fields.Seq`.  Export goes the other way: given a description
-and a state, the entry QEMU's ``vmstate_save_state`` would write.
+QEMU's type name.  An array is one entry with ``array_len`` when its elements
+are alike, else several consecutive entries of the same name: one per element
+carrying ``index`` (QEMU 7.2), or since QEMU 8.2 pieces of alike elements, a
+NULL pointer's piece typed ``nullptr``, and the last element without ``index``
+at all.  Such runs become one :class:`PiecedSeq` that remembers its pieces.
+Export goes the other way: given a description and a state, the entry QEMU's
+``vmstate_save_state`` would write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from vmstate._wire import Ctx, Frame
+import attrs
+
+from vmstate._wire import Ctx, Frame, need
 from vmstate.description import Description, Subsection
-from vmstate.errors import DescriptionError
+from vmstate.errors import DecodeError, DescriptionError, EncodeError
 from vmstate.fields import (
+    NULLPTR_MARKER,
     SCALAR_TYPES,
     Array,
     Bitmap,
@@ -39,6 +46,68 @@ MAX_DEPTH = 64
 #: types whose nested description vmdesc writes inline, in the field's own object
 _INLINE = frozenset({"vstruct", "tmp"})
 MAX_ENTRIES = 1 << 20
+#: the keys QEMU may write on one entry of an array
+ARRAY_LEN = "array_len"
+INDEX = "index"
+#: stands for "/" in field names: QEMU allows it (virtio-gpu's "virtio-gpu/blob"), but
+#: state keys containing "/" are subsections
+SLASH = "\u2215"
+
+
+def state_name(qemu_name: str) -> str:
+    """The state key of QEMU's field *qemu_name*."""
+    return qemu_name.replace("/", SLASH)
+
+
+def qemu_name(name: str) -> str:
+    """QEMU's name of the field whose state key is *name*."""
+    return name.replace(SLASH, "/")
+
+
+@attrs.frozen
+class NullPointer(Kind):
+    """A NULL element of an array of pointers: QEMU writes the byte ``'0'``
+    (vmstate_info_nullptr) and, since 8.2, a vmdesc entry typed ``nullptr``."""
+
+    info: ClassVar[str] = "nullptr"
+    size: int = attrs.field(default=1, init=False)  # type: ignore[misc]
+
+    def load(self, buf: bytes, pos: int, frame: Frame, name: str) -> tuple[Any, int]:
+        need(buf, pos, 1, "null pointer marker")
+        if buf[pos] != NULLPTR_MARKER:
+            raise DecodeError(
+                "null pointer marker missing",
+                offset=pos,
+                expected=f"{NULLPTR_MARKER:#x}",
+                found=f"{buf[pos]:#x}",
+            )
+        return None, pos + 1
+
+    def save(self, out: bytearray, value: Any, frame: Frame, name: str) -> None:
+        if value is not None:
+            raise EncodeError(f"a NULL pointer element holds None, not {type(value).__name__}")
+        out.append(NULLPTR_MARKER)
+
+
+@attrs.frozen
+class Piece:
+    """One vmdesc entry of an array: how many elements it stands for and which
+    key QEMU wrote on it (``array_len``, ``index`` or none)."""
+
+    count: int
+    key: str | None
+
+
+@attrs.frozen
+class PiecedSeq(Seq):
+    """An array that vmdesc describes in several entries of one name; ``pieces``
+    are those entries in order, so export writes them back as QEMU did."""
+
+    pieces: tuple[Piece, ...] = attrs.field(kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if sum(p.count for p in self.pieces) != len(self.elements):
+            raise DescriptionError("the pieces of an array do not add up to its elements")
 
 
 def _get(obj: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
@@ -76,32 +145,20 @@ def description_from_vmdesc(
     fields: list[Field] = []
     i = 0
     while i < len(raw_fields):
-        f = raw_fields[i]
-        fname = _get(f, "name", str, f"{where}.fields[{i}]")
+        fname = _get(raw_fields[i], "name", str, f"{where}.fields[{i}]")
+        run = i + 1
+        while (
+            run < len(raw_fields)
+            and isinstance(raw_fields[run], dict)
+            and raw_fields[run].get("name") == fname
+        ):
+            run += 1
         at = f"{where}.{fname}"
-        if "index" in f:
-            kinds = []
-            while (
-                i < len(raw_fields)
-                and isinstance(raw_fields[i], dict)
-                and raw_fields[i].get("name") == fname
-                and "index" in raw_fields[i]
-            ):
-                index = _get(raw_fields[i], "index", int, at)
-                if index != len(kinds):
-                    raise DescriptionError(f"element index {index} out of order", location=at)
-                kinds.append(_element(raw_fields[i], f"{at}[{index}]", depth))
-                i += 1
-            fields.append(Field(fname, Seq(tuple(kinds))))
-            continue
-        kind = _element(f, at, depth)
-        if "array_len" in f:
-            count = _get(f, "array_len", int, at)
-            if not 0 <= count <= MAX_ENTRIES:
-                raise DescriptionError(f"array_len {count} out of range", location=at)
-            kind = Array(kind, count)
-        fields.append(Field(fname, kind))
-        i += 1
+        if run - i == 1 and INDEX not in raw_fields[i]:
+            fields.append(Field(state_name(fname), _entry_kind(raw_fields[i], at, depth)))
+        else:
+            fields.append(Field(state_name(fname), _pieces(raw_fields[i:run], at, depth)))
+        i = run
     subs = entry.get("subsections", [])
     if not isinstance(subs, list):
         raise DescriptionError("'subsections' is not a list", location=where)
@@ -115,6 +172,37 @@ def description_from_vmdesc(
     return Description(name, version, 0, fields, subsections)
 
 
+def _count(f: Mapping[str, Any], where: str) -> int:
+    count = _get(f, ARRAY_LEN, int, where)
+    if not 0 <= count <= MAX_ENTRIES:
+        raise DescriptionError(f"array_len {count} out of range", location=where)
+    return count
+
+
+def _entry_kind(f: Mapping[str, Any], where: str, depth: int) -> Kind:
+    """The kind of a field QEMU described in one entry."""
+    kind = _element(f, where, depth)
+    return Array(kind, _count(f, where)) if ARRAY_LEN in f else kind
+
+
+def _pieces(entries: list[Any], where: str, depth: int) -> PiecedSeq:
+    """One array from its consecutive entries; an ``index`` must be the element's position."""
+    kinds: list[Kind] = []
+    pieces = []
+    for f in entries:
+        if INDEX in f and (index := _get(f, INDEX, int, where)) != len(kinds):
+            raise DescriptionError(f"element index {index} out of order", location=where)
+        at = f"{where}[{len(kinds)}]"
+        kind = _element(f, at, depth)
+        count = _count(f, at) if ARRAY_LEN in f else 1
+        if len(kinds) + count > MAX_ENTRIES:
+            raise DescriptionError(f"more than {MAX_ENTRIES} elements", location=where)
+        kinds.extend([kind] * count)
+        key = ARRAY_LEN if ARRAY_LEN in f else INDEX if INDEX in f else None
+        pieces.append(Piece(count, key))
+    return PiecedSeq(tuple(kinds), pieces=tuple(pieces))
+
+
 def _element(f: Mapping[str, Any], where: str, depth: int) -> Kind:
     typ = _get(f, "type", str, where)
     if typ == "struct":
@@ -125,6 +213,8 @@ def _element(f: Mapping[str, Any], where: str, depth: int) -> Kind:
     if typ in _INLINE and "vmsd_name" in f:
         desc = description_from_vmdesc(f, None, where, depth + 1)
         return Struct(desc, desc.version_id, typ)
+    if typ == NullPointer.info and size == NullPointer.size:
+        return NullPointer()
     if typ in SCALAR_TYPES and (kind := scalar_kind(typ)).size == size:
         return kind
     return Buffer(size, typ)
@@ -189,7 +279,7 @@ def vmdesc_entry(
                 continue
         elif field.since > version:
             continue
-        name = field.name if counts[field.name] == 1 else f"{field.name}[{k}]"
+        name = qemu_name(field.name if counts[field.name] == 1 else f"{field.name}[{k}]")
         value = state.get(field.name) if field.kind.stored else None
         fields.extend(_entries(name, field, value, frame))
     out: dict[str, Any] = {"vmsd_name": desc.name, "version": version, "fields": fields}
@@ -205,6 +295,16 @@ def vmdesc_entry(
 
 def _entries(name: str, field: Field, value: Any, frame: Frame) -> list[dict[str, Any]]:
     kind = field.kind
+    if isinstance(kind, PiecedSeq):
+        out = []
+        at = 0
+        for piece in kind.pieces:
+            head: dict[str, Any] = {"name": name}
+            if piece.key is not None:
+                head[piece.key] = piece.count if piece.key == ARRAY_LEN else at
+            out.append({**head, **_one(kind.elements[at], value[at], frame, name)})
+            at += piece.count
+        return out
     if isinstance(kind, Array | VArray | Seq):
         elements = kind.elements if isinstance(kind, Seq) else (kind.element,) * len(value or ())
         if not value:
@@ -218,12 +318,12 @@ def _entries(name: str, field: Field, value: Any, frame: Frame) -> list[dict[str
         if compress:
             entry = {
                 "name": name,
-                "array_len": len(value),
+                ARRAY_LEN: len(value),
                 **_one(elements[0], value[0], frame, name),
             }
             return [entry]
         return [
-            {"name": name, "index": i, **_one(el, v, frame, name)}
+            {"name": name, INDEX: i, **_one(el, v, frame, name)}
             for i, (el, v) in enumerate(zip(elements, value, strict=True))
         ]
     return [{"name": name, **_one(kind, value, frame, name)}]
@@ -259,6 +359,8 @@ def _type_name(kind: Kind) -> str:
         return "bitmap"
     if isinstance(kind, QTailQ):
         return "qtailq"
+    if isinstance(kind, NullPointer):
+        return kind.info
     return "unknown"
 
 

@@ -14,7 +14,12 @@ that a difference is fine; a waiver file says so, where a reviewer sees it::
     section = "usb-kbd"
     path = "usb-kbd.kbd.keycodes"   # optional; fnmatch pattern
     rule = "size-changed"           # optional
+    machine = "pc-*"                # optional: only when the check's machine type matches
     reason = "widened in 2.2, guarded by a machine-type compat property"
+
+An accept is a claim about QEMU: its reason says why the reported difference
+never breaks a migration (the condition never holds on those machines, the
+bytes are the same...), so a reviewer can check it against QEMU's sources.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import tomllib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
 
-from vmstate.errors import DescriptionError
+from vmstate.errors import DescriptionError, UsageError
 
 if TYPE_CHECKING:
     from vmstate.compat import Problem
@@ -50,6 +56,7 @@ class Accept:
     reason: str
     path: str = "*"
     rule: str = "*"
+    machine: str = "*"
 
 
 @attrs.frozen
@@ -66,17 +73,23 @@ class Waivers:
         )
 
     def section_name(self, name: str) -> str:
-        """The destination's name for section *name* (itself when not renamed)."""
+        """The other name of section *name* (itself when not renamed); a caller looks for
+        *name* itself first."""
         for r in self.rename_section:
             if name in r.names:
                 return next((other for other in r.names if other != name), name)
         return name
 
-    def accepts(self, problem: Problem) -> bool:
+    def accepts(self, problem: Problem, machine: str | None = None) -> bool:
+        """Whether an accept covers *problem*; one limited to machine types needs *machine*."""
         return any(
             fnmatch.fnmatchcase(problem.section, a.section)
             and fnmatch.fnmatchcase(problem.path, a.path)
             and fnmatch.fnmatchcase(problem.rule, a.rule)
+            and (
+                a.machine == "*"
+                or (machine is not None and fnmatch.fnmatchcase(machine, a.machine))
+            )
             for a in self.accept
         )
 
@@ -89,6 +102,18 @@ class Waivers:
 
 
 NO_WAIVERS = Waivers()
+#: the waiver file shipped for QEMU's own devices, relative to the shipped descriptions
+SHIPPED = Path("waivers") / "qemu.toml"
+
+
+def shipped_waivers() -> Waivers:
+    """The shipped QEMU waivers (renames QEMU's checker knows, reasoned accepts)."""
+    from vmstate.registry import shipped_directory
+
+    directory = shipped_directory()
+    if directory is None or not (directory / SHIPPED).is_file():
+        raise UsageError("the shipped waiver file is missing from this installation")
+    return load_waivers(directory / SHIPPED)
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 

@@ -14,7 +14,7 @@ from vmstate.pci_host import normalize_name
 from vmstate.sources import load_description_set
 from vmstate.state_check import check_state
 from vmstate.stream_check import check_stream
-from vmstate.waivers import Waivers, load_waivers
+from vmstate.waivers import Waivers, load_waivers, shipped_waivers
 
 
 def register(sub: Any) -> None:
@@ -50,7 +50,12 @@ def register(sub: Any) -> None:
         metavar="FILE",
         action="append",
         default=[],
-        help="renames and accepted differences (repeatable)",
+        help="renames and accepted differences (repeatable), besides the shipped QEMU ones",
+    )
+    p.add_argument(
+        "--no-shipped-waivers",
+        action="store_true",
+        help="leave out the shipped waivers for QEMU's own devices (descriptions/waivers/qemu.toml)",
     )
     p.add_argument(
         "--json", action="store_true", help="one JSON object: compatible flag and every problem"
@@ -59,7 +64,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    waivers = Waivers()
+    waivers = Waivers() if args.no_shipped_waivers else shipped_waivers()
     for path in args.waivers:
         waivers = waivers + load_waivers(path)
     if args.state or args.device:

@@ -1,0 +1,287 @@
+"""The ``ram`` section of a migration stream (migration/ram.c), record by record.
+
+RAM is no VMState: it is a run of be64 words, each a page address with flags
+in its low bits, some followed by a block name and a page or a fill byte.  The
+first record (MEM_SIZE) lists the RAM blocks; what follows each block's name
+and length there depends on the source's settings, which the stream states:
+
+- with ``postcopy-ram`` (a POSTCOPY_ADVISE command came first), a block whose
+  page size differs from the host's (huge pages) carries its page size (be64),
+  told apart from what else may follow by being a power of two: a record word
+  always has a flag in its low bits, a block name's bytes are never zero;
+- with ``x-ignore-shared`` (named in the configuration's capabilities), each
+  block carries its guest address (be64);
+- with ``mapped-ram`` (QEMU 9.0+, ``file:`` URIs, named in the capabilities),
+  each block carries a header pointing at a bitmap and a page area at fixed
+  offsets in the file; the stream then jumps past the page area, and pages
+  never appear as records: the bitmap says which pages the file holds, the
+  others are zero.
+
+Pages are never held in memory: they are skipped, or handed one at a time to a
+sink (``--extract-ram``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import attrs
+
+from vmstate._wire import need
+from vmstate.errors import DecodeError, IncompatibleError, LimitError
+
+RAM_ZERO = 0x02
+RAM_MEM_SIZE = 0x04
+RAM_PAGE = 0x08
+RAM_EOS = 0x10
+RAM_CONTINUE = 0x20
+#: QEMU 9.0+ multifd: all channels flushed here; no payload
+RAM_MULTIFD_FLUSH = 0x200
+_KNOWN = RAM_ZERO | RAM_MEM_SIZE | RAM_PAGE | RAM_EOS | RAM_CONTINUE | RAM_MULTIFD_FLUSH
+MAX_RAM_BLOCKS = 1024
+PAGE_SIZES = frozenset(1 << bits for bits in range(9, 25))
+#: the version of the mapped-ram block header this reader knows (QEMU 9.0-10.x)
+MAPPED_RAM_VERSION = 1
+_MAPPED_HEADER = struct.Struct(">IQQQ")
+_BE64 = struct.Struct(">Q")
+_LE64 = struct.Struct("<Q")
+
+#: page sink: (block name, offset in the block, page bytes or the fill byte of a
+#: uniform page, page size) -> None
+PageSink = Callable[[str, int, bytes | int, int], None]
+
+
+@attrs.frozen
+class MappedRam:
+    """Where a mapped-ram file keeps one block: its page bitmap and its pages."""
+
+    page_size: int
+    bitmap_offset: int
+    pages_offset: int
+
+
+@attrs.frozen
+class RamBlock:
+    name: str
+    length: int
+    #: the guest address (x-ignore-shared streams only)
+    address: int | None = None
+    #: the block's own page size, when a postcopy stream states it
+    page_size: int | None = None
+    mapped: MappedRam | None = None
+
+
+@attrs.frozen
+class RamSettings:
+    """What the stream said before the ram section about how RAM is written."""
+
+    page_size: int = 4096
+    postcopy: bool = False
+    ignore_shared: bool = False
+    mapped_ram: bool = False
+
+
+class RamWalker:
+    """Walks the records of every part of one stream's ram section."""
+
+    def __init__(self, buf: bytes, settings: RamSettings, sink: PageSink | None) -> None:
+        self.buf = buf
+        self.settings = settings
+        self.sink = sink
+        self.blocks: list[RamBlock] = []
+        self.block = ""
+
+    def be64(self, pos: int, what: str) -> int:
+        need(self.buf, pos, 8, what)
+        return _BE64.unpack_from(self.buf, pos)[0]
+
+    def name(self, pos: int) -> tuple[str, int]:
+        need(self.buf, pos, 1, "RAM block name length")
+        length = self.buf[pos]
+        need(self.buf, pos + 1, length, "RAM block name")
+        return bytes(self.buf[pos + 1 : pos + 1 + length]).decode(
+            "utf-8", "replace"
+        ), pos + 1 + length
+
+    def walk(self, pos: int) -> int:
+        """Records from *pos* to the next EOS; returns the position after it."""
+        page_size = self.settings.page_size
+        mask = page_size - 1
+        buf, end, unpack, sink = self.buf, len(self.buf), _BE64.unpack_from, self.sink
+        zero_run = RAM_ZERO | RAM_CONTINUE
+        while True:
+            # fast path: a zero page of the current block, by far the commonest record
+            if pos + 9 <= end and self.block:
+                (word,) = unpack(buf, pos)
+                if word & mask == zero_run:
+                    if sink is not None:
+                        sink(self.block, word & ~mask, buf[pos + 8], page_size)
+                    pos += 9
+                    continue
+            word = self.be64(pos, "RAM record")
+            record = pos
+            pos += 8
+            flags = word & mask
+            addr = word & ~mask
+            if flags & ~_KNOWN:
+                raise DecodeError(
+                    "unsupported RAM record flags",
+                    offset=record,
+                    expected=f"flags within {_KNOWN:#x}",
+                    found=f"{flags:#x}",
+                    path=("ram",),
+                )
+            if flags & RAM_MEM_SIZE:
+                pos = self.block_list(pos, addr)
+            if flags & (RAM_ZERO | RAM_PAGE):
+                pos = self.page(pos, record, flags, addr)
+            if flags & RAM_EOS:
+                return pos
+
+    def page(self, pos: int, record: int, flags: int, addr: int) -> int:
+        if self.settings.mapped_ram:
+            raise DecodeError(
+                "a page record in a mapped-ram stream",
+                offset=record,
+                expected="pages at the block's file offset",
+                found=f"flags {flags:#x}",
+                path=("ram",),
+            )
+        if not flags & RAM_CONTINUE:
+            self.block, pos = self.name(pos)
+        elif not self.block:
+            raise DecodeError(
+                "RAM page continues no block",
+                offset=record,
+                expected="a block name first",
+                found="CONTINUE",
+                path=("ram",),
+            )
+        page_size = self.settings.page_size
+        if flags & RAM_ZERO:
+            need(self.buf, pos, 1, "RAM fill byte")
+            if self.sink is not None:
+                self.sink(self.block, addr, self.buf[pos], page_size)
+            return pos + 1
+        need(self.buf, pos, page_size, "RAM page")
+        if self.sink is not None:
+            self.sink(self.block, addr, bytes(self.buf[pos : pos + page_size]), page_size)
+        return pos + page_size
+
+    def block_list(self, pos: int, total: int) -> int:
+        """The MEM_SIZE record's blocks, whose lengths add up to *total*."""
+        remaining = total
+        while remaining > 0:
+            if len(self.blocks) >= MAX_RAM_BLOCKS:
+                raise LimitError("too many RAM blocks", offset=pos, expected=f"<= {MAX_RAM_BLOCKS}")
+            name, pos = self.name(pos)
+            size = self.be64(pos, "RAM block length")
+            if size == 0 or size > remaining:
+                raise DecodeError(
+                    f"RAM block {name} length does not fit the total",
+                    offset=pos,
+                    expected=f"1..{remaining}",
+                    found=str(size),
+                    path=("ram", name),
+                )
+            pos += 8
+            page_size = address = mapped = None
+            if self.settings.postcopy and _is_page_size(self.buf, pos):
+                page_size = self.be64(pos, "RAM block page size")
+                pos += 8
+            if self.settings.ignore_shared:
+                address = self.be64(pos, "RAM block address")
+                pos += 8
+            if self.settings.mapped_ram:
+                mapped, pos = self.mapped_header(pos, name, size)
+            self.blocks.append(RamBlock(name, size, address, page_size, mapped))
+            if mapped is not None and self.sink is not None:
+                self.mapped_pages(self.blocks[-1])
+            remaining -= size
+        return pos
+
+    def mapped_header(self, pos: int, name: str, length: int) -> tuple[MappedRam, int]:
+        """A mapped-ram block header; the stream goes on after the block's page area."""
+        need(self.buf, pos, _MAPPED_HEADER.size, "mapped-ram block header")
+        version, page_size, bitmap_at, pages_at = _MAPPED_HEADER.unpack_from(self.buf, pos)
+        path = ("ram", name)
+        if version != MAPPED_RAM_VERSION:
+            raise IncompatibleError(
+                "unsupported mapped-ram header version",
+                offset=pos,
+                expected=str(MAPPED_RAM_VERSION),
+                found=str(version),
+                path=path,
+            )
+        if page_size not in PAGE_SIZES or length % page_size:
+            raise DecodeError(
+                "mapped-ram page size is no power of two in 512..16M dividing the block",
+                offset=pos + 4,
+                expected=f"a page size dividing {length}",
+                found=str(page_size),
+                path=path,
+            )
+        bitmap_size = _bitmap_size(length // page_size)
+        after = pos + _MAPPED_HEADER.size
+        if not after <= bitmap_at <= len(self.buf) - bitmap_size:
+            raise DecodeError(
+                "mapped-ram bitmap outside the file",
+                offset=pos + 12,
+                expected=f"{after}..{len(self.buf) - bitmap_size}",
+                found=str(bitmap_at),
+                path=path,
+            )
+        if pages_at % page_size or not bitmap_at + bitmap_size <= pages_at:
+            raise DecodeError(
+                "mapped-ram pages misplaced",
+                offset=pos + 20,
+                expected=f"a multiple of {page_size} after the bitmap (>= {bitmap_at + bitmap_size})",
+                found=str(pages_at),
+                path=path,
+            )
+        if pages_at + length > len(self.buf):
+            raise DecodeError(
+                "mapped-ram pages run past the end of the file",
+                offset=pos + 20,
+                expected=f"<= {len(self.buf)} bytes of file",
+                found=f"{pages_at + length}",
+                path=path,
+            )
+        return MappedRam(page_size, bitmap_at, pages_at), pages_at + length
+
+    def mapped_pages(self, block: RamBlock) -> None:
+        """Every page the bitmap marks, from its place in the file (others are zero)."""
+        assert block.mapped is not None and self.sink is not None
+        mapped = block.mapped
+        pages = block.length // mapped.page_size
+        # the bitmap is an array of the source host's unsigned longs: 64-bit little-endian (x86-64)
+        for word_index in range(_bitmap_size(pages) // 8):
+            word = _LE64.unpack_from(self.buf, mapped.bitmap_offset + 8 * word_index)[0]
+            while word:
+                bit = (word & -word).bit_length() - 1
+                word &= word - 1
+                page = 64 * word_index + bit
+                if page >= pages:
+                    break
+                at = mapped.pages_offset + page * mapped.page_size
+                offset = page * mapped.page_size
+                self.sink(
+                    block.name,
+                    offset,
+                    bytes(self.buf[at : at + mapped.page_size]),
+                    mapped.page_size,
+                )
+
+
+def _is_page_size(buf: bytes, pos: int) -> bool:
+    """Whether the be64 at *pos* is a page size (a power of two of at least 4 KiB)."""
+    if pos + 8 > len(buf):
+        return False
+    (value,) = _BE64.unpack_from(buf, pos)
+    return value >= 4096 and value & (value - 1) == 0
+
+
+def _bitmap_size(pages: int) -> int:
+    """Bytes of QEMU's bitmap of *pages* bits: whole 64-bit longs."""
+    return (pages + 63) // 64 * 8
