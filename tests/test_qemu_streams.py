@@ -1,51 +1,92 @@
-"""`vmstate analyze` on streams QEMU 7.2 wrote (tests/data/qemu, see its README):
-the same JSON as QEMU's own analyzer, and byte-identical re-encoding."""
+"""`vmstate analyze` on streams QEMU 7.2 and QEMU 10.0 wrote (tests/data/qemu and
+tests/data/qemu-10.0, see their READMEs): the same JSON as that QEMU's own analyzer,
+byte-identical re-encoding, and the streams QEMU 10.0's analyzer cannot read."""
 
 from __future__ import annotations
 
 import json
+import lzma
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from peers.qemu import Qemu
 
 from vmstate import analyze, stream
 from vmstate.cli import main
-from vmstate.vmdesc import description_from_vmdesc, vmdesc_entry
+from vmstate.vmdesc import NullPointer, PiecedSeq, description_from_vmdesc, vmdesc_entry
 
-QEMU = Path(__file__).parent / "data" / "qemu"
-ANALYZED = sorted(p.with_suffix("") for p in QEMU.glob("*.state.json"))
-STREAMS = [p.with_suffix(".mig") for p in (QEMU / p.name for p in ANALYZED)]
+DATA = Path(__file__).parent / "data"
+QEMU = DATA / "qemu"
+QEMU10 = DATA / "qemu-10.0"
+ANALYZED = sorted(p.with_suffix("") for d in (QEMU, QEMU10) for p in d.glob("*.state.json"))
+STREAMS = [p.with_suffix(".mig") for p in ANALYZED]
+#: streams with a vmdesc that QEMU's analyzer cannot read, and its words
+UNREADABLE = {
+    name: entry["analyzer_error"]
+    for name, entry in json.loads((QEMU10 / "MANIFEST.json").read_text())["streams"].items()
+    if "analyzer_error" in entry and entry["vmdesc"]
+}
+MAPPED = QEMU10 / "q35-10.0-mapped-ram.mig.xz"
+
+
+def ids(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
+
+
+@pytest.fixture(scope="session")
+def mapped_ram(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mapped-ram snapshot, unpacked sparse (73 MB long, under 1 MB of data)."""
+    target = tmp_path_factory.mktemp("mapped-ram") / "q35-10.0-mapped-ram.mig"
+    page = 1 << 12
+    with lzma.open(MAPPED) as src, target.open("wb") as out:
+        while chunk := src.read(page):
+            if chunk.count(0) == len(chunk):
+                out.seek(len(chunk), 1)
+            else:
+                out.write(chunk)
+        out.truncate()
+    return target
+
+
+def parsed(path: Path) -> stream.Stream:
+    with analyze.open_stream(path) as buf:
+        return stream.parse(buf)
 
 
 def test_the_data_is_there() -> None:
-    """At least three streams from different machines, some with programmed PCI config."""
-    assert len(STREAMS) >= 3
-    machines = set()
-    for path in STREAMS:
-        with analyze.open_stream(path) as buf:
-            parsed = stream.parse(buf)
-        machines.add(parsed.machine)
-    assert {"pc-i440fx-7.2", "pc-q35-7.2"} <= machines
+    """Streams of both QEMUs, today's machine types and ones pinned to 7.2."""
+    assert len(STREAMS) >= 8
+    machines = {(p.parent.name, parsed(p).machine) for p in STREAMS}
+    assert {("qemu", "pc-i440fx-7.2"), ("qemu", "pc-q35-7.2")} <= machines
+    assert {
+        ("qemu-10.0", m) for m in ("pc-i440fx-10.0", "pc-q35-10.0", "pc-i440fx-7.2")
+    } <= machines
 
 
-@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STREAMS, ids=ids)
 def test_format_qemu_equals_qemus_analyzer(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Against the analyzer of the QEMU that wrote the stream (its output is saved beside it)."""
     assert main(["analyze", str(path), "--format", "qemu"]) == 0
     ours = json.loads(capsys.readouterr().out)
     theirs = json.loads(path.with_suffix(".state.json").read_text())
     assert ours == theirs
 
 
-@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    [*STREAMS, *(QEMU10 / f"{name}.mig" for name in UNREADABLE if name != MAPPED.stem[:-4])],
+    ids=ids,
+)
 def test_verify_roundtrip(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(path), "--verify-roundtrip"]) == 0
     out = capsys.readouterr().out
-    with analyze.open_stream(path) as buf:
-        n = len(stream.parse(buf).device_sections())
+    n = len(parsed(path).device_sections())
     assert out.strip() == f"verified {n} device sections: {n} byte-identical, 0 differ"
 
 
-@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STREAMS, ids=ids)
 def test_dump_desc_equals_qemus(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(path), "--dump", "desc"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(
@@ -53,13 +94,14 @@ def test_dump_desc_equals_qemus(path: Path, capsys: pytest.CaptureFixture[str]) 
     )
 
 
-@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STREAMS, ids=ids)
 def test_vmdesc_export_matches_what_qemu_wrote(path: Path) -> None:
-    """Import each vmdesc entry, decode, export: the entry QEMU wrote comes back."""
-    with analyze.open_stream(path) as buf:
-        parsed = stream.parse(buf)
-    by_key = {(d["name"], d["instance_id"]): d for d in parsed.vmdesc["devices"]}
-    for section in parsed.device_sections():
+    """Import each vmdesc entry, decode, export: the entry QEMU wrote comes back, QEMU
+    10.0's arrays in pieces included."""
+    found = parsed(path)
+    assert found.vmdesc is not None
+    by_key = {(d["name"], d["instance_id"]): d for d in found.vmdesc["devices"]}
+    for section in found.device_sections():
         entry = by_key[(section.idstr, section.instance_id)]
         if "vmsd_name" not in entry:
             continue  # old-style sections: one opaque buffer
@@ -68,27 +110,49 @@ def test_vmdesc_export_matches_what_qemu_wrote(path: Path) -> None:
         assert exported == expected, section.idstr
 
 
+def test_qemu_10_splits_arrays_into_pieces() -> None:
+    """What broke QEMU 10.0 streams: an array of structs with subsections is written one
+    entry per element, the last one without "index" (PIIX IDE's bmdma, ICH9 AHCI's ports)."""
+    desc = parsed(QEMU10 / "pc-10.0-storage-usb.mig").vmdesc
+    assert desc is not None
+    ide = next(d for d in desc["devices"] if d["name"].endswith("/ide"))
+    bmdma = [f for f in ide["fields"] if f["name"] == "bmdma"]
+    assert [f.get("index") for f in bmdma] == [0, None]
+    section = next(
+        s for s in parsed(QEMU10 / "pc-10.0-storage-usb.mig").sections if s.idstr.endswith("/ide")
+    )
+    assert section.description is not None
+    kind = next(f.kind for f in section.description.fields if f.name == "bmdma")
+    assert isinstance(kind, PiecedSeq) and len(kind.elements) == 2
+    assert section.state is not None and len(section.state["bmdma"]) == 2
+
+
 def test_reencoded_state_from_vmdesc_description_is_stable() -> None:
     path = STREAMS[0]
     with analyze.open_stream(path) as buf:
-        parsed = stream.parse(buf)
-        for section in parsed.device_sections():
+        found = stream.parse(buf)
+        for section in found.device_sections():
             again = description_from_vmdesc(vmdesc_entry(section.description, section.state))
             assert again.save(section.state) == bytes(buf[section.start : section.end])
 
 
-def test_stream_without_vmdesc_needs_descriptions(capsys: pytest.CaptureFixture[str]) -> None:
-    novmdesc = QEMU / "pc-2.0-e1000-watchdog-novmdesc.mig"
+@pytest.mark.parametrize(
+    ("novmdesc", "twin"),
+    [
+        (QEMU / "pc-2.0-e1000-watchdog-novmdesc.mig", QEMU / "pc-2.0-e1000-watchdog.desc.json"),
+        (QEMU10 / "q35-10.0-novmdesc.mig", QEMU10 / "q35-10.0-novmdesc-reloaded.desc.json"),
+    ],
+    ids=["7.2", "10.0"],
+)
+def test_stream_without_vmdesc_needs_descriptions(
+    novmdesc: Path, twin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["analyze", str(novmdesc)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("vmstate: error: ")
     assert "no vmdesc and no descriptions were given" in err
     # the twin stream's vmdesc describes the same devices
-    twin_desc = QEMU / "pc-2.0-e1000-watchdog.desc.json"
-    assert (
-        main(["analyze", str(novmdesc), "--descriptions", str(twin_desc), "--verify-roundtrip"])
-        == 0
-    )
+    assert main(["analyze", str(novmdesc), "--descriptions", str(twin), "--verify-roundtrip"]) == 0
     assert "0 differ" in capsys.readouterr().out
 
 
@@ -98,3 +162,148 @@ def test_summary_lists_sections(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "machine pc-q35-7.2" in out
     assert "/e1000e" in out and "virtio-net" in out
+
+
+# -- what QEMU 10.0 writes that 7.2 did not ------------------------------------------
+
+
+def test_switchover_start_comes_with_10_0_machine_types() -> None:
+    """hw_compat_9_2 turns SWITCHOVER_START off for older machine types."""
+    assert parsed(QEMU10 / "pc-10.0-storage-usb.mig").command_names() == ("SWITCHOVER_START",)
+    assert parsed(QEMU10 / "q35-10.0-storage-usb.mig").command_names() == ("SWITCHOVER_START",)
+    assert parsed(QEMU10 / "pc-7.2-storage-usb.mig").command_names() == ()
+    assert parsed(QEMU10 / "q35-7.2-storage-usb.mig").command_names() == ()
+
+
+def test_postcopy_advised_stream(capsys: pytest.CaptureFixture[str]) -> None:
+    """postcopy-ram opens a return path and advises postcopy before the RAM; QEMU 10.0's
+    analyzer stops at the first of those commands, we read on."""
+    path = QEMU10 / "q35-10.0-postcopy-advised.mig"
+    found = parsed(path)
+    assert found.command_names() == (
+        "OPEN_RETURN_PATH",
+        "PING",
+        "POSTCOPY_ADVISE",
+        "SWITCHOVER_START",
+    )
+    advise = found.commands[2]
+    assert advise.data == (4096).to_bytes(8, "big") * 2  # page size summary, target page size
+    assert "Unknown QEMU_VM_COMMAND: 1" in UNREADABLE["q35-10.0-postcopy-advised"]
+    assert main(["analyze", str(path)]) == 0
+    assert (
+        "commands: OPEN_RETURN_PATH, PING, POSTCOPY_ADVISE, SWITCHOVER_START"
+        in capsys.readouterr().out
+    )
+
+
+def test_mapped_ram_snapshot_decodes(mapped_ram: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """RAM at fixed file offsets with a bitmap per block; QEMU 10.0's analyzer crashes on it.
+    Its device sections are QEMU's own when it loads the file and writes it out again."""
+    assert "AttributeError" in UNREADABLE["q35-10.0-mapped-ram"]
+    found = parsed(mapped_ram)
+    assert found.capabilities == ("mapped-ram",)
+    assert all(block.mapped is not None for block in found.ram_blocks)
+    assert {b.name: b.length for b in found.ram_blocks} == {
+        b.name: b.length for b in parsed(QEMU10 / "q35-10.0-mapped-ram-reloaded.mig").ram_blocks
+    }
+    assert main(["analyze", str(mapped_ram), "--verify-roundtrip"]) == 0
+    n = len(found.device_sections())
+    assert (
+        capsys.readouterr().out.strip()
+        == f"verified {n} device sections: {n} byte-identical, 0 differ"
+    )
+    assert main(["analyze", str(mapped_ram)]) == 0
+    assert "capabilities: mapped-ram" in capsys.readouterr().out
+
+
+def test_mapped_ram_extracts_the_ram_qemu_loads(mapped_ram: Path, tmp_path: Path) -> None:
+    """Every RAM block extracted from the mapped-ram file equals the one extracted from
+    the stream QEMU wrote after loading that file."""
+    assert main(["analyze", str(mapped_ram), "--extract-ram", str(tmp_path / "mapped")]) == 0
+    reloaded = QEMU10 / "q35-10.0-mapped-ram-reloaded.mig"
+    assert main(["analyze", str(reloaded), "--extract-ram", str(tmp_path / "reloaded")]) == 0
+    blocks = sorted(p.name for p in (tmp_path / "mapped").iterdir())
+    assert "pc.ram" in blocks and blocks == sorted(
+        p.name for p in (tmp_path / "reloaded").iterdir()
+    )
+    for name in blocks:
+        assert (tmp_path / "mapped" / name).read_bytes() == (
+            tmp_path / "reloaded" / name
+        ).read_bytes(), name
+    assert any((tmp_path / "mapped" / "pc.ram").read_bytes())
+
+
+# -- NULL pointers in arrays (QEMU 10.0 vmdesc "nullptr"), against QEMU 10.0's analyzer --
+
+
+_ELEMENT = {
+    "vmsd_name": "elem",
+    "version": 1,
+    "fields": [{"name": "v", "type": "uint16", "size": 2}],
+}
+#: the vmdesc fields of an array of 4 pointers to structs, the middle two NULL, as QEMU
+#: 10.0's vmstate.c writes them: pieces of alike elements, NULLs typed "nullptr"
+NULLPTR_FIELDS = [
+    {"name": "n", "type": "uint8", "size": 1},
+    {"name": "ptrs", "index": 0, "type": "struct", "struct": _ELEMENT, "size": 2},
+    {"name": "ptrs", "array_len": 2, "type": "nullptr", "size": 1},
+    {"name": "ptrs", "type": "struct", "struct": _ELEMENT, "size": 2},
+]
+
+
+def _nullptr_stream() -> bytes:
+    """One section with that array; a NULL is the byte '0' on the wire."""
+    vmdesc = {
+        "page_size": 4096,
+        "devices": [
+            {
+                "name": "demo",
+                "instance_id": 0,
+                "vmsd_name": "demo",
+                "version": 1,
+                "fields": NULLPTR_FIELDS,
+            }
+        ],
+    }
+    payload = bytes([4]) + b"\x12\x34" + b"00" + b"\xab\xcd"
+    body = json.dumps(vmdesc, separators=(",", ":")).encode()
+    header = b"\x04" + (0).to_bytes(4, "big") + bytes([4]) + b"demo" + (0).to_bytes(4, "big")
+    return (
+        b"QEVM\0\0\0\x03"
+        + header
+        + (1).to_bytes(4, "big")
+        + payload
+        + b"\x7e"
+        + (0).to_bytes(4, "big")
+        + b"\x00\x06"
+        + len(body).to_bytes(4, "big")
+        + body
+    )
+
+
+def test_nullptr_pieces_decode_as_qemus_analyzer_reads_them(
+    qemu_10_0: Qemu, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nullptr.mig"
+    path.write_bytes(_nullptr_stream())
+    theirs = subprocess.run(
+        [sys.executable, str(qemu_10_0.analyzer), "-f", str(path), "-d", "state"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert main(["analyze", str(path), "--format", "qemu"]) == 0
+    ours = capsys.readouterr().out
+    assert json.loads(ours) == json.loads(theirs)
+    assert json.loads(ours)["demo (0)"]["ptrs"] == [
+        {"v": "0x1234"},
+        "nullptr",
+        "nullptr",
+        {"v": "0xabcd"},
+    ]
+    section = parsed(path).sections[0]
+    assert section.state is not None and section.state["ptrs"][1:3] == [None, None]
+    kind = section.description.fields[1].kind if section.description else None
+    assert isinstance(kind, PiecedSeq) and isinstance(kind.elements[1], NullPointer)
+    assert main(["analyze", str(path), "--verify-roundtrip"]) == 0
+    assert vmdesc_entry(section.description, section.state)["fields"] == NULLPTR_FIELDS

@@ -213,7 +213,7 @@ def _element(f: Mapping[str, Any], where: str, depth: int) -> Kind:
     if typ in _INLINE and "vmsd_name" in f:
         desc = description_from_vmdesc(f, None, where, depth + 1)
         return Struct(desc, desc.version_id, typ)
-    if typ == NullPointer.info and size == NullPointer.size:
+    if typ == NullPointer.info and size == 1:
         return NullPointer()
     if typ in SCALAR_TYPES and (kind := scalar_kind(typ)).size == size:
         return kind

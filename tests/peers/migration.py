@@ -120,7 +120,7 @@ class Vm:
                                          stdout=log, stderr=subprocess.STDOUT)
         try:
             self.qmp = Qmp(work / QMP_SOCKET, self.proc)
-        except PeerError as e:
+        except (PeerError, OSError) as e:
             self.stop_process()
             raise PeerError(f"{e}: {self.output()}") from None
 
@@ -146,13 +146,18 @@ class Vm:
             time.sleep(0.1)
         raise PeerError(f"SeaBIOS did not finish within {POST_TIMEOUT:.0f} s")
 
-    def capabilities(self, names: Sequence[str]) -> None:
+    def capabilities(self, names: Sequence[str], state: bool = True) -> None:
         if names:
             self.qmp.command("migrate-set-capabilities", {
-                "capabilities": [{"capability": name, "state": True} for name in names]})
+                "capabilities": [{"capability": name, "state": state} for name in names]})
 
-    def save(self, uri: str, capabilities: Sequence[str] = ()) -> None:
-        """Stop the guest and migrate it to *uri* (``exec:cat > FILE``, ``file:FILE``)."""
+    def save(self, uri: str, capabilities: Sequence[str] = (),
+             written: Path | None = None) -> None:
+        """Stop the guest and migrate it to *uri* (``exec:cat > FILE``, ``file:FILE``).
+
+        With ``postcopy-ram`` and no destination the source never completes: it waits
+        for a return path after writing everything; given the *written* file, the
+        migration is over once that file ends with its vmdesc, and is then cancelled."""
         self.qmp.command("stop")
         self.capabilities(capabilities)
         self.qmp.command("migrate", {"uri": uri})
@@ -161,6 +166,9 @@ class Vm:
             if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
                 raise PeerError(f"migration to {uri} ended as {info.get('status')!r}: "
                                 f"{info.get('error-desc', '')} {self.output()}")
+            if info.get("status") == "device" and written is not None and _ends_with_vmdesc(written):
+                self.qmp.command("migrate_cancel")
+                return
             time.sleep(0.05)
 
     def load(self, uri: str, capabilities: Sequence[str] = ()) -> Load:
@@ -201,17 +209,27 @@ class Vm:
         self.stop_process()
 
 
+def target_uri(target: Path, uri: str) -> str:
+    """``exec`` (``exec:cat > FILE``, any QEMU) or ``file`` (``file:FILE``, QEMU 8.2+,
+    needed for ``mapped-ram``)."""
+    return f"exec:cat > {shlex.quote(str(target))}" if uri == "exec" else f"file:{target}"
+
+
 def save_guest(qemu: Qemu, args: Sequence[str], work: Path, target: Path,
                capabilities: Sequence[str] = (), uri: str = "exec") -> Path:
-    """Boot a guest to the end of POST and migrate it into *target*.
-
-    *uri* is ``exec`` (``exec:cat > FILE``, any QEMU) or ``file`` (``file:FILE``, QEMU
-    8.2+, needed for ``mapped-ram``)."""
+    """Boot a guest to the end of POST and migrate it into *target* (see :func:`target_uri`)."""
     with Vm(qemu, args, work) as vm:
         vm.wait_for_post()
-        vm.save(f"exec:cat > {shlex.quote(str(target))}" if uri == "exec" else f"file:{target}",
-                capabilities)
+        vm.save(target_uri(target, uri), capabilities,
+                written=target if "postcopy-ram" in capabilities else None)
     return target
+
+
+def _ends_with_vmdesc(path: Path) -> bool:
+    from vmstate.stream import find_vmdesc
+
+    data = path.read_bytes() if path.exists() else b""
+    return find_vmdesc(data) is not None
 
 
 def load_stream(qemu: Qemu, args: Sequence[str], work: Path, stream: Path,

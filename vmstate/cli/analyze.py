@@ -114,11 +114,16 @@ def _summary(parsed: stream.Stream) -> None:
     print(
         f"QEMU migration stream v{parsed.version}, {parsed.size} bytes, machine {parsed.machine or '?'}"
     )
+    if parsed.capabilities:
+        print(f"  capabilities: {', '.join(parsed.capabilities)}")
+    if parsed.commands:
+        print(f"  commands: {', '.join(parsed.command_names())}")
     ram = sum(b.length for b in parsed.ram_blocks)
     if parsed.ram_blocks:
-        print(
-            f"  RAM: {len(parsed.ram_blocks)} blocks, {ram} bytes of guest memory (pages skipped)"
+        where = (
+            "at fixed file offsets (mapped-ram)" if parsed.ram_blocks[0].mapped else "pages skipped"
         )
+        print(f"  RAM: {len(parsed.ram_blocks)} blocks, {ram} bytes of guest memory ({where})")
     for s in parsed.device_sections():
         print(
             f"  {s.section_id:4d}  {s.idstr}  instance {s.instance_id}  v{s.version_id}  {s.end - s.start} bytes at {s.start:#x}"

@@ -1,36 +1,41 @@
 #!/usr/bin/env python3
-"""Regenerate the real QEMU 7.2 test data in this directory.
+"""Regenerate the real QEMU test data: QEMU 7.2 into this directory, QEMU 10.0 into
+``../qemu-10.0``.
 
 Why: the library must read what QEMU really writes, so the tests compare it
 against streams and descriptions produced by QEMU itself and against what
-QEMU's own analyzer (``scripts/analyze-migration.py``) makes of them.
+QEMU's own analyzer (``scripts/analyze-migration.py`` of the same QEMU) makes
+of them.
 
-What it writes into ``--out`` (default: this script's directory):
+What it writes into each series' directory:
 
 - ``<name>.mig``: a migration stream of a small TCG guest (``-m 64``) stopped
   after SeaBIOS has enumerated and programmed the PCI devices and given up
   booting ("No bootable device." on its debug port), saved with QMP ``stop``
-  then ``migrate`` to ``exec:cat > <name>.mig``;
-- ``<name>.state.json`` / ``<name>.desc.json``: QEMU's analyzer output for the
-  stream with ``-d state`` / ``-d desc``, byte for byte as it prints them;
-- ``dump-<machine>.json``: ``-dump-vmstate`` of each machine in ``DUMPS``,
-  verbatim; one over 1 MiB is stored as ``.json.gz`` instead (gzip with
-  mtime 0, so the same QEMU gives the same bytes);
-- ``static-checker/dump{1,2}.json``: copied from QEMU's
+  then ``migrate`` to ``exec:cat > <name>.mig`` (or ``file:`` for mapped-ram,
+  stored as ``<name>.mig.xz``: the file is sparse and 73 MB long);
+- streams a second QEMU wrote after loading one of the above with
+  ``-incoming`` (``"reload"``): the same device state and RAM written again
+  another way, the reference for the streams QEMU's analyzer cannot read;
+- ``<name>.state.json`` / ``<name>.desc.json``: that QEMU's analyzer output for
+  the stream with ``-d state`` / ``-d desc``, byte for byte as it prints them,
+  for the streams it can read (the manifest records its error for the others);
+- ``dump-<machine>.json``: ``-dump-vmstate`` of each machine in the series'
+  ``dumps``, verbatim; one over 1 MiB is stored as ``.json.gz`` instead (gzip
+  with mtime 0, so the same QEMU gives the same bytes);
+- (7.2) ``static-checker/dump{1,2}.json``: copied from QEMU's
   ``tests/vmstate-static-checker-data``;
 - ``MANIFEST.json``: QEMU version, command lines, sizes and sha256 of all of
   the above (``tests/test_qemu_data.py`` checks the files against it).
 
-Run ``python3 tests/data/qemu/make_data.py [--out DIR] [--qemu-src DIR]``.
-It needs qemu-system-x86_64 7.2 (Debian bookworm: ``apt-get install
-qemu-system-x86``) and QEMU 7.2's sources for the analyzer (see
-``--qemu-src``).  Rerunning is safe: every file is replaced atomically and
-files of streams or dumps no longer listed here are removed.  Streams differ
-between runs (timers, guest timing), so a rerun changes their sha256s; the
-dumps and copied files do not change.
-
-Plain standard-library Python on purpose, so it runs without the package
-being installed; it therefore carries its own small atomic-write helper.
+Run ``python3 tests/data/qemu/make_data.py [--series 7.2|10.0]`` from a
+checkout with the test dependencies installed (``pip install -e '.[test]'``):
+QEMU and its scripts come from ``tests/peers`` exactly as the tests get them
+(7.2 is the system's ``qemu-system-x86``, 10.0 is fetched from
+bookworm-backports into ``~/.cache/vmstate-qemu``).  Rerunning is safe: every
+file is replaced atomically and files of streams or dumps no longer listed
+here are removed.  Streams differ between runs (timers, guest timing), so a
+rerun changes their sha256s; the dumps and copied files do not change.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ import gzip
 import hashlib
 import io
 import json
-import os
+import lzma
+import re
+import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,29 +57,14 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_QEMU_SRC = Path("/root/src/qemu-7.2.0")
-QEMU_SERIES = "7.2"
-GET_SOURCES = (
-    "get QEMU 7.2's sources with `apt-get source qemu=1:7.2+dfsg-7+deb12u18` (needs a "
-    "deb-src line for Debian bookworm; tests/data/qemu/README.md shows one) and pass "
-    "the unpacked directory as --qemu-src"
-)
+sys.path.insert(0, str(HERE.parent.parent))  # tests/, for tests/peers
 
-# Options every stream shares.  Paths are relative: QEMU runs in a private
-# temporary directory, so the recorded command lines contain no temp paths.
-COMMON = ["-accel", "tcg", "-m", "64", "-nographic", "-nodefaults", "-no-user-config"]
-# SeaBIOS logs to port 0x402; "No bootable device." marks the end of POST, so
-# PCI is programmed and the guest idles.  isa-debugcon has no migration state.
-SEABIOS_LOG = "seabios.log"
-DEBUGCON = [
-    "-chardev",
-    f"file,id=seabios,path={SEABIOS_LOG}",
-    "-device",
-    "isa-debugcon,iobase=0x402,chardev=seabios",
-]
-QMP_SOCKET = "qmp.sock"
-QMP = ["-qmp", f"unix:{QMP_SOCKET},server=on,wait=off"]
-POST_DONE = b"No bootable device."
+from peers.apt import PeerError  # noqa: E402
+from peers.migration import Vm, loaded, split, target_uri  # noqa: E402
+from peers.qemu import Qemu, backports_qemu, system_qemu  # noqa: E402
+
+from vmstate._files import write_atomic  # noqa: E402
+from vmstate.stream import find_vmdesc  # noqa: E402
 
 PC_2_0_DEVICES = [
     "-netdev user,id=n0,restrict=on",
@@ -82,213 +73,190 @@ PC_2_0_DEVICES = [
     "-device virtio-net-pci,netdev=n1,romfile=,addr=0x3",
     "-device i6300esb,addr=0x4",
 ]
-
-# name -> machine-specific options, one "-option value" per string.  NIC
-# option ROMs are off (romfile=) so iPXE neither grows the stream nor makes
+# NIC option ROMs are off (romfile=) so iPXE neither grows the stream nor makes
 # the NIC state depend on DHCP timing.
-STREAMS: dict[str, list[str]] = {
-    "pc-minimal": [
-        "-M pc-i440fx-7.2",
-        "-netdev user,id=n0,restrict=on",
-        "-device rtl8139,netdev=n0,romfile=,addr=0x2",
-    ],
-    "pc-e1000-usb-hda": [
-        "-M pc-i440fx-7.2",
-        "-device VGA,vgamem_mb=1,addr=0x2",
-        "-netdev user,id=n0,restrict=on",
-        "-device e1000,netdev=n0,romfile=,addr=0x3",
-        "-device piix3-usb-uhci,id=uhci,addr=0x4",
-        "-device usb-tablet,bus=uhci.0",
-        "-device usb-ehci,id=ehci,addr=0x5",
-        "-device usb-kbd,bus=ehci.0",
-        "-audiodev none,id=snd0",
-        "-device intel-hda,id=hda,addr=0x6",
-        "-device hda-duplex,bus=hda.0,audiodev=snd0",
-        "-drive if=none,id=cd0,media=cdrom",
-        "-device ide-cd,drive=cd0,bus=ide.1,unit=0",
-        "-device floppy,unit=0",
-    ],
-    "q35-e1000e-virtio": [
-        "-M pc-q35-7.2",
-        "-netdev user,id=n0,restrict=on",
-        "-netdev user,id=n1,restrict=on",
-        "-device e1000e,netdev=n0,romfile=,addr=0x2",
-        "-device virtio-net-pci,netdev=n1,romfile=,addr=0x3",
-        "-drive if=none,id=d0,file=null-co://,format=raw,read-only=on",
-        "-device virtio-blk-pci,drive=d0,addr=0x4",
-        "-device qemu-xhci,id=xhci,addr=0x5",
-        "-device usb-kbd,bus=xhci.0",
-    ],
-    "q35-pcie-root-ports": [
-        "-M pc-q35-7.2",
-        "-device pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0,addr=0x2",
-        "-device virtio-rng-pci,bus=rp1",
-        "-device pcie-root-port,id=rp2,chassis=2,slot=2,bus=pcie.0,addr=0x3",
-        "-audiodev none,id=snd0",
-        "-device ich9-intel-hda,id=hda,bus=rp2",
-        "-device hda-duplex,bus=hda.0,audiodev=snd0",
-        "-device pcie-root-port,id=rp3,chassis=3,slot=3,bus=pcie.0,addr=0x4",
-        "-device ahci,id=sata,bus=rp3",
-        "-device pcie-root-port,id=rp4,chassis=4,slot=4,bus=pcie.0,addr=0x5",
-        "-device pcie-pci-bridge,id=br1,bus=rp4",
-        "-netdev user,id=n0,restrict=on",
-        "-device rtl8139,netdev=n0,romfile=,bus=br1,addr=0x1",
-    ],
-    # An old machine type: its compat properties turn off the configuration
-    # section, section footers and the global-state section.  Machines up to
-    # 2.2 also suppress the trailing vmdesc JSON, without which the analyzer
-    # cannot read a stream; this one turns it back on.
-    "pc-2.0-e1000-watchdog": ["-M pc-i440fx-2.0,suppress-vmdesc=off", *PC_2_0_DEVICES],
-    # The same guest as QEMU writes it by default: no vmdesc at all.
-    "pc-2.0-e1000-watchdog-novmdesc": ["-M pc-i440fx-2.0", *PC_2_0_DEVICES],
+PC_STORAGE_USB = [
+    "-device VGA,vgamem_mb=1,addr=0x2",
+    "-netdev user,id=n0,restrict=on",
+    "-device e1000,netdev=n0,romfile=,addr=0x3",
+    "-device piix3-usb-uhci,id=uhci,addr=0x4",
+    "-device usb-tablet,bus=uhci.0",
+    "-device usb-ehci,id=ehci,addr=0x5",
+    "-device usb-kbd,bus=ehci.0",
+    "-audiodev none,id=snd0",
+    "-device intel-hda,id=hda,addr=0x6",
+    "-device hda-duplex,bus=hda.0,audiodev=snd0",
+    "-drive if=none,id=cd0,media=cdrom",
+    "-device ide-cd,drive=cd0,bus=ide.1,unit=0",
+    "-device floppy,unit=0",
+    "-drive if=none,id=d1,file=null-co://,format=raw,read-only=on",
+    "-device virtio-blk-pci,drive=d1,addr=0x7",
+    "-drive if=none,id=d2,file=null-co://,format=raw,read-only=on",
+    "-device lsi53c895a,id=lsi,addr=0x8",
+    "-device scsi-hd,drive=d2,bus=lsi.0",
+]
+# The ICH9 AHCI is built in; a drive on it costs 30 s of SeaBIOS timeouts under TCG.
+Q35_STORAGE_USB = [
+    "-netdev user,id=n0,restrict=on",
+    "-device e1000e,netdev=n0,romfile=,addr=0x2",
+    "-netdev user,id=n1,restrict=on",
+    "-device virtio-net-pci,netdev=n1,romfile=,addr=0x3",
+    "-drive if=none,id=d1,file=null-co://,format=raw,read-only=on",
+    "-device virtio-scsi-pci,id=scsi0,addr=0x4",
+    "-device scsi-hd,drive=d1,bus=scsi0.0",
+    "-drive if=none,id=d2,file=null-co://,format=raw,read-only=on",
+    "-device virtio-blk-pci,drive=d2,addr=0x5",
+    "-device qemu-xhci,id=xhci,addr=0x6",
+    "-device usb-kbd,bus=xhci.0",
+    "-device usb-ehci,id=ehci,addr=0x7",
+    "-device usb-tablet,bus=ehci.0",
+    "-device pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x8",
+    "-device virtio-rng-pci,bus=rp1",
+    "-drive if=none,id=d3,file=null-co://,format=raw,read-only=on",
+    "-device megasas-gen2,id=sas,addr=0x9",
+    "-device scsi-hd,drive=d3,bus=sas.0",
+]
+Q35_SMALL = [
+    "-netdev user,id=n0,restrict=on",
+    "-device e1000e,netdev=n0,romfile=,addr=0x2",
+    "-drive if=none,id=d1,file=null-co://,format=raw,read-only=on",
+    "-device virtio-blk-pci,drive=d1,addr=0x3",
+]
+
+# A series: its QEMU, where its data goes, and name -> stream.  A stream is a guest
+# booted and saved ("options", optionally "capabilities" and "uri": "file"), or one
+# loaded into a guest of "options" and saved again ("reload": the source stream).
+SERIES: dict[str, dict[str, Any]] = {
+    "7.2": {
+        "directory": HERE,
+        "streams": {
+            "pc-minimal": {
+                "options": [
+                    "-M pc-i440fx-7.2",
+                    "-netdev user,id=n0,restrict=on",
+                    "-device rtl8139,netdev=n0,romfile=,addr=0x2",
+                ]
+            },
+            "pc-e1000-usb-hda": {"options": ["-M pc-i440fx-7.2", *PC_STORAGE_USB[:13]]},
+            "q35-e1000e-virtio": {
+                "options": [
+                    "-M pc-q35-7.2",
+                    "-netdev user,id=n0,restrict=on",
+                    "-netdev user,id=n1,restrict=on",
+                    "-device e1000e,netdev=n0,romfile=,addr=0x2",
+                    "-device virtio-net-pci,netdev=n1,romfile=,addr=0x3",
+                    "-drive if=none,id=d0,file=null-co://,format=raw,read-only=on",
+                    "-device virtio-blk-pci,drive=d0,addr=0x4",
+                    "-device qemu-xhci,id=xhci,addr=0x5",
+                    "-device usb-kbd,bus=xhci.0",
+                ]
+            },
+            "q35-pcie-root-ports": {
+                "options": [
+                    "-M pc-q35-7.2",
+                    "-device pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0,addr=0x2",
+                    "-device virtio-rng-pci,bus=rp1",
+                    "-device pcie-root-port,id=rp2,chassis=2,slot=2,bus=pcie.0,addr=0x3",
+                    "-audiodev none,id=snd0",
+                    "-device ich9-intel-hda,id=hda,bus=rp2",
+                    "-device hda-duplex,bus=hda.0,audiodev=snd0",
+                    "-device pcie-root-port,id=rp3,chassis=3,slot=3,bus=pcie.0,addr=0x4",
+                    "-device ahci,id=sata,bus=rp3",
+                    "-device pcie-root-port,id=rp4,chassis=4,slot=4,bus=pcie.0,addr=0x5",
+                    "-device pcie-pci-bridge,id=br1,bus=rp4",
+                    "-netdev user,id=n0,restrict=on",
+                    "-device rtl8139,netdev=n0,romfile=,bus=br1,addr=0x1",
+                ]
+            },
+            # An old machine type: its compat properties turn off the configuration
+            # section, section footers and the global-state section.  Machines up to
+            # 2.2 also suppress the trailing vmdesc JSON, without which the analyzer
+            # cannot read a stream; this one turns it back on.
+            "pc-2.0-e1000-watchdog": {
+                "options": ["-M pc-i440fx-2.0,suppress-vmdesc=off", *PC_2_0_DEVICES]
+            },
+            # The same guest as QEMU writes it by default: no vmdesc at all.
+            "pc-2.0-e1000-watchdog-novmdesc": {"options": ["-M pc-i440fx-2.0", *PC_2_0_DEVICES]},
+        },
+        "dumps": ["pc-i440fx-7.2", "pc-q35-7.2", "pc-i440fx-2.0"],
+        "static_checker": ["dump1.json", "dump2.json"],
+    },
+    "10.0": {
+        "directory": HERE.parent / "qemu-10.0",
+        "streams": {
+            # today's machine types, storage and USB controllers of both chipsets
+            "pc-10.0-storage-usb": {"options": ["-M pc-i440fx-10.0", *PC_STORAGE_USB]},
+            "q35-10.0-storage-usb": {"options": ["-M pc-q35-10.0", *Q35_STORAGE_USB]},
+            # machine types pinned to 7.2, as a host keeps them across an upgrade
+            "pc-7.2-storage-usb": {"options": ["-M pc-i440fx-7.2", *PC_STORAGE_USB]},
+            "q35-7.2-storage-usb": {"options": ["-M pc-q35-7.2", *Q35_STORAGE_USB]},
+            # mapped-ram (QEMU 9.0+): RAM at fixed offsets of a file: URI's file
+            "q35-10.0-mapped-ram": {
+                "options": ["-M pc-q35-10.0", *Q35_SMALL],
+                "capabilities": ["mapped-ram"],
+                "uri": "file",
+            },
+            # ... loaded by QEMU and written again as an ordinary stream: the same RAM
+            "q35-10.0-mapped-ram-reloaded": {
+                "options": ["-M pc-q35-10.0", *Q35_SMALL],
+                "reload": "q35-10.0-mapped-ram",
+            },
+            # no vmdesc: the machine says so
+            "q35-10.0-novmdesc": {"options": ["-M pc-q35-10.0,suppress-vmdesc=on", *Q35_SMALL]},
+            # ... loaded by QEMU and written again with one: the same device state
+            "q35-10.0-novmdesc-reloaded": {
+                "options": ["-M pc-q35-10.0", *Q35_SMALL],
+                "reload": "q35-10.0-novmdesc",
+            },
+            # postcopy-ram on (never started: there is no destination): the stream
+            # opens a return path and advises postcopy before the RAM
+            "q35-10.0-postcopy-advised": {
+                "options": ["-M pc-q35-10.0", *Q35_SMALL],
+                "capabilities": ["postcopy-ram"],
+            },
+        },
+        "dumps": ["pc-i440fx-10.0", "pc-q35-10.0", "pc-i440fx-7.2", "pc-q35-7.2"],
+        "static_checker": [],
+    },
 }
-# Streams without vmdesc: QEMU's analyzer cannot read them, so they have no
-# .state.json/.desc.json; their twin above is the reference for their layout.
-NO_VMDESC = {"pc-2.0-e1000-watchdog-novmdesc"}
-
-DUMPS = ["pc-i440fx-7.2", "pc-q35-7.2", "pc-i440fx-2.0"]
 GZIP_ABOVE = 1 << 20  # dumps larger than this are stored gzipped
-STATIC_CHECKER_FILES = ["dump1.json", "dump2.json"]
-
-POST_TIMEOUT = 120.0  # seconds for SeaBIOS to finish under TCG
-MIGRATE_TIMEOUT = 120.0
+EXCEPTION = re.compile(r"^[A-Za-z.]*(Error|Exception): ")
 
 
 class GenerationError(Exception):
     """Generation cannot go on; the message says why."""
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write beside *path* then rename, so a failed run leaves old data intact."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class Qmp:
-    """Minimal line-oriented QMP client: commands in order, events skipped."""
-
-    def __init__(self, path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(timeout)
-            try:
-                self.sock.connect(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.sock.close()
-                if proc.poll() is not None:
-                    raise GenerationError(f"QEMU exited with status {proc.returncode}") from None
-                if time.monotonic() > deadline:
-                    raise GenerationError(f"QMP socket {path} never appeared") from None
-                time.sleep(0.05)
-        self.file = self.sock.makefile("rwb")
-        self._read()  # greeting
-        self.command("qmp_capabilities")
-
-    def _read(self) -> dict[str, Any]:
-        line = self.file.readline()
-        if not line:
-            raise GenerationError("QEMU closed the QMP connection")
-        return json.loads(line)
-
-    def command(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
-        message: dict[str, Any] = {"execute": name}
-        if arguments is not None:
-            message["arguments"] = arguments
-        self.file.write(json.dumps(message).encode() + b"\n")
-        self.file.flush()
-        while True:
-            reply = self._read()
-            if "event" in reply:
-                continue
-            if "error" in reply:
-                raise GenerationError(f"QMP {name}: {reply['error']}")
-            return reply["return"]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def require(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise GenerationError(f"{name} is not installed (.ci/run installs what the tests need)")
+    return path
 
 
-def qemu_version(qemu: str) -> str:
-    line = subprocess.run(
-        [qemu, "--version"], check=True, capture_output=True, text=True
-    ).stdout.splitlines()[0]
-    if f"version {QEMU_SERIES}." not in line:
-        raise GenerationError(f"{qemu} is not QEMU {QEMU_SERIES}: {line!r}")
-    return line
+def command_line(qemu: Qemu, vm: Vm) -> list[str]:
+    """A guest's command line as recorded: the binary's name, then QEMU's options (an
+    unpacked QEMU's namespace wrapper and -L folder left out)."""
+    return ["qemu-system-x86_64", *vm.command[len(qemu.prefix) :]]
 
 
-def wait_for_post(log: Path, proc: subprocess.Popen[bytes], name: str) -> None:
-    """Block until SeaBIOS reports the end of POST on its debug port."""
-    deadline = time.monotonic() + POST_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise GenerationError(f"{name}: QEMU exited early with status {proc.returncode}")
-        if log.exists() and POST_DONE in log.read_bytes():
-            return
-        time.sleep(0.1)
-    raise GenerationError(f"{name}: SeaBIOS did not finish within {POST_TIMEOUT:.0f} s")
-
-
-def make_stream(qemu: str, name: str, options: list[str], work: Path) -> tuple[bytes, list[str]]:
-    """Boot the guest to the end of POST and return its migration stream."""
-    argv = [word for option in options for word in option.split(" ", 1)]
-    command = [qemu, *COMMON, *argv, *DEBUGCON, *QMP]
-    stream = work / f"{name}.mig"
-    qemu_log = work / "qemu.log"
-    with qemu_log.open("wb") as log:
-        proc = subprocess.Popen(
-            command, cwd=work, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        qmp = Qmp(work / QMP_SOCKET, proc, timeout=30.0)
-        wait_for_post(work / SEABIOS_LOG, proc, name)
-        qmp.command("stop")
-        qmp.command("migrate", {"uri": f"exec:cat > {stream.name}"})
-        deadline = time.monotonic() + MIGRATE_TIMEOUT
-        while (status := qmp.command("query-migrate").get("status")) != "completed":
-            if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                raise GenerationError(f"{name}: migration ended as {status!r}")
-            time.sleep(0.05)
-        qmp.command("quit")
-        qmp.close()
-        proc.wait(timeout=30)
-    except BaseException as exc:
-        proc.kill()
-        proc.wait()
-        output = qemu_log.read_text(errors="replace").strip()
-        if isinstance(exc, GenerationError) and output:
-            raise GenerationError(f"{exc}\nQEMU said:\n{output}") from exc
-        raise
-    return stream.read_bytes(), [Path(qemu).name, *command[1:]]
-
-
-def analyze(analyzer: Path, stream: Path, mode: str) -> bytes:
-    """QEMU's analyzer output for *stream* (``-d state`` or ``-d desc``)."""
+def analyze(qemu: Qemu, stream: Path, mode: str) -> tuple[bytes | None, str]:
+    """QEMU's analyzer output for *stream* (``-d state`` or ``-d desc``), or its error."""
     result = subprocess.run(
-        [sys.executable, str(analyzer), "-f", str(stream), "-d", mode], capture_output=True
+        [sys.executable, str(qemu.analyzer), "-f", str(stream), "-d", mode],
+        capture_output=True,
+        check=False,
     )
     if result.returncode != 0:
-        raise GenerationError(
-            f"analyze-migration.py -d {mode} failed on {stream.name}:\n"
-            + result.stderr.decode(errors="replace")
-        )
-    return result.stdout
+        # the first exception of the traceback is the cause (10.0 wraps it in another)
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        cause = next((line for line in lines if EXCEPTION.match(line)), lines[-1])
+        return None, cause[:200]
+    return result.stdout, ""
 
 
 def pci_configs(node: Any) -> list[bytes]:
@@ -323,14 +291,6 @@ def programmed_devices(state: dict[str, Any]) -> list[str]:
     ]
 
 
-def dump_vmstate(qemu: str, machine: str, work: Path) -> tuple[bytes, list[str]]:
-    target = work / f"dump-{machine}.json"
-    command = [qemu, "-M", machine, "-nodefaults", "-accel", "tcg", "-dump-vmstate", target.name]
-    subprocess.run(command, cwd=work, check=True, stdin=subprocess.DEVNULL, capture_output=True)
-    json.loads(target.read_bytes())  # must be complete JSON
-    return target.read_bytes(), [Path(qemu).name, *command[1:]]
-
-
 def gzip_stable(data: bytes) -> bytes:
     """gzip with no name and mtime 0: same input, same bytes."""
     out = io.BytesIO()
@@ -345,106 +305,153 @@ def file_entry(name: str, data: bytes) -> dict[str, Any]:
 
 def remove_stale(out: Path, keep: set[str]) -> None:
     """Drop generated files of streams or dumps that are no longer produced."""
-    for pattern in ("*.mig", "*.state.json", "*.desc.json", "dump-*.json", "dump-*.json.gz"):
+    patterns = ("*.mig", "*.mig.xz", "*.state.json", "*.desc.json", "dump-*.json", "dump-*.json.gz")
+    for pattern in patterns:
         for path in out.glob(pattern):
             if path.name not in keep:
                 path.unlink()
 
 
-def generate(out: Path, qemu: str, qemu_src: Path) -> None:
-    """Make every file in memory first, so a failed run leaves *out* untouched."""
-    analyzer = qemu_src / "scripts" / "analyze-migration.py"
-    checker_data = qemu_src / "tests" / "vmstate-static-checker-data"
-    if not analyzer.is_file() or not checker_data.is_dir():
-        raise GenerationError(f"{qemu_src} does not hold QEMU's sources; {GET_SOURCES}")
-    manifest: dict[str, Any] = {
-        "generator": "tests/data/qemu/make_data.py",
-        "qemu_version": qemu_version(qemu),
-        "streams": {},
-        "dumps": {},
-        "static_checker": {},
-    }
-    files: dict[str, bytes] = {}  # path relative to out -> content
+class Generator:
+    """Makes one series' files in memory first, so a failed run leaves them untouched."""
 
-    def add(name: str, data: bytes) -> dict[str, Any]:
-        files[name] = data
+    def __init__(self, qemu: Qemu, series: dict[str, Any]) -> None:
+        self.qemu = qemu
+        self.series = series
+        self.files: dict[str, bytes] = {}
+        self.work = Path(tempfile.mkdtemp(prefix=f"vmstate-data-{qemu.series}-"))
+
+    def add(self, name: str, data: bytes) -> dict[str, Any]:
+        self.files[name] = data
         return file_entry(name, data)
 
-    for name, options in STREAMS.items():
-        started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix=f"vmstate-{name}-") as tmp:
-            work = Path(tmp)
-            data, command = make_stream(qemu, name, options, work)
-            entry = {
-                **add(f"{name}.mig", data),
-                "command": command,
-                "migrate_uri": f"exec:cat > {name}.mig",
-                "vmdesc": name not in NO_VMDESC,
-            }
-            if name in NO_VMDESC:
-                if not data.endswith(b"\0"):  # the EOF marker is last: no vmdesc follows
-                    raise GenerationError(f"{name}: expected a stream without vmdesc")
-            else:
-                state = analyze(analyzer, work / f"{name}.mig", "state")
-                programmed = programmed_devices(json.loads(state))
-                if not programmed:
-                    raise GenerationError(f"{name}: the firmware programmed no PCI device")
-                entry["programmed_pci"] = programmed
-                entry["state_json"] = add(f"{name}.state.json", state)
-                entry["desc_json"] = add(
-                    f"{name}.desc.json", analyze(analyzer, work / f"{name}.mig", "desc")
-                )
-        manifest["streams"][name] = entry
-        print(f"{name}: {len(data)} bytes, {time.monotonic() - started:.1f} s", file=sys.stderr)
+    def stream(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        options = split(spec["options"])
+        capabilities = spec.get("capabilities", [])
+        uri = spec.get("uri", "exec")
+        target = self.work / f"{name}.mig"
+        entry: dict[str, Any] = {"options": spec["options"], "capabilities": capabilities}
+        if "reload" in spec:
+            source = self.work / f"{spec['reload']}.mig"
+            load_caps = self.series["streams"][spec["reload"]].get("capabilities", [])
+            load_uri = f"file:{source}" if "mapped-ram" in load_caps else f"exec:cat {source}"
+            with loaded(self.qemu, options, self.work / name, load_uri, load_caps) as vm:
+                vm.capabilities(load_caps, state=False)
+                vm.save(target_uri(target, uri), capabilities)
+                entry["reload"] = {"source": spec["reload"], "capabilities": load_caps}
+                entry["command"] = command_line(self.qemu, vm)
+        else:
+            with Vm(self.qemu, options, self.work / name) as vm:
+                vm.wait_for_post()
+                postcopy = "postcopy-ram" in capabilities
+                vm.save(target_uri(target, uri), capabilities, written=target if postcopy else None)
+                entry["command"] = command_line(self.qemu, vm)
+        entry["migrate_uri"] = target_uri(Path(target.name), uri)
+        data = target.read_bytes()
+        if uri == "file":
+            entry |= self.add(f"{name}.mig.xz", lzma.compress(data, preset=9))
+            entry |= {"mig_size": len(data), "mig_sha256": sha256(data)}
+        else:
+            entry |= self.add(f"{name}.mig", data)
+        state, error = analyze(self.qemu, target, "state")
+        entry["vmdesc"] = find_vmdesc(data) is not None
+        if state is None:
+            entry["analyzer_error"] = error
+            return entry
+        programmed = programmed_devices(json.loads(state))
+        if not programmed:
+            raise GenerationError(f"{name}: the firmware programmed no PCI device")
+        entry["programmed_pci"] = programmed
+        entry["state_json"] = self.add(f"{name}.state.json", state)
+        desc, error = analyze(self.qemu, target, "desc")
+        if desc is None:
+            raise GenerationError(f"{name}: the analyzer read the state but not the desc: {error}")
+        entry["desc_json"] = self.add(f"{name}.desc.json", desc)
+        return entry
 
-    for machine in DUMPS:
-        with tempfile.TemporaryDirectory(prefix="vmstate-dump-") as tmp:
-            raw, command = dump_vmstate(qemu, machine, Path(tmp))
-        entry = {"machine": machine, "command": command}
+    def dump(self, machine: str) -> dict[str, Any]:
+        target = self.work / f"dump-{machine}.json"
+        self.qemu.dump_vmstate(machine, target)
+        raw = target.read_bytes()
+        json.loads(raw)  # must be complete JSON
+        entry: dict[str, Any] = {
+            "machine": machine,
+            "command": [
+                "qemu-system-x86_64",
+                "-M",
+                machine,
+                "-nodefaults",
+                "-accel",
+                "tcg",
+                "-dump-vmstate",
+                target.name,
+            ],
+        }
         if len(raw) > GZIP_ABOVE:
-            entry |= add(f"dump-{machine}.json.gz", gzip_stable(raw))
+            entry |= self.add(f"dump-{machine}.json.gz", gzip_stable(raw))
             entry |= {"json_size": len(raw), "json_sha256": sha256(raw)}
         else:
-            entry |= add(f"dump-{machine}.json", raw)
-        manifest["dumps"][machine] = entry
+            entry |= self.add(f"dump-{machine}.json", raw)
+        return entry
 
-    for filename in STATIC_CHECKER_FILES:
-        manifest["static_checker"][filename] = {
-            **add(f"static-checker/{filename}", (checker_data / filename).read_bytes()),
-            "origin": f"QEMU 7.2.0 tests/vmstate-static-checker-data/{filename}",
-            "license": "GPL-2.0-or-later",
+    def run(self) -> None:
+        out = self.series["directory"]
+        manifest: dict[str, Any] = {
+            "generator": "tests/data/qemu/make_data.py",
+            "qemu_version": self.qemu.version,
+            "qemu_series": self.qemu.series,
+            "streams": {},
+            "dumps": {},
+            "static_checker": {},
         }
+        try:
+            for name, spec in self.series["streams"].items():
+                started = time.monotonic()
+                manifest["streams"][name] = entry = self.stream(name, spec)
+                size = entry.get("mig_size", entry["size"])
+                print(f"{name}: {size} bytes, {time.monotonic() - started:.1f} s", file=sys.stderr)
+            for machine in self.series["dumps"]:
+                manifest["dumps"][machine] = self.dump(machine)
+            checker = self.qemu.source / "tests" / "vmstate-static-checker-data"
+            for filename in self.series["static_checker"]:
+                manifest["static_checker"][filename] = {
+                    **self.add(f"static-checker/{filename}", (checker / filename).read_bytes()),
+                    "origin": f"QEMU {self.qemu.series}.0 tests/vmstate-static-checker-data/{filename}",
+                    "license": "GPL-2.0-or-later",
+                }
+        except PeerError as e:
+            raise GenerationError(str(e)) from e
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.series["static_checker"]:
+            (out / "static-checker").mkdir(exist_ok=True)
+        for name, data in self.files.items():
+            write_atomic(out / name, data)
+        remove_stale(out, set(self.files))
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        write_atomic(out / "MANIFEST.json", text.encode())
 
-    (out / "static-checker").mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        write_atomic(out / name, data)
-    remove_stale(out, set(files))
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    write_atomic(out / "MANIFEST.json", text.encode())
+
+def peer(series: str) -> Qemu:
+    try:
+        return system_qemu(require) if series == "7.2" else backports_qemu(require, series)
+    except PeerError as e:
+        raise GenerationError(f"QEMU {series}: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--out", type=Path, default=HERE, help="output directory (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--qemu-src",
-        type=Path,
-        default=DEFAULT_QEMU_SRC,
-        help="QEMU 7.2 source tree holding scripts/analyze-migration.py (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--qemu",
-        default="qemu-system-x86_64",
-        help="QEMU 7.2 system emulator (default: %(default)s)",
+        "--series", choices=sorted(SERIES), action="append", help="only this series (repeatable)"
     )
     args = parser.parse_args(argv)
-    if shutil.which(args.qemu) is None:
-        parser.error(f"{args.qemu} not found; on Debian: apt-get install qemu-system-x86")
     started = time.monotonic()
     try:
-        generate(args.out.resolve(), args.qemu, args.qemu_src)
+        for series in args.series or sorted(SERIES):
+            qemu = peer(series)
+            print(f"QEMU {qemu.version}: {shlex.join(qemu.command())}", file=sys.stderr)
+            Generator(qemu, SERIES[series]).run()
     except GenerationError as exc:
         print(f"make_data.py: {exc}", file=sys.stderr)
         return 1
