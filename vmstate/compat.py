@@ -214,6 +214,7 @@ class _Comparison:
         self.sent_only = VMDESC in kinds
         #: a dump of a QEMU before 10.0 says no array lengths: any field may be an array
         self.counts_known = src.counts_known and dst.counts_known
+        self.dst_kind = dst.kind
 
     def problem(self, severity: str, path: str, rule: str, reason: str) -> Problem:
         return Problem(severity, self.section, path, rule, reason)
@@ -342,6 +343,7 @@ class _Comparison:
                     return
                 continue
             if self.may_be_empty(df):
+                yield from self.maybe_not_sent(df, path)
                 dst.advance()  # a list the source may have sent empty
                 continue
             yield self.problem(
@@ -352,7 +354,9 @@ class _Comparison:
             )
             return
         for df in dst.rest():
-            if df.exists is None and df.since <= read_version and not self.may_be_empty(df):
+            if df.exists is None and df.since <= read_version and self.may_be_empty(df):
+                yield from self.maybe_not_sent(df, path)
+            elif df.exists is None and df.since <= read_version:
                 yield self.problem(
                     ERROR,
                     f"{path}.{df.name}",
@@ -363,10 +367,31 @@ class _Comparison:
                 )
 
     def may_be_empty(self, field: Field) -> bool:
-        """Whether *field* can take no bytes: padding, or a list a vmdesc or dump cannot size."""
-        if self.sent_only:
+        """Whether the destination's *field* can take no bytes, so that a source may leave
+        it out: a variable list.  A vmdesc leaves out arrays that had no elements; against
+        a dump that states array lengths (QEMU 10.0+) only its variable parts can be such
+        an array: a struct or custom field without ``num`` (a scalar is always sent)."""
+        kind = field.kind
+        if isinstance(kind, VArray | VBuffer | QTailQ):
             return True
-        return isinstance(field.kind, VArray | VBuffer | QTailQ)
+        if not self.sent_only:
+            return False
+        if self.dst_kind != DUMP or not self.counts_known:
+            return True
+        return isinstance(kind, Struct) or kind.size == 0
+
+    def maybe_not_sent(self, df: Field, path: str) -> Iterator[Problem]:
+        """Two streams show what each source sent, not what a destination expects: a
+        field only the destination's stream has is an array the source sent empty, or
+        one the source does not have at all."""
+        if self.dst_kind == VMDESC and not isinstance(df.kind, VArray | VBuffer | QTailQ):
+            yield self.problem(
+                WARNING,
+                f"{path}.{df.name}",
+                "field-maybe-not-sent",
+                f"the destination's stream has {df.name!r}, this source's has not: the load "
+                "fails unless it is an array that was empty here",
+            )
 
     def matches(self, desc_name: str, s: str, d: str) -> bool:
         return s == d or self.waivers.renamed(self.section, s, d, desc_name)

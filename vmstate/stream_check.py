@@ -1,9 +1,10 @@
 """Dry-run a saved migration stream against the destination's descriptions.
 
 Sections are delimited with the stream's own vmdesc (what the source really
-sent); each is then loaded with the destination's description when that can
-decode bytes, or compared field by field with it when it is a -dump-vmstate
-set.  Nothing is loaded anywhere: the result is the list of sections that
+sent); each is compared field by field with the destination's description and,
+when that can decode bytes (description files, another stream's vmdesc), also
+loaded with it.  The stream as a whole must suit the destination too: its
+machine type, the capabilities it was written with.  Nothing is loaded anywhere: the result is the list of sections that
 would fail and why.
 """
 
@@ -72,22 +73,19 @@ def _section(section: Section, buf: bytes, dst: DescriptionSet, waivers: Waivers
     if target is None:
         return [missing_section(name, section.description, sent, dst)]
     _, desc = target
+    one = attrs.evolve(dst, sections={name: desc}, versions={}, machine=None)
+    compared = compare(sent, one, waivers)
     if not dst.decodes:
-        one = attrs.evolve(dst, sections={name: desc}, versions={}, machine=None)
-        return compare(sent, one, waivers)
+        return compared
     try:
         _, end = desc.load_from(buf, section.start, section.version_id)
     except DecodeError as e:
         reason = f"{e.message} at offset {e.offset:#x} (expected {e.expected}, found {e.found})"
-        return [Problem(ERROR, name, format_path(e.path), "load-fails", reason)]
+        return [Problem(ERROR, name, format_path(e.path), "load-fails", reason), *compared]
     if end != section.end:
-        return [
-            Problem(
-                ERROR,
-                name,
-                desc.name,
-                "length-mismatch",
-                f"the destination reads {end - section.start} bytes of a {section.end - section.start}-byte section",
-            )
-        ]
-    return []
+        reason = (
+            f"the destination reads {end - section.start} bytes of a "
+            f"{section.end - section.start}-byte section"
+        )
+        return [Problem(ERROR, name, desc.name, "length-mismatch", reason), *compared]
+    return compared

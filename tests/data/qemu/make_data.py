@@ -60,68 +60,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # tests/, for tests/peers
 
 from peers.apt import PeerError  # noqa: E402
+from peers.guests import PC_2_0_DEVICES, PC_STORAGE_USB, Q35_SMALL, Q35_STORAGE_USB  # noqa: E402
 from peers.migration import Vm, loaded, split, target_uri  # noqa: E402
 from peers.qemu import Qemu, backports_qemu, system_qemu  # noqa: E402
 
 from vmstate._files import write_atomic  # noqa: E402
 from vmstate.stream import find_vmdesc  # noqa: E402
-
-PC_2_0_DEVICES = [
-    "-netdev user,id=n0,restrict=on",
-    "-device e1000,netdev=n0,romfile=,addr=0x2",
-    "-netdev user,id=n1,restrict=on",
-    "-device virtio-net-pci,netdev=n1,romfile=,addr=0x3",
-    "-device i6300esb,addr=0x4",
-]
-# NIC option ROMs are off (romfile=) so iPXE neither grows the stream nor makes
-# the NIC state depend on DHCP timing.
-PC_STORAGE_USB = [
-    "-device VGA,vgamem_mb=1,addr=0x2",
-    "-netdev user,id=n0,restrict=on",
-    "-device e1000,netdev=n0,romfile=,addr=0x3",
-    "-device piix3-usb-uhci,id=uhci,addr=0x4",
-    "-device usb-tablet,bus=uhci.0",
-    "-device usb-ehci,id=ehci,addr=0x5",
-    "-device usb-kbd,bus=ehci.0",
-    "-audiodev none,id=snd0",
-    "-device intel-hda,id=hda,addr=0x6",
-    "-device hda-duplex,bus=hda.0,audiodev=snd0",
-    "-drive if=none,id=cd0,media=cdrom",
-    "-device ide-cd,drive=cd0,bus=ide.1,unit=0",
-    "-device floppy,unit=0",
-    "-drive if=none,id=d1,file=null-co://,format=raw,read-only=on",
-    "-device virtio-blk-pci,drive=d1,addr=0x7",
-    "-drive if=none,id=d2,file=null-co://,format=raw,read-only=on",
-    "-device lsi53c895a,id=lsi,addr=0x8",
-    "-device scsi-hd,drive=d2,bus=lsi.0",
-]
-# The ICH9 AHCI is built in; a drive on it costs 30 s of SeaBIOS timeouts under TCG.
-Q35_STORAGE_USB = [
-    "-netdev user,id=n0,restrict=on",
-    "-device e1000e,netdev=n0,romfile=,addr=0x2",
-    "-netdev user,id=n1,restrict=on",
-    "-device virtio-net-pci,netdev=n1,romfile=,addr=0x3",
-    "-drive if=none,id=d1,file=null-co://,format=raw,read-only=on",
-    "-device virtio-scsi-pci,id=scsi0,addr=0x4",
-    "-device scsi-hd,drive=d1,bus=scsi0.0",
-    "-drive if=none,id=d2,file=null-co://,format=raw,read-only=on",
-    "-device virtio-blk-pci,drive=d2,addr=0x5",
-    "-device qemu-xhci,id=xhci,addr=0x6",
-    "-device usb-kbd,bus=xhci.0",
-    "-device usb-ehci,id=ehci,addr=0x7",
-    "-device usb-tablet,bus=ehci.0",
-    "-device pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x8",
-    "-device virtio-rng-pci,bus=rp1",
-    "-drive if=none,id=d3,file=null-co://,format=raw,read-only=on",
-    "-device megasas-gen2,id=sas,addr=0x9",
-    "-device scsi-hd,drive=d3,bus=sas.0",
-]
-Q35_SMALL = [
-    "-netdev user,id=n0,restrict=on",
-    "-device e1000e,netdev=n0,romfile=,addr=0x2",
-    "-drive if=none,id=d1,file=null-co://,format=raw,read-only=on",
-    "-device virtio-blk-pci,drive=d1,addr=0x3",
-]
 
 # A series: its QEMU, where its data goes, and name -> stream.  A stream is a guest
 # booted and saved ("options", optionally "capabilities" and "uri": "file"), or one
