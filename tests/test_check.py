@@ -371,3 +371,92 @@ def test_state_against_a_device(tmp_path: Path, capsys: pytest.CaptureFixture[st
     reasons = " ".join(p["reason"] for p in report["problems"])
     assert "does not equal the value held by the destination" in reasons
     assert all(p["section"] == f"{first}/vfio-pci-config" for p in report["problems"])
+
+
+# -- exists-tests: an error that says when it breaks, unless a waiver accepts it -------
+
+#: QEMU gitlab #932: between 6.2 and 7.0 piix4_pm's acpi_index changed its exists-test
+#: (the 6.2 test was false on piix4, 7.0's true), which no static check saw; a 6.2 stream
+#: then failed to load in 7.0 with "Missing section footer for 0000:00:01.3/piix4_pm"
+PIIX4_PM = """
+[description]
+name = "piix4_pm"
+version_id = 3
+minimum_version_id = 3
+fields = [
+  {{ name = "hotplug_bridge", type = "bool" }},
+  {{ name = "pci0_status", type = "uint32" }},
+  {{ name = "acpi_index", type = "uint32", exists = "{test}" }},
+  {{ name = "smb_stat", type = "uint8" }},
+]
+"""
+
+
+def _piix4(tmp_path: Path, name: str, test: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(PIIX4_PM.format(test=test))
+    return path
+
+
+def test_a_changed_exists_test_fails_unless_waived(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _piix4(tmp_path / "6.2", "piix4_pm", "hotplug_bridge and pci0_status == 0xffffffff")
+    dst = _piix4(tmp_path / "7.0", "piix4_pm", "hotplug_bridge")
+    args = ["check", "--src", str(src), "--dst", str(dst), "--json"]
+    assert main(args) == 1
+    (problem,) = json.loads(capsys.readouterr().out)["problems"]
+    assert (problem["severity"], problem["path"], problem["rule"]) == (
+        "error",
+        "piix4_pm.acpi_index",
+        "exists-changed",
+    )
+    assert "migration breaks whenever the two disagree" in problem["reason"]
+    waiver = tmp_path / "waive.toml"
+    waiver.write_text(
+        '[[accept]]\nsection = "piix4_pm"\npath = "piix4_pm.acpi_index"\n'
+        'rule = "exists-changed"\nreason = "both tests are false on every machine we run"\n'
+    )
+    assert main([*args, "--waivers", str(waiver)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"compatible": True, "problems": []}
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "says"),
+    [
+        (F.uint8("a", exists="flags & 1"), F.uint8("a"), "the source sends 'a' only when"),
+        (F.uint8("a"), F.uint8("a", exists="flags & 1"), "the source always sends 'a'"),
+    ],
+)
+def test_an_exists_test_on_one_side_says_when_it_breaks(
+    src: F.Field, dst: F.Field, says: str
+) -> None:
+    (problem,) = one(desc(F.uint8("flags"), src), desc(F.uint8("flags"), dst))
+    assert (problem.severity, problem.rule) == (ERROR, "exists-changed")
+    assert (
+        says in problem.reason and "migration breaks whenever that test is false" in problem.reason
+    )
+
+
+def test_a_dump_shows_only_whether_a_test_exists() -> None:
+    """Two dumps' tests are QEMU code neither exports: present on both sides compares equal
+    (QEMU gitlab #932 is invisible to any dump); present on one side only is an error."""
+    a = parse_qemu_dump_set({"field": "x", "version_id": 0, "field_exists": True, "size": 4})
+    b = parse_qemu_dump_set({"field": "x", "version_id": 0, "field_exists": True, "size": 4})
+    c = parse_qemu_dump_set({"field": "x", "version_id": 0, "field_exists": False, "size": 4})
+    assert compare(a, b) == []
+    assert [p.rule for p in compare(a, c)] == ["exists-changed"]
+
+
+def parse_qemu_dump_set(field: dict[str, object]) -> DescriptionSet:
+    from vmstate.qemu_dump import parse_qemu_dump
+
+    desc = {"name": "dev", "version_id": 1, "minimum_version_id": 1, "Fields": [field]}
+    dump = parse_qemu_dump(
+        {
+            "vmschkmachine": {"Name": "m"},
+            "dev": {"Name": "dev", "version_id": 1, "minimum_version_id": 1, "Description": desc},
+        }
+    )
+    return DescriptionSet({"dev": dump.devices[0].description}, kind=DUMP, machine="m")
