@@ -17,6 +17,7 @@ import attrs
 
 from vmstate.compat import DUMP, VMDESC, DescriptionSet
 from vmstate.description_file import load_description_file
+from vmstate.dump_layout import DumpLayouts
 from vmstate.errors import DescriptionError, UsageError
 from vmstate.qemu_dump import MACHINE_KEY, load_qemu_dump
 from vmstate.stream import (
@@ -71,21 +72,27 @@ def load_description_set(path: str | Path) -> DescriptionSet:
     raise UsageError(f"{source}: not a description file, -dump-vmstate JSON, vmdesc or stream")
 
 
-def load_resolver(path: str | Path) -> Resolver:
-    """A stream section resolver from any description source."""
+@attrs.frozen
+class Decoder:
+    """How to find a stream's sections' descriptions: by name (*resolver*), or, for a
+    -dump-vmstate, by fitting the dump to each section's bytes (*layouts*)."""
+
+    resolver: Resolver | None = None
+    layouts: DumpLayouts | None = None
+
+
+def load_decoder(path: str | Path) -> Decoder:
+    """A decoder of streams from any description source."""
     source = Path(path)
     if source.suffix == ".json" and source.is_file():
         data = _json(source)
         if isinstance(data, dict) and isinstance(data.get("devices"), list):
-            return resolver_from_vmdesc(data)
+            return Decoder(resolver_from_vmdesc(data))
     found = load_description_set(source)
-    if not found.decodes:
-        raise UsageError(
-            f"{source}: -dump-vmstate descriptions cannot decode streams "
-            "(they give no array lengths or types); use the stream's vmdesc or description files"
-        )
+    if found.kind == DUMP:
+        return Decoder(layouts=DumpLayouts(found))
     by_name = {desc.name: desc for desc in found.sections.values()}
-    return resolver_from(by_name)
+    return Decoder(resolver_from(by_name))
 
 
 def _head(path: Path) -> bytes:

@@ -183,6 +183,10 @@ def capabilities_of(configuration: Mapping[str, Any] | None) -> tuple[str, ...]:
 Input = bytes | mmap.mmap
 #: finds the description of a section: (idstr, instance_id, version_id) -> Description
 Resolver = Callable[[str, int, int], Description | None]
+#: fits a description to a section's bytes when no resolver knows it (a stream without
+#: vmdesc, read with a -dump-vmstate): (buffer, payload start, section id, idstr,
+#: instance_id, version_id) -> Description
+Fitter = Callable[[Input, int, int, str, int, int], Description | None]
 #: walks a section that is no VMState (QEMU's "old style"): (buffer, start) -> end
 RawParser = Callable[[Input, int], int]
 #: finds the walker of such a section by id string, or None
@@ -248,12 +252,14 @@ def parse(
     limits: Limits = DEFAULT_LIMITS,
     page_sink: PageSink | None = None,
     raw: RawResolver | None = None,
+    fitter: Fitter | None = None,
 ) -> Stream:
     """Parse a whole stream.  Device sections are decoded with *resolver*, or
-    with the stream's own vmdesc when no resolver is given; sections *raw* knows
-    are walked by their own parser (their state stays None)."""
+    with the stream's own vmdesc when no resolver is given, or with what *fitter*
+    makes of their bytes; sections *raw* knows are walked by their own parser
+    (their state stays None)."""
     try:
-        return _Parser(buf, resolver, limits, page_sink, raw).run()
+        return _Parser(buf, resolver, limits, page_sink, raw, fitter).run()
     except DecodeError as e:
         located = e if e.path else e.within("stream")
         raise located.with_excerpt(buf) from None
@@ -267,15 +273,19 @@ class _Parser:
         limits: Limits,
         sink: PageSink | None,
         raw: RawResolver | None,
+        fitter: Fitter | None = None,
     ) -> None:
         self.buf = buf
         self.limits = limits
         self.sink = sink
         self.raw = raw
+        self.fitter = fitter
         self.page_size = 4096
         self.vmdesc_at = find_vmdesc(buf)
         self.vmdesc = parse_vmdesc(buf, self.vmdesc_at) if self.vmdesc_at is not None else None
-        if resolver is None:
+        if resolver is None and fitter is not None:
+            resolver = _unknown
+        elif resolver is None:
             if self.vmdesc is None:
                 raise DecodeError(
                     "stream has no vmdesc and no descriptions were given",
@@ -517,6 +527,8 @@ class _Parser:
         else:
             try:
                 desc = self.resolver(idstr, instance_id, version_id)
+                if desc is None and self.fitter is not None:
+                    desc = self.fitter(self.buf, pos, section_id, idstr, instance_id, version_id)
             except DescriptionError as e:
                 raise DecodeError(
                     f"the description of {idstr} is malformed: {e}",
@@ -636,6 +648,10 @@ def write(devices: Sequence[DeviceState], machine: str | None = None) -> bytes:
     return out.getvalue()
 
 
+def _unknown(idstr: str, instance_id: int, version_id: int) -> Description | None:
+    return None
+
+
 def resolver_from(descriptions: Mapping[str, Description]) -> Resolver:
     """Find a section's description by its vmsd name (the idstr after the last '/')."""
 
@@ -649,6 +665,7 @@ __all__ = [
     "CONFIGURATION_DESCRIPTION",
     "Command",
     "DeviceState",
+    "Fitter",
     "PageSink",
     "RamBlock",
     "RawParser",

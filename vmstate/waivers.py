@@ -114,6 +114,8 @@ def shipped_waivers() -> Waivers:
     if directory is None or not (directory / SHIPPED).is_file():
         raise UsageError("the shipped waiver file is missing from this installation")
     return load_waivers(directory / SHIPPED)
+
+
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from vmstate import analyze, stream
 from vmstate.errors import UsageError
-from vmstate.sources import load_resolver
+from vmstate.sources import Decoder, load_decoder
 from vmstate.state_json import state_to_json
 
 
@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--descriptions",
         metavar="DIR|FILE",
-        help="decode with these descriptions instead of the vmdesc",
+        help="decode with these descriptions instead of the vmdesc: description files, a "
+        "vmdesc, or the source QEMU's -dump-vmstate (fitted to each section's bytes)",
     )
     p.add_argument(
         "--verify-roundtrip",
@@ -62,10 +63,12 @@ def run(args: argparse.Namespace) -> int:
                 )
             print(json.dumps(stream.parse_vmdesc(buf, at), indent=4))
             return 0
-        resolver = load_resolver(args.descriptions) if args.descriptions else None
+        decoder = load_decoder(args.descriptions) if args.descriptions else Decoder()
         extractor = analyze.RamExtractor(args.extract_ram) if args.extract_ram else None
         try:
-            parsed = stream.parse(buf, resolver, page_sink=extractor)
+            parsed = stream.parse(
+                buf, decoder.resolver, page_sink=extractor, fitter=decoder.layouts
+            )
         except BaseException:
             if extractor is not None:
                 extractor.abandon()
@@ -101,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(out, indent=2))
         else:
             _summary(parsed)
+            if decoder.layouts is not None:
+                fitted = decoder.layouts.fitted.values()
+                read = sum(f.described for f in fitted)
+                print(
+                    f"  from the dump: {read} sections read field by field, "
+                    f"{len(fitted) - read} as opaque bytes (no device class, or several readings fit)"
+                )
     return 0
 
 
