@@ -32,7 +32,7 @@ from vmstate.errors import (
     LimitError,
     TruncatedError,
 )
-from vmstate.stream_ram import PAGE_SIZES, PageSink, RamBlock, RamSettings, RamWalker
+from vmstate.stream_ram import PAGE_SIZES, PageSink, RamBlock, RamSettings, RamWalker, printable
 from vmstate.vmdesc import resolver_from_vmdesc, vmdesc_entry
 
 MAGIC = 0x5145564D  # "QEVM"
@@ -330,7 +330,7 @@ class _Parser:
 
     def text(self, pos: int, length: int, what: str) -> str:
         need(self.buf, pos, length, what)
-        return bytes(self.buf[pos : pos + length]).decode("utf-8", "replace")
+        return printable(bytes(self.buf[pos : pos + length]))
 
     def run(self) -> Stream:
         buf = self.buf
@@ -542,7 +542,7 @@ class _Parser:
                     f"no description for section {idstr!r} instance {instance_id}",
                     offset=header,
                     expected="a description (vmdesc entry or --descriptions)",
-                    found=idstr,
+                    found=idstr[:80],
                 )
             try:
                 state, pos = desc.load_from(self.buf, pos, version_id, limits=self.limits)

@@ -100,9 +100,7 @@ class RamWalker:
         need(self.buf, pos, 1, "RAM block name length")
         length = self.buf[pos]
         need(self.buf, pos + 1, length, "RAM block name")
-        return bytes(self.buf[pos + 1 : pos + 1 + length]).decode(
-            "utf-8", "replace"
-        ), pos + 1 + length
+        return printable(bytes(self.buf[pos + 1 : pos + 1 + length])), pos + 1 + length
 
     def walk(self, pos: int) -> int:
         """Records from *pos* to the next EOS; returns the position after it."""
@@ -272,6 +270,13 @@ class RamWalker:
                     bytes(self.buf[at : at + mapped.page_size]),
                     mapped.page_size,
                 )
+
+
+def printable(raw: bytes) -> str:
+    """A name read from the stream, its control characters escaped (QEMU's are ASCII;
+    a corrupt one must not break a one-line message)."""
+    text = raw.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _is_page_size(buf: bytes, pos: int) -> bool:
