@@ -15,10 +15,10 @@ from conftest import IN_CI
 
 from vmstate import analyze, pci_device_state, registry, stream
 from vmstate.cli import main
-from vmstate.device_regions import EmulatedPciDevice, e1000e_like
 from vmstate.errors import DecodeError, IncompatibleError, TruncatedError, VMStateError
 from vmstate.pci_device_state import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
 from vmstate.stream import DeviceState, write
+from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
 
 QEMU = Path(__file__).parent / "data" / "qemu"
 MSIX_BAR = 3
@@ -216,7 +216,7 @@ def test_rejections_write_nothing(
 
 
 def test_load_into_a_device_of_another_type_lists_every_difference() -> None:
-    from vmstate.device_regions import EmulatedPciBuilder
+    from vmstate.testing.pci import EmulatedPciBuilder
 
     other = (
         EmulatedPciBuilder(config_size=256)
@@ -266,7 +266,7 @@ def test_truncated_oversized_and_newer_files_are_refused() -> None:
 
 
 def test_config_state_of_a_256_byte_device_does_not_fit_a_4096_one() -> None:
-    from vmstate.device_regions import EmulatedPciBuilder
+    from vmstate.testing.pci import EmulatedPciBuilder
 
     small = (
         EmulatedPciBuilder(config_size=256)
@@ -387,7 +387,7 @@ def test_errors_are_vmstate_errors() -> None:
 def test_a_different_serial_number_does_not_block_a_load() -> None:
     """Two devices of one type differ in their Device Serial Number (QEMU's e1000e
     derives it from the MAC): the serial is not identity, the capability is."""
-    from vmstate.device_regions import EmulatedPciBuilder
+    from vmstate.testing.pci import EmulatedPciBuilder
 
     def nic(name: str, serial: int) -> EmulatedPciDevice:
         builder = EmulatedPciBuilder(config_size=4096).header(

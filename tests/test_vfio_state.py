@@ -1,6 +1,6 @@
 """A device's whole state in one file (vmstate.vfio_state), on an emulated device
-that has both PCI config semantics (device_regions.EmulatedPciDevice) and
-migration v2 (migration.EmulatedMigrationDevice): config state, QEMU's vfio
+that has both PCI config semantics (testing.pci.EmulatedPciDevice) and
+migration v2 (testing.migration.EmulatedMigrationDevice): config state, QEMU's vfio
 section framing, device data streamed in chunks, loads checked before writing."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import pytest
 
 from vmstate import pci_device_state, registry, stream, vfio_state
 from vmstate.cli.show import show_file
-from vmstate.device_regions import EmulatedPciDevice, e1000e_like
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, LimitError, VMStateError
-from vmstate.migration import DeviceState, EmulatedMigrationDevice
+from vmstate.migration import DeviceState
 from vmstate.stream import DeviceState as Section
 from vmstate.stream import StreamWriter
+from vmstate.testing.migration import EmulatedMigrationDevice
+from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
 from vmstate.vfio_state import DEV_DATA_STATE, END_OF_STATE
 
 
@@ -114,7 +115,7 @@ def test_corrupt_device_data_is_refused_by_the_driver_and_nothing_else_changes(
 
 
 def test_config_is_checked_before_any_device_data_moves(tmp_path: Path) -> None:
-    from vmstate.device_regions import EmulatedPciBuilder
+    from vmstate.testing.pci import EmulatedPciBuilder
 
     src = programmed()
     path = tmp_path / "dev.vms"

@@ -26,9 +26,9 @@ from typing import Final
 import attrs
 import cffi
 
+from vmstate.device_data import Sink, Source, read_exactly, write_all
 from vmstate.device_regions import Device, RegionInfo
 from vmstate.errors import DeviceError, LimitError, UsageError
-from vmstate.migration import Sink, Source, read_exactly, write_all
 
 __all__ = [
     "ACTION_GET_BUFFER",

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import attrs
 
-from vmstate import migration, pci_device_state, region_protocol, registry
+from vmstate import device_data, migration, pci_device_state, region_protocol, registry
 from vmstate._files import atomic_output
 from vmstate.description import Description
 from vmstate.device_regions import Device
@@ -48,7 +48,7 @@ DEV_CONFIG_STATE = 0xFFFFFFFFEF100002
 DEV_SETUP_STATE = 0xFFFFFFFFEF100003
 DEV_DATA_STATE = 0xFFFFFFFFEF100004
 _TAGS = {END_OF_STATE, DEV_CONFIG_STATE, DEV_SETUP_STATE, DEV_DATA_STATE}
-#: largest DEV_DATA_STATE chunk accepted from a file (we write at most migration.CHUNK_SIZE)
+#: largest DEV_DATA_STATE chunk accepted from a file (we write at most device_data.CHUNK_SIZE)
 MAX_CHUNK = 64 << 20
 #: device data decoded for checking and showing when a format is registered
 MAX_DECODED_DATA = 16 << 20
@@ -197,7 +197,7 @@ def save(
     *,
     driver: str | None = None,
     qemu: bool = False,
-    progress: migration.Progress | None = None,
+    progress: device_data.Progress | None = None,
     dirty_range: tuple[int, int] | None = None,
 ) -> Saved:
     """Save *device*'s config state, and its device data when it supports migration.
@@ -216,7 +216,7 @@ def save(
     qemu_state = pci_device_state.qemu_state(state)
     qemu_held = pci_device_state.qemu_held(whole)
     sink_size = 0
-    saved: migration.SavedDeviceData | None = None
+    saved: device_data.SavedDeviceData | None = None
     with atomic_output(path) as out:
         writer = StreamWriter(out, "vmstate")
         writer.device(Section_(f"{device.name}/{pci_device_state.DESCRIPTION_NAME}", config, state))
@@ -228,7 +228,7 @@ def save(
                 f.write(_BE64.pack(DEV_CONFIG_STATE) + qemu_bytes + _BE64.pack(END_OF_STATE))
                 f.write(_BE64.pack(DEV_SETUP_STATE) + _BE64.pack(END_OF_STATE))
                 sink = _ChunkSink(f)
-                saved = migration.save_device_data(device, sink, progress)  # type: ignore[arg-type]
+                saved = device_data.save_device_data(device, sink, progress)  # type: ignore[arg-type]
                 migration.DeviceStateMachine(device).goto(MigState.RUNNING)  # type: ignore[arg-type]
                 f.write(_BE64.pack(END_OF_STATE))
                 sink_size = sink.size
@@ -253,7 +253,7 @@ def save(
                 writer.device(Section_(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
                 reason = ""
                 size = meta[f"{META_NAME}/region-config"]["size"]
-                saved = migration.SavedDeviceData(size=size)
+                saved = device_data.SavedDeviceData(size=size)
             if qemu:
                 idstr = f"{device.name}/{pci_device_state.QEMU_DESCRIPTION_NAME}"
                 writer.device(Section_(idstr, qemu_desc, qemu_state, held=qemu_held))
@@ -401,7 +401,7 @@ class _ChunkSource:
 
 
 def load(
-    device: Device, buf: Input, *, dry_run: bool = False, progress: migration.Progress | None = None
+    device: Device, buf: Input, *, dry_run: bool = False, progress: device_data.Progress | None = None
 ) -> SavedFile:
     """Check the whole file against *device*, then restore its device data and config.
 
@@ -444,7 +444,7 @@ def load(
             regions.set_state(region_protocol.RegionState.RUNNING)
     if saved.payload is not None and saved.meta is not None:
         source = _ChunkSource(buf, saved.payload.chunks)
-        migration.load_device_data(device, source, saved.payload.data_size, progress)  # type: ignore[arg-type]
+        device_data.load_device_data(device, source, saved.payload.data_size, progress)  # type: ignore[arg-type]
         migration.DeviceStateMachine(device).goto(MigState.RUNNING)  # type: ignore[arg-type]
     pci_device_state.apply(device, checked)
     return saved

@@ -19,16 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from vmstate.device_data import load_device_data, save_device_data
 from vmstate.device_regions import VfioDevice
 from vmstate.errors import DeviceError, UsageError
 from vmstate.migration import (
     DeviceState,
     DeviceStateMachine,
     MigrationCaps,
-    load_device_data,
     plan,
     probe,
-    save_device_data,
     stop_copy_size,
 )
 
