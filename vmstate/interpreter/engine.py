@@ -84,7 +84,7 @@ def load(
             codec = step.codec
             end = pos + codec.size
             if end > len(buf):
-                raise step.truncated(buf, pos)
+                _explain_short_run(step, buf, pos, frame)
             raw = codec.unpack_from(buf, pos)
             if step.plain:
                 values.update(zip(step.names, raw, strict=True))
@@ -118,6 +118,17 @@ def load(
         values = _run_load_hook(desc.hooks.post_load, pos, values, version_id)
     ctx.depth -= 1
     return values, pos
+
+
+def _explain_short_run(run: Run, buf: Any, pos: int, frame: Frame) -> None:
+    """A run the input cuts short: its fields one by one through their kinds, so
+    the error names the exact field, element and offset the general path would."""
+    for field in run.fields:
+        try:
+            _, pos = field.kind.load(buf, pos, frame, field.name, None)
+        except DecodeError as e:
+            raise e.within(field.name) from None
+    raise AssertionError("a run that does not fit fails in one of its fields")
 
 
 def _exists_on_load(desc: Description, field: Field, frame: Frame, pos: int) -> bool:

@@ -17,7 +17,7 @@ import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from vmstate.errors import DecodeError, EncodeError, TruncatedError
+from vmstate.errors import EncodeError
 from vmstate.kinds.base import Layout, codec, single
 
 if TYPE_CHECKING:
@@ -69,20 +69,6 @@ class Run:
             except EncodeError as e:
                 raise e.within(field.name) from None
         return out
-
-    def truncated(self, buf: Any, pos: int) -> DecodeError:
-        """The error for the first field of the run that the input cuts short."""
-        for field, lay in zip(self.fields, self.layouts, strict=True):
-            if pos + lay.size > len(buf):
-                err = TruncatedError(
-                    "input ends early",
-                    offset=pos,
-                    expected=f"{lay.size} bytes of {field.kind.info}",
-                    found=f"{len(buf) - pos} bytes",
-                )
-                return err.within(field.name)
-            pos += lay.size
-        raise AssertionError("the run fits the input")
 
 
 Step = Run | Any  # a Run, or a Field its kind handles

@@ -128,9 +128,9 @@ class _Elements(_List):
             if lay is not None and not (lay.checked and frame.ctx.checks and held is not None):
                 many = _repeated(lay, n)
                 width = many.size
-                need(buf, pos, width, f"{n} elements")
-                raw = codec(many.order or ">", many.fmt).unpack_from(buf, pos)
-                return (many.unpack(raw) if many.unpack else list(raw)), pos + width
+                if pos + width <= len(buf):  # else one by one: the error names the element
+                    raw = codec(many.order or ">", many.fmt).unpack_from(buf, pos)
+                    return (many.unpack(raw) if many.unpack else list(raw)), pos + width
         out: list[Any] = []
         el = self.element
         for i in range(n):
