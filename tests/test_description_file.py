@@ -135,6 +135,8 @@ def _every_kind_state(version: int) -> dict[str, Any]:
         "lei64": -4,
         "config_x": bytes(range(16)),
         "blob": b"abcdef",
+        "n64": 4,
+        "blob64": b"wxyz",
         "pending": (1 << 69) | 1,
         "entry": entry,
         "old_entry": {"addr": 5},

@@ -27,6 +27,7 @@ from vmstate.kinds.padding import Unused, Validate
 from vmstate.kinds.qtailq import QTailQ
 from vmstate.kinds.scalar import SCALAR_TYPES, Scalar, scalar_kind
 from vmstate.kinds.struct import Struct
+from vmstate.kinds.vbuffer64 import VBufferUint64
 from vmstate.predicates import Condition, as_condition
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ __all__ = [
     "Unused",
     "VArray",
     "VBuffer",
+    "VBufferUint64",
     "Validate",
     "kind_of",
     "scalar_kind",
@@ -125,6 +127,13 @@ def vbuffer(
     exists: Exists = None,
 ) -> Field:
     return Field(name, VBuffer(size_field, max_size, multiply), since, exists)
+
+
+def vbuffer_uint64(
+    name: str, size_field: str, max_size: int, *, multiply: int = 1, since: int = 0,
+    exists: Exists = None,
+) -> Field:
+    return Field(name, VBufferUint64(size_field, max_size, multiply), since, exists)
 
 
 def bitmap(name: str, nbits: int, *, since: int = 0, exists: Exists = None) -> Field:

@@ -14,11 +14,13 @@ from vmstate.kinds.padding import Unused, Validate
 from vmstate.kinds.qtailq import QTailQ
 from vmstate.kinds.scalar import SCALAR_TYPES, Scalar
 from vmstate.kinds.struct import Struct
+from vmstate.kinds.vbuffer64 import VBufferUint64
 
 #: description-file ``type`` -> kind class, for every kind that is not a scalar
 KINDS: dict[str, type[Kind]] = {
     cls.type_name: cls
-    for cls in (Buffer, VBuffer, Bitmap, Unused, Validate, Struct, Array, VArray, QTailQ, Seq)
+    for cls in (Buffer, VBuffer, Bitmap, Unused, Validate, Struct, Array, VArray, QTailQ, Seq,
+                VBufferUint64)
 }
 
 
