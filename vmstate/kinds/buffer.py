@@ -133,7 +133,7 @@ def size_on_save(length: Any, frame: Frame) -> int:
     try:
         return length(frame, 0)
     except DecodeError as e:
-        raise EncodeError(f"{e.message} (expected {e.expected}, found {e.found})") from None
+        raise EncodeError(e.message, expected=e.expected, found=e.found) from None
 
 
 @attrs.frozen
