@@ -74,6 +74,7 @@ PROBLEM_CODES: dict[str, str] = {
     "unknown-struct": "a reference to a struct not in [structs]",
     "struct-cycle": "a struct that contains itself",
     "bad-condition": "a condition that does not parse",
+    "condition-type": "a condition that uses a field's value where it cannot (bytes in arithmetic...)",
     "bad-version": "minimum_version_id above version_id",
     "since-above-version": "a field newer than its description",
     "duplicate-field": "two fields kept in state under one name",
@@ -386,8 +387,13 @@ class _Reader:
         for call in sorted(cond.calls - known):
             self.problem(path, f"no predicate named {call!r} is registered", "unknown-predicate",
                          "warning")
+        types = {}
         for name in sorted(cond.names - {"version_id"}):
-            self.check_reference(name, path, scope, "condition")
+            field = self.check_reference(name, path, scope, "condition")
+            if field is not None:
+                types[name] = field.kind.value_type
+        for message in cond.type_problems(types):
+            self.problem(path, f"condition {source!r}: {message}", "condition-type")
         return cond
 
     def check_reference(self, name: str, path: _Path, scope: _Scope, what: str) -> Field | None:

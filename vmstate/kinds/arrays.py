@@ -66,6 +66,7 @@ class _List(Kind):
     """What every list kind shares: JSON, QEMU's view and parts element by element."""
 
     container: ClassVar[bool] = True
+    value_type: ClassVar[str] = "list"
 
     def element_kinds(self, n: int) -> Sequence[Kind]:
         raise NotImplementedError

@@ -159,6 +159,9 @@ class Kind(abc.ABC):
     anonymous: ClassVar[bool] = False
     #: True for integer scalars (what counts and sizes may be read from)
     is_integer: ClassVar[bool] = False
+    #: what a condition naming such a field sees: "int", "float", "bytes", "list",
+    #: "dict" (vmstate.predicates checks operators against it)
+    value_type: ClassVar[str] = "any"
 
     # -- the wire --------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class Bitmap(Kind):
 
     nbits: int = attrs.field(validator=attrs.validators.ge(0))
     info: ClassVar[str] = "bitmap"
+    value_type: ClassVar[str] = "int"
     type_name: ClassVar[str] = "bitmap"
     Spec: ClassVar[type] = BitmapSpec
     size: int = attrs.field(init=False)  # type: ignore[misc]

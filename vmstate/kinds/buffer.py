@@ -45,6 +45,8 @@ class VBufferSpec:
 class _Bytes(Kind):
     """What every kind of raw bytes shares: JSON as hex, shown as hex."""
 
+    value_type: ClassVar[str] = "bytes"
+
     def to_json(self, value: Any) -> Any:
         return bytes(value).hex()
 

@@ -135,6 +135,10 @@ class Scalar(Kind):
         return self.info
 
     @property
+    def value_type(self) -> str:  # type: ignore[override]
+        return "float" if self.info in _FLOATS else "int"
+
+    @property
     def is_integer(self) -> bool:  # type: ignore[override]
         return self.info != "bool" and self._layout.fmt in INTEGER_CODES
 

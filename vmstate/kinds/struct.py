@@ -39,6 +39,7 @@ class Struct(Kind):
     info: str = "struct"  # type: ignore[misc]
     type_name: ClassVar[str] = "struct"
     container: ClassVar[bool] = True
+    value_type: ClassVar[str] = "dict"
     Spec: ClassVar[type] = StructSpec
 
     @property
