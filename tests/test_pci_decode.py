@@ -17,16 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmstate.errors import DecodeError, TruncatedError, VMStateError
-from vmstate.pci_vfio import (
-    MAX_CAPABILITIES,
-    MAX_EXTENDED_CAPABILITIES,
-    Acs,
-    Ari,
-    SrIov,
-    build_masks,
-    check_compatible,
-    decode_config,
-)
+from vmstate.pci.compat import check_compatible
+from vmstate.pci.decode import decode_config
+from vmstate.pci.extended import Acs, Ari, SrIov
+from vmstate.pci.masks import build_masks
+from vmstate.pci.registers import MAX_CAPABILITIES, MAX_EXTENDED_CAPABILITIES
+from vmstate.pci.render import render_text
 
 PCI = DATA / "pci"
 CAPTURED = sorted(PCI.glob("*.bin"))
@@ -69,7 +65,7 @@ def test_decoded_json(path: Path, snapshot) -> None:
     ],
 )
 def test_rendered_text(name: str, snapshot) -> None:
-    assert decode_config(config(name), {0: 0x4000}).render_text() == snapshot
+    assert render_text(decode_config(config(name), {0: 0x4000})) == snapshot
 
 
 def test_captures_decode_without_problems() -> None:
@@ -261,7 +257,7 @@ def test_any_bytes_decode_within_bounds(data: bytes, sizes: dict[int, int]) -> N
     assert all(0x40 <= o < len(data) for o in offsets)
     assert all(0x100 <= o < len(data) for o in ext)
     json.dumps(space.to_json())
-    space.render_text()
+    render_text(space)
     masks = build_masks(data, sizes)
     assert len(masks.checked) == len(data)
     assert masks.mismatches(data, data) == ()

@@ -399,7 +399,7 @@ def test_a_different_serial_number_does_not_block_a_load() -> None:
 
     src, dst = nic("src", 0x525400FFFE123456), nic("dst", 0x525400FFFE123457)
     # QEMU's masks do check the serial; the load leaves those bytes out on purpose
-    from vmstate.pci_vfio import build_masks
+    from vmstate.pci.masks import build_masks
 
     assert build_masks(dst.read(CONFIG, 0, 4096)).checked[0x104:0x10C] == b"\xff" * 8
     pci_device_state.load(dst, pci_device_state.save(src))

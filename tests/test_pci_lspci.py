@@ -23,7 +23,9 @@ import attrs
 import pytest
 from conftest import DATA, require_tool
 
-from vmstate.pci_vfio import ConfigSpace, Express, Msi, MsiX, PowerManagement, decode_config
+from vmstate.pci.capabilities import Express, Msi, MsiX, PowerManagement
+from vmstate.pci.decode import decode_config
+from vmstate.pci.model import ConfigSpace
 
 CAPTURED = sorted((DATA / "pci").glob("*.bin"))
 HOST = sorted(Path("/sys/bus/pci/devices").glob("*/config"))

@@ -3,39 +3,19 @@ byte-exact re-encoding checks."""
 
 from __future__ import annotations
 
-import functools
 import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import attrs
 
-from vmstate._wire import Ctx, Frame
-from vmstate.description import Description
 from vmstate.errors import UsageError
-from vmstate.fields import Array, Buffer, Kind, Scalar, Seq, Struct, VArray
 from vmstate.stream import Input, RamBlock, Section, Stream
-
-#: types QEMU's analyze-migration.py prints unsigned; other numbers it prints signed
-_UNSIGNED = frozenset({"uint8", "uint16", "uint32", "uint64", "uint32 equal"})
-_SIGNED = frozenset(
-    {
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "int32 equal",
-        "int32 le",
-        "int64 equal",
-        "uint8 equal",
-        "uint16 equal",
-    }
-)
 
 
 @contextmanager
@@ -62,72 +42,8 @@ def qemu_state(stream: Stream) -> dict[str, Any]:
             out.setdefault(key, {"section sizes": ram_sizes})
         elif key not in out:
             assert section.description is not None
-            out[key] = _qemu_struct(section.description, section.state, section.version_id)
+            out[key] = section.description.qemu_value(section.state)
     return out
-
-
-def _qemu_struct(desc: Description, state: Mapping[str, Any], version: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    frame = Frame(dict(state), version, None, Ctx())
-    for field in desc.fields:
-        if field.name in state:
-            out[field.name] = _qemu_value(field.kind, state[field.name], frame, field.name)
-    for sub in desc.subsections:
-        if sub.name in state:
-            out[sub.name] = _qemu_struct(
-                sub.description, state[sub.name], sub.description.version_id
-            )
-    return out
-
-
-def _qemu_value(kind: Kind, value: Any, frame: Frame, name: str) -> Any:
-    if isinstance(kind, Scalar):
-        render = _scalar_renderer(kind.info, kind.size)
-        if render is not None:
-            return render(value)
-    if isinstance(kind, Buffer):
-        return value.hex(" ")
-    if isinstance(kind, Struct) and kind.info == "struct":
-        return _qemu_struct(kind.description, value, kind.description.version_id)
-    if isinstance(kind, Array | VArray):
-        element = kind.element
-        if isinstance(element, Scalar) and (render := _scalar_renderer(element.info, element.size)):
-            return _render_all(render, element.info, element.size, value)
-        return [_qemu_value(element, v, frame, name) for v in value]
-    if isinstance(kind, Seq):
-        return [_qemu_value(k, v, frame, name) for k, v in zip(kind.elements, value, strict=True)]
-    out = bytearray()
-    kind.save(out, value, frame, name)
-    return out.hex(" ")
-
-
-@functools.cache
-def _scalar_renderer(info: str, size: int) -> Callable[[Any], Any] | None:
-    """How analyze-migration.py prints a scalar of type *info*: None means as hex bytes."""
-    if info == "bool":
-        return bool
-    if info not in _UNSIGNED and info not in _SIGNED:
-        return None
-    width, bits = size * 2, size * 8
-    mask = (1 << bits) - 1
-    hex_of = f"0x{{:0{width}x}}".format
-    if info in _UNSIGNED:
-        return lambda value: hex_of(value & mask)
-
-    def signed(value: int) -> str:
-        unsigned = value & mask
-        if unsigned >> (bits - 1):
-            return f"{hex_of(unsigned)} ({unsigned - (1 << bits)})"
-        return hex_of(unsigned)
-
-    return signed
-
-
-def _render_all(render: Callable[[Any], Any], info: str, size: int, values: list[Any]) -> list[Any]:
-    """Render many scalars; the common case (in-range, non-negative) without a Python call each."""
-    if info != "bool" and all(0 <= v < (1 << (8 * size - (info in _SIGNED))) for v in values):
-        return list(map(f"0x{{:0{size * 2}x}}".format, values))
-    return list(map(render, values))
 
 
 class RamExtractor:

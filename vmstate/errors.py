@@ -64,9 +64,14 @@ class EncodeError(VMStateError):
     """State given to save does not fit its description."""
 
     path: tuple[str | int, ...] = ()
+    expected: str = ""
+    found: str = ""
 
     def __str__(self) -> str:
-        return f"{format_path(self.path)}: {self.message}"
+        text = f"{format_path(self.path)}: {self.message}"
+        if self.expected or self.found:
+            text += f" (expected {self.expected}, found {self.found})"
+        return text
 
     def within(self, *outer: str | int) -> EncodeError:
         return attrs.evolve(self, path=(*outer, *self.path))

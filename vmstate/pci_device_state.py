@@ -23,15 +23,12 @@ from vmstate._lowlevel import vfio
 from vmstate.description import Description
 from vmstate.device_regions import Device, VfioDevice
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError
-from vmstate.pci_vfio import (
-    EXT_DSN,
-    Bar,
-    ConfigSpace,
-    Problem,
-    build_masks,
-    check_compatible,
-    decode_config,
-)
+from vmstate.pci.compat import check_compatible
+from vmstate.pci.decode import decode_config
+from vmstate.pci.masks import build_masks
+from vmstate.pci.model import Bar, ConfigSpace
+from vmstate.pci.problems import Problem
+from vmstate.pci.registers import EXT_DSN
 from vmstate.stream import (
     DeviceState,
     Input,

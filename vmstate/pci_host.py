@@ -9,22 +9,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 
 import attrs
 
 from vmstate.device_regions import Device, SysfsPciDevice, VfioDevice
 from vmstate.errors import UsageError
+from vmstate.pci.ids import pci_names
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 SYSFS_MDEV = Path("/sys/bus/mdev/devices")
-PCI_IDS = (
-    Path("/usr/share/misc/pci.ids"),
-    Path("/usr/share/hwdata/pci.ids"),
-    Path("/usr/share/pci.ids"),
-)
-MAX_PCI_IDS = 8 << 20
 _BDF = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -104,39 +98,6 @@ def host_devices(sysfs: Path = SYSFS_PCI) -> Iterator[HostDevice]:
     for entry in sorted(sysfs.iterdir()):
         if normalize_bdf(entry.name) == entry.name:
             yield host_device(entry.name, sysfs)
-
-
-@cache
-def pci_names() -> dict[tuple[int, int | None], str]:
-    """Vendor and device names from pci.ids: (vendor, None) and (vendor, device) keys."""
-    for path in PCI_IDS:
-        if path.is_file() and path.stat().st_size <= MAX_PCI_IDS:
-            return _parse_pci_ids(path.read_text(errors="replace"))
-    return {}
-
-
-def _parse_pci_ids(text: str) -> dict[tuple[int, int | None], str]:
-    names: dict[tuple[int, int | None], str] = {}
-    vendor: int | None = None
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("C "):
-            break  # the class list follows the vendors
-        if not line.startswith("\t"):
-            code, _, name = line.partition("  ")
-            vendor = int(code, 16) if _is_hex4(code) else None
-            if vendor is not None:
-                names[(vendor, None)] = name.strip()
-        elif vendor is not None and not line.startswith("\t\t"):
-            code, _, name = line[1:].partition("  ")
-            if _is_hex4(code):
-                names[(vendor, int(code, 16))] = name.strip()
-    return names
-
-
-def _is_hex4(code: str) -> bool:
-    return len(code) == 4 and all(c in "0123456789abcdefABCDEF" for c in code)
 
 
 def normalize_name(text: str) -> str:

@@ -19,7 +19,6 @@ from typing import Any, BinaryIO
 import attrs
 
 from vmstate import fields as F
-from vmstate._wire import DEFAULT_LIMITS, Limits, need
 from vmstate.description import Description, Subsection
 from vmstate.errors import (
     DecodeError,
@@ -29,6 +28,7 @@ from vmstate.errors import (
     LimitError,
     TruncatedError,
 )
+from vmstate.interpreter.context import DEFAULT_LIMITS, Limits, need
 from vmstate.vmdesc import resolver_from_vmdesc, vmdesc_entry
 
 MAGIC = 0x5145564D  # "QEVM"

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vmstate._wire import Ctx, Frame
 from vmstate.description import Description, Subsection
 from vmstate.errors import DescriptionError
 from vmstate.fields import (
@@ -33,6 +32,7 @@ from vmstate.fields import (
     VBuffer,
     scalar_kind,
 )
+from vmstate.interpreter.context import Ctx, Frame
 from vmstate.predicates import is_opaque, opaque_condition
 
 MAX_DEPTH = 64
@@ -233,10 +233,10 @@ def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
     if isinstance(kind, Struct) and kind.info == "struct":
         inner = vmdesc_entry(kind.description, value, held=_held(frame, name))
         out = bytearray()
-        kind.save(out, value, frame, name)
+        kind.save(out, value, frame, name, None)
         return {"type": "struct", "struct": inner, "size": len(out)}
     out = bytearray()
-    kind.save(out, value, frame, name)
+    kind.save(out, value, frame, name, None)
     if isinstance(kind, Struct):
         return {
             "type": kind.info,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import IN_CI, require_tool
+from peers.apt import PeerError
 from vm import harness
 
 IN_GUEST = os.environ.get("VMSTATE_IN_GUEST") == "1"
@@ -40,7 +41,7 @@ class GuestSession:
                 self._run = harness.run_guest(
                     artifacts, self.node_ids, rootdir=self.config.rootpath,
                     inifile=self.config.inipath, require=require_tool, timeout=timeout)
-            except harness.HarnessError as e:
+            except PeerError as e:
                 self._run = pytest.fail.Exception(
                     f"preparing or booting the guest failed: {e}", pytrace=False)
             except (Exception, pytest.skip.Exception, pytest.fail.Exception) as e:

@@ -18,8 +18,8 @@ from vmstate import pci_device_state
 from vmstate.cli import main
 from vmstate.device_regions import VfioDevice
 from vmstate.errors import IncompatibleError
+from vmstate.pci.decode import decode_config
 from vmstate.pci_device_state import CONFIG
-from vmstate.pci_vfio import decode_config
 
 pytestmark = pytest.mark.vfio
 

@@ -13,8 +13,6 @@ resolved package versions and by this recipe's own files.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
@@ -29,12 +27,12 @@ import sys
 import tarfile
 import tempfile
 import time
-import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
+from peers.apt import Apt, Package, PeerError, Require, locked, run, sha256, tail
 
 import vmstate
 from vmstate._files import write_atomic
@@ -54,21 +52,8 @@ GUEST_SCRATCH = "/run/vmstate/tmp"
 GUEST_HOME = "/run/vmstate/home"
 # Guest mounts that hide the host's directories of the same name.
 HIDDEN_IN_GUEST = ("/run", "/proc", "/sys", "/dev")
-APT_LIST_MAX_AGE = 24 * 3600
 DEFAULT_TIMEOUT = 600
 CONSOLE_TAIL = 100
-
-Require = Callable[[str], str]
-"""Path of a host tool by name; skips or fails the tests when it is missing."""
-
-
-class HarnessError(Exception):
-    """Preparing or running the guest failed; the message says where and why."""
-
-
-class HarnessWarning(UserWarning):
-    """Something degraded but the run goes on (e.g. stale apt lists)."""
-
 
 def cache_root() -> Path:
     """Outside the clone, so every checkout and CI run on the machine shares it."""
@@ -77,213 +62,6 @@ def cache_root() -> Path:
         return Path(override)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vmstate-vm"
-
-
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _run(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
-         timeout: float = 900) -> str:
-    """Run a preparation step; its output becomes the error when it fails."""
-    args = [os.fspath(a) for a in argv]
-    try:
-        proc = subprocess.run(args, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, env={**os.environ, "LC_ALL": "C"}, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise HarnessError(f"{shlex.join(args)} did not finish within {timeout} s") from e
-    out = proc.stdout.decode(errors="replace")
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace")
-        raise HarnessError(f"{shlex.join(args)} exited with status {proc.returncode}:\n"
-                           f"{_tail(out + err, 40)}")
-    return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise cache updates between concurrent test sessions on one machine."""
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# --- apt on a private source list -------------------------------------------------
-
-def _deb822(text: str) -> list[dict[str, str]]:
-    """Stanzas of a deb822 file (continuation lines kept, comments dropped)."""
-    stanzas: list[dict[str, str]] = []
-    fields: dict[str, str] = {}
-    key = ""
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("#"):
-            continue
-        if not line.strip():
-            if fields:
-                stanzas.append(fields)
-            fields, key = {}, ""
-        elif line[0].isspace() and key:
-            fields[key] += "\n" + line
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    return stanzas
-
-
-def _one_line_sources(text: str) -> list[dict[str, str]]:
-    """Entries of a legacy sources.list as deb822 fields."""
-    entries = []
-    for line in text.splitlines():
-        words = line.split("#", 1)[0].split()
-        if not words or words[0] != "deb":
-            continue
-        fields = {"Types": "deb"}
-        if words[1].startswith("["):
-            options = []
-            while not words[1].endswith("]"):
-                options.append(words.pop(1))
-            options.append(words.pop(1))
-            for option in " ".join(options).strip("[]").split():
-                name, _, value = option.partition("=")
-                if name == "signed-by":
-                    fields["Signed-By"] = value
-        if len(words) >= 3:
-            fields.update(URIs=words[1], Suites=words[2], Components=" ".join(words[3:]))
-            entries.append(fields)
-    return entries
-
-
-def backports_source(entries: Iterable[Mapping[str, str]]) -> str:
-    """The system's main archive (same mirror, same key) pointed at bookworm-backports."""
-    for entry in entries:
-        if "deb" not in entry.get("Types", "").split():
-            continue
-        if not any("-" not in suite for suite in entry.get("Suites", "").split()):
-            continue  # security or updates only
-        lines = ["Types: deb", f"URIs: {entry['URIs']}", f"Suites: {SUITE}", "Components: main"]
-        if "Signed-By" in entry:
-            lines.append(f"Signed-By: {entry['Signed-By']}")
-        return "\n".join(lines) + "\n"
-    raise HarnessError("no Debian archive in the system's apt sources to take "
-                       f"{SUITE} from (/etc/apt/sources.list.d/*.sources, /etc/apt/sources.list)")
-
-
-def _system_apt_entries() -> list[dict[str, str]]:
-    entries: list[dict[str, str]] = []
-    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
-        entries += _deb822(path.read_text())
-    legacy = Path("/etc/apt/sources.list")
-    if legacy.exists():
-        entries += _one_line_sources(legacy.read_text())
-    return entries
-
-
-@attrs.frozen
-class Package:
-    """One binary package as apt's metadata describes it."""
-
-    name: str
-    version: str
-    sha256: str
-    size: int
-    filename: str
-
-
-class Apt:
-    """apt-get and apt-cache on a private source list: the system's state stays untouched."""
-
-    def __init__(self, root: Path, require: Require) -> None:
-        self.root = root
-        self.apt_get = require("apt-get")
-        self.apt_cache = require("apt-cache")
-        self.lists = root / "lists"
-
-    def _options(self) -> list[str]:
-        settings = {
-            "Dir::Etc::SourceList": "/dev/null",
-            "Dir::Etc::SourceParts": self.root / "sources",
-            "Dir::State::Lists": self.lists,
-            "Dir::Cache": self.root / "cache",
-            "APT::Sandbox::User": "root",  # only honoured as root: the cache is not _apt's
-            "Acquire::Retries": "2",
-            "Acquire::http::Timeout": "30",
-        }
-        return [arg for key, value in settings.items() for arg in ("-o", f"{key}={value}")]
-
-    def refresh(self) -> None:
-        """Fetch the package lists when they are missing, a day old or the source changed."""
-        source = backports_source(_system_apt_entries())
-        sources = self.root / "sources"
-        for directory in (sources, self.lists / "partial", self.root / "cache" / "archives" / "partial"):
-            directory.mkdir(parents=True, exist_ok=True)
-        source_file, updated = sources / "vmstate-vm.sources", self.root / "updated"
-        changed = not source_file.exists() or source_file.read_text() != source
-        if changed:
-            updated.unlink(missing_ok=True)
-            write_atomic(source_file, source)
-        age = time.time() - updated.stat().st_mtime if updated.exists() else None
-        if age is not None and age < APT_LIST_MAX_AGE:
-            return
-        try:
-            _run([self.apt_get, *self._options(), "-q", "update"], timeout=300)
-        except HarnessError as e:
-            if age is None:
-                raise
-            warnings.warn(f"apt-get update failed, using package lists {age / 3600:.0f} h old: {e}",
-                          HarnessWarning, stacklevel=2)
-            return
-        write_atomic(updated, time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
-
-    def names(self, prefix: str) -> list[str]:
-        return _run([self.apt_cache, *self._options(), "pkgnames", prefix]).split()
-
-    def versions(self, names: Iterable[str]) -> dict[str, list[str]]:
-        """Every available version of each package, newest first (apt's madison order)."""
-        found: dict[str, list[str]] = {}
-        for line in _run([self.apt_cache, *self._options(), "madison", *names]).splitlines():
-            parts = [part.strip() for part in line.split("|")]
-            if len(parts) == 3:
-                found.setdefault(parts[0], []).append(parts[1])
-        return found
-
-    def package(self, name: str, version: str) -> Package:
-        stanzas = _deb822(_run([self.apt_cache, *self._options(), "show", f"{name}={version}"]))
-        fields = stanzas[0]
-        return Package(name=name, version=version, sha256=fields["SHA256"],
-                       size=int(fields["Size"]), filename=Path(fields["Filename"]).name)
-
-    def fetch(self, packages: Iterable[Package], directory: Path) -> dict[str, Path]:
-        """Verified .deb files: cached ones re-hashed, missing ones downloaded and hashed."""
-        directory.mkdir(parents=True, exist_ok=True)
-        wanted = {p.name: p for p in packages}
-        missing = [p for p in wanted.values()
-                   if not (directory / p.filename).exists()
-                   or _sha256(directory / p.filename) != p.sha256]
-        if missing:
-            partial = directory / "partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            _run([self.apt_get, *self._options(), "-q", "download",
-                  *(f"{p.name}={p.version}" for p in missing)], cwd=partial)
-            for p in missing:
-                got = list(partial.glob(f"{p.name}_*.deb"))
-                if len(got) != 1 or got[0].stat().st_size != p.size or _sha256(got[0]) != p.sha256:
-                    raise HarnessError(f"{p.name} {p.version}: download does not match apt's "
-                                       f"size {p.size} and SHA256 {p.sha256}")
-                os.replace(got[0], directory / p.filename)
-            shutil.rmtree(partial)
-        return {name: directory / p.filename for name, p in wanted.items()}
 
 
 # --- which kernel --------------------------------------------------------------------
@@ -322,7 +100,7 @@ def choose_kernel(header_names: Iterable[str],
                 chosen[role] = (name, version)
             else:
                 return f"{abi}-amd64", chosen
-    raise HarnessError(f"no complete set of Debian {SERIES} kernel packages (image, headers, "
+    raise PeerError(f"no complete set of Debian {SERIES} kernel packages (image, headers, "
                        f"kbuild, linux-source-{SERIES}) in {SUITE}")
 
 
@@ -380,13 +158,13 @@ def kbuild_compiler(headers: Path) -> str:
 def _extract_mtty(source_deb: Path, work: Path) -> bytes:
     """samples/vfio-mdev/mtty.c out of linux-source's tarball (Debian does not build it)."""
     tree = work / "source"
-    _run(["dpkg", "-x", source_deb, tree])
+    run(["dpkg", "-x", source_deb, tree])
     tarball = tree / "usr" / "src" / f"linux-source-{SERIES}.tar.xz"
     with tarfile.open(tarball, mode="r|xz") as archive:
         for member in archive:
             if member.name == MTTY_MEMBER and (data := archive.extractfile(member)):
                 return data.read()
-    raise HarnessError(f"{source_deb.name} has no {MTTY_MEMBER}")
+    raise PeerError(f"{source_deb.name} has no {MTTY_MEMBER}")
 
 
 def _build_mtty(debs: Mapping[str, Path], release: str, work: Path, require: Require) -> Path:
@@ -394,7 +172,7 @@ def _build_mtty(debs: Mapping[str, Path], release: str, work: Path, require: Req
     require("make")
     headers_root = work / "headers"
     for role in ("headers", "headers-common", "kbuild"):
-        _run(["dpkg", "-x", debs[role], headers_root])
+        run(["dpkg", "-x", debs[role], headers_root])
     kdir = headers_root / "usr" / "src" / f"linux-headers-{release}"
     # The flavour's Makefile includes the common one by absolute path: point it here.
     makefile = kdir / "Makefile"
@@ -406,7 +184,7 @@ def _build_mtty(debs: Mapping[str, Path], release: str, work: Path, require: Req
     module.mkdir()
     (module / "mtty.c").write_bytes(_extract_mtty(debs["source"], work))
     (module / "Kbuild").write_text("obj-m := mtty.o\n")
-    _run(["make", "-C", kdir, f"M={module}", f"-j{os.cpu_count() or 1}", "modules"])
+    run(["make", "-C", kdir, f"M={module}", f"-j{os.cpu_count() or 1}", "modules"])
     return module / "mtty.ko"
 
 
@@ -414,7 +192,7 @@ def _module_order(tree: Path, release: str) -> list[Path]:
     """The .ko files of MODULES, each after its dependencies, each once."""
     order: list[Path] = []
     for name in MODULES:
-        out = _run(["modprobe", "-C", "/dev/null", "-d", tree, "-S", release,
+        out = run(["modprobe", "-C", "/dev/null", "-d", tree, "-S", release,
                     "--show-depends", name])
         for line in out.splitlines():
             words = line.split()
@@ -428,7 +206,7 @@ def _build_initramfs(tree: Path, release: str, mtty: Path, busybox: Path, work: 
     extra = tree / "lib" / "modules" / release / "extra"
     extra.mkdir(parents=True, exist_ok=True)
     shutil.copy2(mtty, extra / "mtty.ko")
-    _run(["depmod", "-b", tree, release])
+    run(["depmod", "-b", tree, release])
     root = work / "initramfs"
     for directory in ("bin", "dev", "proc", "sys", "lib/modules"):
         (root / directory).mkdir(parents=True)
@@ -440,7 +218,7 @@ def _build_initramfs(tree: Path, release: str, mtty: Path, busybox: Path, work: 
         elif ko.suffix == ".ko":
             name, data = ko.name, ko.read_bytes()
         else:
-            raise HarnessError(f"{ko}: unsupported module compression")
+            raise PeerError(f"{ko}: unsupported module compression")
         (root / "lib" / "modules" / name).write_bytes(data)
         names.append(name)
     (root / "modules.list").write_text("".join(f"{n}\n" for n in names))
@@ -450,7 +228,7 @@ def _build_initramfs(tree: Path, release: str, mtty: Path, busybox: Path, work: 
     cpio = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=root,
                           input="\n".join(members).encode(), capture_output=True, check=False)
     if cpio.returncode != 0:
-        raise HarnessError(f"cpio failed: {cpio.stderr.decode(errors='replace')}")
+        raise PeerError(f"cpio failed: {cpio.stderr.decode(errors='replace')}")
     out = work / "initramfs.cpio.gz"
     out.write_bytes(gzip.compress(cpio.stdout, compresslevel=6, mtime=0))
     return out
@@ -483,7 +261,7 @@ class Artifacts:
         if stamp.get("inputs") != inputs:
             return False
         files = {"vmlinuz": self.kernel, "initramfs.cpio.gz": self.initramfs}
-        return all(p.exists() and stamp.get("files", {}).get(n) == _sha256(p)
+        return all(p.exists() and stamp.get("files", {}).get(n) == sha256(p)
                    for n, p in files.items())
 
 
@@ -511,12 +289,12 @@ def _build(kernel: Kernel, apt: Apt, artifacts: Artifacts, inputs: Mapping[str, 
     try:
         mtty = _build_mtty(debs, kernel.release, work, require)
         tree = work / "kernel"
-        _run(["dpkg", "-x", debs["image"], tree])
+        run(["dpkg", "-x", debs["image"], tree])
         initramfs = _build_initramfs(tree, kernel.release, mtty, busybox, work)
         os.replace(tree / "boot" / f"vmlinuz-{kernel.release}", artifacts.kernel)
         os.replace(initramfs, artifacts.initramfs)
-        files = {"vmlinuz": _sha256(artifacts.kernel),
-                 "initramfs.cpio.gz": _sha256(artifacts.initramfs)}
+        files = {"vmlinuz": sha256(artifacts.kernel),
+                 "initramfs.cpio.gz": sha256(artifacts.initramfs)}
         write_atomic(artifacts.stamp, json.dumps({"inputs": inputs, "files": files}, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -530,8 +308,8 @@ def prepare(require: Require, root: Path | None = None) -> Artifacts:
     """
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / "lock"):
-        apt = Apt(root / "apt", require)
+    with locked(root / "lock"):
+        apt = Apt(root / "apt", require, (SUITE,))
         apt.refresh()
         kernel = resolve_kernel(apt)
         artifacts = Artifacts(root / kernel.release)
@@ -620,7 +398,7 @@ class GuestRun:
     seconds: float
 
     def console_tail(self, lines: int = CONSOLE_TAIL) -> str:
-        return _tail(self.console, lines)
+        return tail(self.console, lines)
 
 
 def guest_pytest_args(junit: str) -> list[str]:
@@ -664,7 +442,7 @@ def _check_visible(paths: Iterable[Path]) -> None:
     for path in paths:
         for hidden in HIDDEN_IN_GUEST:
             if path == Path(hidden) or Path(hidden) in path.parents:
-                raise HarnessError(f"{path} is under {hidden}, which the guest mounts over: "
+                raise PeerError(f"{path} is under {hidden}, which the guest mounts over: "
                                    "run the tests from a checkout and interpreter elsewhere")
 
 

@@ -11,10 +11,10 @@ import os
 import struct
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from peers.apt import PeerError
 
 from vm import guest_plugin, harness
 
@@ -156,37 +156,8 @@ def test_the_newest_complete_kernel_is_chosen() -> None:
 
 def test_a_source_of_another_version_does_not_complete_a_kernel() -> None:
     versions = {**_complete("6.12.95+deb12"), "linux-source-6.12": ["6.12.96-1"]}
-    with pytest.raises(harness.HarnessError, match="no complete set"):
+    with pytest.raises(PeerError, match="no complete set"):
         harness.choose_kernel(["linux-headers-6.12.95+deb12-amd64"], versions)
-
-
-def test_backports_come_from_the_systems_main_archive() -> None:
-    system = textwrap.dedent("""\
-        Types: deb
-        URIs: http://mirror.example/debian-security
-        Suites: bookworm-security
-        Components: main
-
-        # main archive
-        Types: deb deb-src
-        URIs: http://mirror.example/debian
-        Suites: bookworm bookworm-updates
-        Components: main contrib
-        Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-        """)
-    assert harness.backports_source(harness._deb822(system)) == textwrap.dedent("""\
-        Types: deb
-        URIs: http://mirror.example/debian
-        Suites: bookworm-backports
-        Components: main
-        Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-        """)
-    legacy = "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main\n"
-    assert "URIs: http://mirror.example/debian\n" in harness.backports_source(
-        harness._one_line_sources(legacy))
-    assert "Signed-By: /k.gpg" in harness.backports_source(harness._one_line_sources(legacy))
-    with pytest.raises(harness.HarnessError):
-        harness.backports_source(harness._deb822(system.split("\n\n")[0]))
 
 
 def test_kbuild_compiler_comes_from_the_headers(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 from vmstate import analyze, stream
 from vmstate.errors import UsageError
 from vmstate.sources import load_resolver
-from vmstate.state_json import state_to_json
 
 
 def register(sub: Any) -> None:
@@ -93,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{s.idstr} ({s.section_id})": {
                     "instance_id": s.instance_id,
                     "version_id": s.version_id,
-                    "state": state_to_json(s.description, s.state),
+                    "state": s.description.to_json(s.state),
                 }
                 for s in parsed.device_sections()
                 if s.description is not None and s.state is not None

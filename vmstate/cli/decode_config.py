@@ -10,8 +10,9 @@ from typing import Any
 from vmstate import pci_device_state
 from vmstate.analyze import open_stream
 from vmstate.errors import UsageError
+from vmstate.pci.decode import decode_config
+from vmstate.pci.render import render_text
 from vmstate.pci_host import normalize_bdf, open_device
-from vmstate.pci_vfio import decode_config
 from vmstate.stream import MAGIC
 
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(space.to_json(), indent=2))
     else:
-        print(space.render_text(), end="")
+        print(render_text(space), end="")
     return 0
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from vmstate import pci_device_state, registry, vfio_state
 from vmstate.analyze import open_stream
-from vmstate.pci_vfio import decode_config
+from vmstate.pci.decode import decode_config
+from vmstate.pci.render import render_text
 from vmstate.render import render_tree
 from vmstate.stream import (
     Input,
@@ -67,7 +68,7 @@ def _show(section: Section) -> None:
     if desc.name == pci_device_state.DESCRIPTION_NAME:
         config = state["config"] + state.get("extended_config", b"")
         sizes = {i: b["size"] for i, b in enumerate(state["bars"]) if b["size"]}
-        for line in decode_config(config, sizes).render_text().splitlines():
+        for line in render_text(decode_config(config, sizes)).splitlines():
             print(f"  | {line}")
     for line in render_tree(desc, state, "  "):
         print(line)

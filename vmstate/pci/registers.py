@@ -1,0 +1,76 @@
+"""Config-space layout from the PCI and PCI Express specifications: sizes, header
+register offsets, capability ids, and little-endian register reads.
+
+Plain numbers shared by the decoder, QEMU's masks and the compatibility check.
+"""
+
+from __future__ import annotations
+
+HEADER_SIZE = 64
+CONVENTIONAL_SIZE = 256
+EXPRESS_SIZE = 4096
+CONFIG_SIZES = (HEADER_SIZE, CONVENTIONAL_SIZE, EXPRESS_SIZE)
+
+#: at most this many standard capabilities ((256 - 64) / 4 dwords, Linux's PCI_FIND_CAP_TTL)
+MAX_CAPABILITIES = 48
+#: at most this many extended capabilities (one per dword of the extended space)
+MAX_EXTENDED_CAPABILITIES = (EXPRESS_SIZE - CONVENTIONAL_SIZE) // 4
+
+ROM_INDEX = 6  #: ``bar_sizes`` key of the expansion ROM (QEMU's PCI_ROM_SLOT, VFIO's ROM region)
+
+# Header registers.
+VENDOR_ID = 0x00
+DEVICE_ID = 0x02
+COMMAND = 0x04
+STATUS = 0x06
+REVISION_ID = 0x08
+CLASS_PROG = 0x09
+CLASS_DEVICE = 0x0A
+CACHE_LINE_SIZE = 0x0C
+LATENCY_TIMER = 0x0D
+HEADER_TYPE = 0x0E
+BIST = 0x0F
+BAR0 = 0x10
+CAPABILITY_LIST = 0x34
+INTERRUPT_LINE = 0x3C
+INTERRUPT_PIN = 0x3D
+STATUS_CAP_LIST = 0x10
+HEADER_TYPE_MULTI_FUNCTION = 0x80
+
+# Capability ids.
+CAP_PM = 0x01
+CAP_SLOTID = 0x04
+CAP_MSI = 0x05
+CAP_PCIX = 0x07
+CAP_VNDR = 0x09
+CAP_SSVID = 0x0D
+CAP_EXP = 0x10
+CAP_MSIX = 0x11
+EXT_AER = 0x0001
+EXT_DSN = 0x0003
+EXT_ACS = 0x000D
+EXT_ARI = 0x000E
+EXT_ATS = 0x000F
+EXT_SRIOV = 0x0010
+EXT_LTR = 0x0018
+
+
+def bar_count(header_type: int) -> int:
+    """BAR registers of a type-0 (six) or type-1 (two) header."""
+    return 6 if header_type == 0 else 2
+
+
+def rom_offset(header_type: int) -> int:
+    return 0x30 if header_type == 0 else 0x38
+
+
+def u16(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 2], "little")
+
+
+def u32(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 4], "little")
+
+
+def u64(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 8], "little")
