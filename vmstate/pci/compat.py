@@ -13,7 +13,7 @@ import attrs
 from vmstate.pci.decode import decode_config
 from vmstate.pci.masks import ConfigMasks
 from vmstate.pci.model import Bar, Capability, ConfigSpace, ExtendedCapability
-from vmstate.pci.problems import Problem
+from vmstate.pci.problems import Difference, Problem
 from vmstate.pci.registers import (
     BAR0,
     CAP_MSI,
@@ -48,7 +48,13 @@ def check_compatible(
     out += [attrs.evolve(p, message=f"destination: {p.message}") for p in dst.problems]
     if src.size != dst.size:
         out.append(
-            Problem("size", 0, f"config space is {src.size} bytes, destination's {dst.size}")
+            Difference(
+                "size",
+                0,
+                f"config space is {src.size} bytes, destination's {dst.size}",
+                f"{src.size} bytes",
+                f"{dst.size} bytes",
+            )
         )
     out += _compare_identity(src, dst)
     out += _compare_layout(src, dst)
@@ -63,7 +69,10 @@ def _differs(
     code: str, offset: int, what: str, a: object, b: object, fmt: str = "#x"
 ) -> Iterator[Problem]:
     if a != b:
-        yield Problem(code, offset, f"{what}: source {a:{fmt}}, destination {b:{fmt}}")
+        source, destination = f"{a:{fmt}}", f"{b:{fmt}}"
+        yield Difference(
+            code, offset, f"{what}: source {source}, destination {destination}", source, destination
+        )
 
 
 def _compare_identity(src: ConfigSpace, dst: ConfigSpace) -> Iterator[Problem]:
@@ -74,12 +83,13 @@ def _compare_identity(src: ConfigSpace, dst: ConfigSpace) -> Iterator[Problem]:
     src_class = (s.class_code.base, s.class_code.sub, s.class_code.prog_if)
     dst_class = (d.class_code.base, d.class_code.sub, d.class_code.prog_if)
     if src_class != dst_class:
-        yield Problem(
+        source, destination = ("{:02x}{:02x}{:02x}".format(*c) for c in (src_class, dst_class))
+        yield Difference(
             "identity",
             CLASS_PROG,
-            "class code: source {:02x}{:02x}{:02x}, destination {:02x}{:02x}{:02x}".format(
-                *src_class, *dst_class
-            ),
+            f"class code: source {source}, destination {destination}",
+            source,
+            destination,
         )
     yield from _differs(
         "header-type", HEADER_TYPE, "header type", s.header_type, d.header_type, "d"
@@ -121,10 +131,12 @@ def _compare_layout(src: ConfigSpace, dst: ConfigSpace) -> Iterator[Problem]:
                 continue
             side_a = f"{a[offset]:#x}" if offset in a else "none"
             side_b = f"{b[offset]:#x}" if offset in b else "none"
-            yield Problem(
+            yield Difference(
                 "cap-layout",
                 offset,
                 f"{kind} at {offset:#0{width + 2}x}: source {side_a}, destination {side_b}",
+                side_a,
+                side_b,
             )
 
 

@@ -9,7 +9,7 @@ import attrs
 from vmstate.pci.capabilities import Express, Msi, MsiX, PowerManagement
 from vmstate.pci.decode import decode_config
 from vmstate.pci.model import Bar, Capability, ExpansionRom, ExtendedCapability
-from vmstate.pci.problems import Problem
+from vmstate.pci.problems import Difference, Problem
 from vmstate.pci.registers import (
     CACHE_LINE_SIZE,
     CAP_SLOTID,
@@ -60,19 +60,23 @@ class ConfigMasks:
         size = len(self.cmask)
         if len(incoming) != size or len(current) != size:
             return (
-                Problem(
+                Difference(
                     "config-size",
                     0,
                     f"config sizes differ: incoming {len(incoming)}, device {len(current)}, masks {size}",
+                    f"{len(incoming)} bytes",
+                    f"{len(current)} bytes",
                 ),
             )
         checked = self.checked
         return tuple(
-            Problem(
+            Difference(
                 "config-byte",
                 i,
                 f"byte {i:#05x}: incoming {incoming[i]:02x}, device {current[i]:02x}, "
                 f"checked bits {checked[i]:02x}",
+                f"{incoming[i]:#04x}",
+                f"{current[i]:#04x}",
             )
             for i in range(size)
             if (incoming[i] ^ current[i]) & checked[i]

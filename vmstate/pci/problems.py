@@ -17,6 +17,14 @@ class Problem:
         return f"[{self.offset:03x}] {self.message}"
 
 
+@attrs.frozen
+class Difference(Problem):
+    """A problem between two spaces: what differs, as data (each side's value as text)."""
+
+    source: str = ""
+    destination: str = ""
+
+
 class Problems:
     """Collects problems while decoding; the decoders append, never raise."""
 
