@@ -4,6 +4,7 @@ without VFIO (the VFIO backend itself is tested in tests/vfio, inside the guest)
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
@@ -61,15 +62,28 @@ def test_sysfs_config_matches_sysfs_attributes(bdf: str) -> None:
 @pytest.mark.parametrize("bdf", host_devices())
 def test_sysfs_regions_match_resource_file(bdf: str) -> None:
     lines = (SYSFS_PCI / bdf / "resource").read_text().splitlines()
-    expected = []
-    for line in lines[: vfio.VFIO_PCI_ROM_REGION_INDEX + 1]:
-        start, end, _ = (int(word, 0) for word in line.split())
+    expected, memory = [], []
+    for index, line in enumerate(lines[: vfio.VFIO_PCI_ROM_REGION_INDEX + 1]):
+        start, end, flags = (int(word, 0) for word in line.split())
         expected.append(end - start + 1 if end else 0)
+        mapped_file = (SYSFS_PCI / bdf / f"resource{index}").exists()
+        memory.append(bool(flags & 0x200 and end) and mapped_file)  # IORESOURCE_MEM
+    memory[vfio.VFIO_PCI_ROM_REGION_INDEX] = False  # the ROM is no resourceN file
     with SysfsPciDevice.open(bdf) as device:
         bars = [device.region(i) for i in range(vfio.VFIO_PCI_ROM_REGION_INDEX + 1)]
         assert [bar.size for bar in bars] == expected
         assert [r.index for r in device.regions()] == [0, 1, 2, 3, 4, 5, 6, CONFIG]
-        assert not any(bar.readable or bar.writable or bar.mappable for bar in bars)
+        assert not any(bar.readable or bar.writable for bar in bars)
+        assert [bar.mappable for bar in bars] == memory
+        mappable = [bar.index for bar in bars if bar.mappable]
+        if mappable and os.geteuid() == 0:  # resourceN is root's; mapped, never read here
+            mapped = device.mmap(mappable[0], 0, mmap.PAGESIZE)
+            with mapped, pytest.raises(TypeError, match="read-only"):
+                mapped[0:1] = b"\0"
+        unmappable = [bar.index for bar in bars if not bar.mappable and bar.size]
+        for index in unmappable:
+            with pytest.raises(DeviceError, match=f"region {index} is not mappable"):
+                device.mmap(index, 0, mmap.PAGESIZE)
 
 
 def test_sysfs_device_is_read_only() -> None:

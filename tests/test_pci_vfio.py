@@ -1,9 +1,10 @@
-"""Saving a PCI device's config state and loading it into another, on emulated
-devices (vmstate.device_regions.EmulatedPciDevice, with PCI write semantics)
-and, read-only, on this host's real devices through sysfs."""
+"""A PCI function's config state (vmstate.pci_vfio) saved and loaded into another, on
+emulated devices (vmstate.testing.pci, with PCI write semantics) and, read-only, on
+this host's real devices through sysfs."""
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Callable
@@ -13,10 +14,14 @@ from typing import Any
 import pytest
 from conftest import IN_CI
 
-from vmstate import analyze, pci_device_state, registry, stream
+from vmstate import analyze, pci_vfio, registry, stream
 from vmstate.cli import main
+from vmstate.device_load import load, plan_load
+from vmstate.device_regions import Device
+from vmstate.device_save import write_state
 from vmstate.errors import DecodeError, IncompatibleError, TruncatedError, VMStateError
-from vmstate.pci_device_state import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
+from vmstate.pci_vfio import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
+from vmstate.saved_file import read_file
 from vmstate.stream import DeviceState, write
 from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
 
@@ -45,15 +50,26 @@ def programmed(name: str = "src") -> EmulatedPciDevice:
     return dev
 
 
+def saved(dev: Device, *, qemu: bool = False) -> bytes:
+    """The file vmstate save writes for *dev*, in memory."""
+    out = io.BytesIO()
+    write_state(dev, out, qemu=qemu)
+    return out.getvalue()
+
+
+def refusals(dst: Device, data: bytes) -> list[DecodeError]:
+    return [r.error for r in plan_load(dst, read_file(data)).refusals]
+
+
 def snapshot_of(dev: EmulatedPciDevice) -> dict[int, bytes]:
     return {r.index: dev.read(r.index, 0, r.size) for r in dev.regions()}
 
 
 def test_save_and_load_into_a_second_device() -> None:
     src, dst = programmed(), e1000e_like("dst")
-    data = pci_device_state.save(src)
-    pci_device_state.load(dst, data)
-    assert pci_device_state.read_state(dst) == pci_device_state.read_state(src)
+    data = saved(src)
+    load(dst, data)
+    assert pci_vfio.read_state(dst) == pci_vfio.read_state(src)
     assert dst.read(CONFIG, 0, 4096) == src.read(CONFIG, 0, 4096)
     assert dst.read(MSIX_BAR, 0, 80) == src.read(MSIX_BAR, 0, 80)
 
@@ -61,8 +77,8 @@ def test_save_and_load_into_a_second_device() -> None:
 def test_dry_run_writes_nothing() -> None:
     src, dst = programmed(), e1000e_like("dst")
     before = snapshot_of(dst)
-    checked = pci_device_state.load(dst, pci_device_state.save(src), dry_run=True)
-    assert checked.state["command"] == 0x0507
+    plan = load(dst, saved(src), dry_run=True)
+    assert plan.saved.config.state["command"] == 0x0507
     assert snapshot_of(dst) == before
 
 
@@ -93,7 +109,7 @@ def recording() -> Recording:
 
 def test_apply_order_is_safe() -> None:
     dst = recording()
-    pci_device_state.load(dst, pci_device_state.save(programmed()))
+    load(dst, saved(programmed()))
     config = [(offset, data) for index, offset, data in dst.log if index == CONFIG]
     commands = [data for offset, data in config if offset == 0x04]
     # decoding and bus mastering off with a bitwise mask, the other bits (INTx disable) kept;
@@ -122,11 +138,11 @@ def test_apply_order_is_safe() -> None:
 
 def rewritten(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
     """The saved file with its state changed and re-encoded (valid framing, other content)."""
-    section = pci_device_state.find_section(data)
-    state = dict(section.state or {})
+    section = read_file(data).config
+    state = dict(section.state)
     change(state)
     desc = registry.get(DESCRIPTION_NAME)
-    return write([DeviceState(section.idstr, desc, state)], "vmstate")
+    return write([DeviceState(section.section.idstr, desc, state)], "vmstate")
 
 
 def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -199,12 +215,12 @@ def test_rejections_write_nothing(
 ) -> None:
     src, dst = programmed(), programmed("dst")
     dst.write(CONFIG, 0x04, struct.pack("<H", 0x0006))
-    data = rewritten(pci_device_state.save(src), change)
+    data = rewritten(saved(src), change)
     before = snapshot_of(dst)
     with pytest.raises(IncompatibleError) as info:
-        pci_device_state.load(dst, data)
+        load(dst, data)
     assert snapshot_of(dst) == before, "a rejected load must not write"
-    problems = pci_device_state.problems_with(dst, data)
+    problems = refusals(dst, data)
     first = problems[0]
     assert info.value.path == first.path and info.value.message.startswith(first.message)
     err = next(p for p in problems if message in p.message)
@@ -230,38 +246,38 @@ def test_load_into_a_device_of_another_type_lists_every_difference() -> None:
         .bar(0, 0x1000)
         .build("virtio")
     )
-    data = pci_device_state.save(programmed())
+    data = saved(programmed())
     before = snapshot_of(other)
-    problems = pci_device_state.problems_with(other, data)
+    problems = refusals(other, data)
     assert str(problems[0]).startswith("vfio-pci-config.config_size at offset ")
     text = "\n".join(map(str, problems))
     assert "vendor id: source 0x8086, destination 0x1af4" in text
     with pytest.raises(IncompatibleError):
-        pci_device_state.load(other, data)
+        load(other, data)
     assert snapshot_of(other) == before
 
 
 def test_truncated_oversized_and_newer_files_are_refused() -> None:
-    data = pci_device_state.save(programmed())
+    data = saved(programmed())
     dst = programmed("dst")
     before = snapshot_of(dst)
     vmdesc = stream.find_vmdesc(data)
     assert vmdesc is not None
     for cut in (10, 100, 300, 3000, vmdesc - 20):
         with pytest.raises(DecodeError) as info:
-            pci_device_state.load(dst, data[:cut])
+            load(dst, data[:cut])
         assert isinstance(info.value, TruncatedError | DecodeError)
         assert info.value.path
     body = data[:vmdesc]
     with pytest.raises(DecodeError, match="unexpected bytes after EOF"):
-        pci_device_state.load(dst, body + b"\x00garbage")
+        load(dst, body + b"\x00garbage")
     newer = bytearray(data)
     header = newer.index(b"/vfio-pci-config") + len(b"/vfio-pci-config")
     newer[header + 4 : header + 8] = (3).to_bytes(4, "big")  # section version 3
     with pytest.raises(
         IncompatibleError, match="incoming version_id 3 is too new for local version_id 2"
     ):
-        pci_device_state.load(dst, bytes(newer))
+        load(dst, bytes(newer))
     assert snapshot_of(dst) == before
 
 
@@ -274,14 +290,14 @@ def test_config_state_of_a_256_byte_device_does_not_fit_a_4096_one() -> None:
         .build("small")
     )
     with pytest.raises(IncompatibleError) as info:
-        pci_device_state.load(programmed("dst"), pci_device_state.save(small))
+        load(programmed("dst"), saved(small))
     assert info.value.path == (DESCRIPTION_NAME, "config_size")
     assert (info.value.expected, info.value.found) == ("0x1000", "0x100")
 
 
 def test_qemu_layout_matches_qemus_own_bytes() -> None:
     """VFIOPCIDevice decodes and re-encodes QEMU's PCIDevice+msix of a real e1000e."""
-    desc = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
+    desc = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
     with analyze.open_stream(QEMU / "q35-e1000e-virtio.mig") as buf:
         parsed = stream.parse(buf)
         section = next(s for s in parsed.device_sections() if s.idstr.endswith("/e1000e"))
@@ -298,9 +314,9 @@ def test_qemu_layout_matches_qemus_own_bytes() -> None:
 
 def test_qemu_state_of_an_emulated_device() -> None:
     src = programmed()
-    state = pci_device_state.read_state(src)
-    qemu = pci_device_state.qemu_state(state)
-    held = pci_device_state.qemu_held(state["config"])
+    state = pci_vfio.read_state(src)
+    qemu = pci_vfio.qemu_state(state)
+    held = pci_vfio.qemu_held(state["config"])
     assert qemu["pdev[0]"]["config[1]"] == src.read(CONFIG, 0, 4096)
     assert qemu["pdev[1]"]["msix"][:80] == src.read(MSIX_BAR, 0, 80)
     data = registry.get("VFIOPCIDevice").save(qemu, held=held)
@@ -350,8 +366,7 @@ def test_save_and_show_every_host_device(
     assert f"vendor_id: {vendor:#x}" in shown and f"device_id: {device:#x}" in shown
     config = (sysfs / "config").read_bytes()
     with analyze.open_stream(out) as buf:
-        state = pci_device_state.find_section(buf).state
-    assert state is not None
+        state = read_file(buf).config.state
     assert state["config"] + state.get("extended_config", b"") == config
     resources = (sysfs / "resource").read_text().splitlines()
     for index in range(6):
@@ -373,15 +388,33 @@ def test_load_refuses_devices_not_bound_to_vfio(
     require_root()
     out = tmp_path / "dev.vms"
     assert main(["save", bdf, "-o", str(out)]) == 0
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        main(["load", str(out), bdf])
+        main(["load", str(out), bdf, "--", "true"])
     assert info.value.code == 2
     assert "not vfio-pci: loads go through VFIO only" in capsys.readouterr().err
 
 
+def test_a_load_into_a_pci_function_needs_a_command_to_hold_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """vfio-pci undoes a standalone load when vmstate exits: refused, before any file
+    is read or device opened, with the way to do it."""
+    with pytest.raises(SystemExit) as info:
+        main(["load", "/nonexistent.vms", "0000:00:02.0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "a load would be undone when vmstate exits" in err
+    assert "vmstate load /nonexistent.vms 0000:00:02.0 -- COMMAND" in err
+    with pytest.raises(SystemExit) as info:
+        main(["load", "--dry-run", "/nonexistent.vms", "0000:00:02.0", "--", "true"])
+    assert info.value.code == 2
+    assert "nothing to hold" in capsys.readouterr().err
+
+
 def test_errors_are_vmstate_errors() -> None:
     with pytest.raises(VMStateError):
-        pci_device_state.load(e1000e_like("x"), b"QEVM")
+        load(e1000e_like("x"), b"QEVM")
 
 
 def test_a_different_serial_number_does_not_block_a_load() -> None:
@@ -402,5 +435,5 @@ def test_a_different_serial_number_does_not_block_a_load() -> None:
     from vmstate.pci.masks import build_masks
 
     assert build_masks(dst.read(CONFIG, 0, 4096)).checked[0x104:0x10C] == b"\xff" * 8
-    pci_device_state.load(dst, pci_device_state.save(src))
+    load(dst, saved(src))
     assert dst.read(CONFIG, 0x104, 8) == struct.pack("<Q", 0x525400FFFE123457)

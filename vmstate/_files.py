@@ -30,6 +30,17 @@ _NEW_FILE_MODE = 0o666
 _TEMP_ATTEMPTS = 16
 
 
+def writes_stdout(path: str | os.PathLike[str]) -> bool:
+    """Whether *path* names this process's standard output (``-``, ``/dev/stdout``...)."""
+    return _own_fd(os.fspath(path)) == 1
+
+
+def _own_fd(text: str) -> int | None:
+    """The descriptor of this process that *text* names, if it names one."""
+    match = _OWN_FD.fullmatch(text)
+    return int(match.group(1)) if match is not None else _STANDARD.get(text)
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write *data* to *path* (see :func:`atomic_output`)."""
     with atomic_output(path) as f:
@@ -46,10 +57,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     is untouched.  Streams are written in place (see the module docstring).
     """
     text = os.fspath(path)
-    fd = _STANDARD.get(text)
-    match = _OWN_FD.fullmatch(text)
-    if fd is None and match is not None:
-        fd = int(match.group(1))
+    fd = _own_fd(text)
     if fd is not None:
         with os.fdopen(os.dup(fd), "wb") as f:
             yield f

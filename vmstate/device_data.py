@@ -27,6 +27,7 @@ __all__ = [
     "Sink",
     "Source",
     "load_device_data",
+    "raise_noting",
     "read_exactly",
     "save_device_data",
     "write_all",
@@ -108,7 +109,7 @@ def save_device_data(
         )
         machine.goto(_S.STOP)
     except BaseException as exc:
-        _reraise(exc, _recover(machine, start))
+        raise_noting(exc, _recover(machine, start))
     finally:
         if data_fd is not None:
             os.close(data_fd)
@@ -147,7 +148,7 @@ def load_device_data(
         _feed(machine.device, data_fd, source, size, progress)
         machine.goto(_S.STOP)
     except BaseException as exc:
-        _reraise(exc, _recover(machine, start))
+        raise_noting(exc, _recover(machine, start))
     finally:
         if data_fd is not None:
             os.close(data_fd)
@@ -279,8 +280,9 @@ def _recover(machine: DeviceStateMachine, start: DeviceState) -> str:
         return f"recovering the device failed too: {exc}"
 
 
-def _reraise(exc: BaseException, note: str) -> NoReturn:
-    """Raise *exc* saying *note*: in the one-line message of our errors, else as a note."""
+def raise_noting(exc: BaseException, note: str) -> NoReturn:
+    """Raise *exc* saying *note* (what became of the device): in the one-line message of
+    our errors, else as a note."""
     if isinstance(exc, VMStateError):
         annotated = attrs.evolve(exc, message=f"{exc.message}; {note}")
         raise annotated.with_traceback(exc.__traceback__) from exc.__cause__

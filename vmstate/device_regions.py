@@ -292,8 +292,7 @@ class VfioDevice(RegionDevice):
         """Map *size* bytes of region *index* at *offset* (page aligned, inside a sparse area)."""
         info = self._checked(index, offset, size, "mappable")
         where = f"{self.name}: region {index}: map of {size} bytes at offset {offset:#x}"
-        if size == 0 or offset % mmap.PAGESIZE:
-            raise DeviceError(f"{where}: needs a page-aligned offset and a non-zero size")
+        _check_page_aligned(where, offset, size)
         if info.sparse_areas and not any(
             start <= offset and offset + size <= start + length
             for start, length in info.sparse_areas
@@ -318,6 +317,11 @@ class VfioDevice(RegionDevice):
     def close(self) -> None:
         super().close()
         self._fds.close()  # closes nothing the second time
+
+
+def _check_page_aligned(where: str, offset: int, size: int) -> None:
+    if size == 0 or offset % mmap.PAGESIZE:
+        raise DeviceError(f"{where}: needs a page-aligned offset and a non-zero size")
 
 
 def _vfio_regions(device_fd: int, count: int) -> list[RegionInfo]:
@@ -370,12 +374,17 @@ class SysfsPciDevice(RegionDevice):
 
     Region indexes follow vfio-pci (BAR0-5, ROM, CONFIG) so that the same code reads
     either.  BARs are described (size, host address as ``offset``) but not readable:
-    reading device memory can have side effects.  Without root, the kernel returns
-    only the first 64 bytes of config space.
+    reading device memory can have side effects.  Memory BARs can be mapped read-only
+    (root only) for structures whose reads have none, such as the MSI-X table.
+    Without root, the kernel returns only the first 64 bytes of config space.
+    Nothing here opens the device through VFIO, which would reset it.
     """
 
-    def __init__(self, name: str, config_fd: int, regions: Iterable[RegionInfo]) -> None:
+    def __init__(
+        self, name: str, path: Path, config_fd: int, regions: Iterable[RegionInfo]
+    ) -> None:
         super().__init__(name, regions)
+        self._path = path
         self._config_fd = config_fd
 
     @classmethod
@@ -389,10 +398,24 @@ class SysfsPciDevice(RegionDevice):
         config = RegionInfo(
             index=vfio.VFIO_PCI_CONFIG_REGION_INDEX, size=config_size, readable=True
         )
-        return cls(bdf, config_fd, [*regions, config])
+        return cls(bdf, path, config_fd, [*regions, config])
 
     def write(self, index: int, offset: int, data: bytes) -> None:
         raise DeviceError(f"{self.name}: read-only sysfs device")
+
+    def mmap(self, index: int, offset: int, size: int) -> mmap.mmap:
+        """Map *size* bytes of memory BAR *index* at *offset* (page aligned), read-only,
+        through sysfs ``resource<index>``."""
+        self._checked(index, offset, size, "mappable")
+        where = f"{self.name}: BAR{index}: map of {size} bytes at offset {offset:#x}"
+        _check_page_aligned(where, offset, size)
+        fd = _open_fd(self._path / f"resource{index}", os.O_RDONLY, self.name)
+        try:
+            return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
+        except (OSError, ValueError) as exc:
+            raise DeviceError(f"{where}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def _read(self, info: RegionInfo, offset: int, size: int) -> bytes:
         data, error = _pread_all(self._config_fd, size, offset)
@@ -412,10 +435,13 @@ class SysfsPciDevice(RegionDevice):
 
 #: sysfs ``resource`` lines that are BAR0-5 and the ROM, in region-index order
 _SYSFS_RESOURCE_LINES: Final = vfio.VFIO_PCI_ROM_REGION_INDEX + 1
+#: include/linux/ioport.h: a memory resource (resourceN of such a BAR can be mapped)
+_IORESOURCE_MEM: Final = 0x200
 
 
 def _sysfs_resources(bdf: str, path: Path) -> list[RegionInfo]:
-    """BAR and ROM regions from sysfs ``resource`` ("start end flags" per line, hex)."""
+    """BAR and ROM regions from sysfs ``resource`` ("start end flags" per line, hex); a
+    memory BAR is mappable when the kernel offers its ``resource<index>`` file."""
     try:
         with path.open() as f:
             lines = [f.readline(256) for _ in range(_SYSFS_RESOURCE_LINES)]
@@ -424,11 +450,17 @@ def _sysfs_resources(bdf: str, path: Path) -> list[RegionInfo]:
     regions = []
     for index, line in enumerate(lines):
         try:
-            start, end, _flags = (int(word, 16) for word in line.split())
+            start, end, flags = (int(word, 16) for word in line.split())
         except ValueError as exc:
             raise DeviceError(f"{bdf}: {path} line {index + 1}: malformed {line!r}") from exc
         if end and end < start:
             raise DeviceError(f"{bdf}: {path} line {index + 1}: ends before it starts")
         size = end - start + 1 if end else 0
-        regions.append(RegionInfo(index=index, size=size, offset=start))
+        memory = bool(flags & _IORESOURCE_MEM) and index < vfio.VFIO_PCI_ROM_REGION_INDEX
+        mappable = memory and size > 0 and path.with_name(f"resource{index}").exists()
+        regions.append(
+            RegionInfo(
+                index=index, size=size, offset=start, mappable=mappable, msix_mappable=mappable
+            )
+        )
     return regions

@@ -1,4 +1,4 @@
-"""The host's PCI devices as sysfs shows them, and opening one the best way there is.
+"""The host's PCI devices as sysfs shows them, and opening one the way a command needs.
 
 Read-only and bounded: it lists ``/sys/bus/pci/devices``, reads small
 attribute files, and names devices from the pci.ids database when installed.
@@ -10,12 +10,16 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
-from vmstate.device_regions import Device, SysfsPciDevice, VfioDevice
-from vmstate.errors import UsageError
+from vmstate._lowlevel.vfio import VFIO_PCI_CONFIG_REGION_INDEX
+from vmstate.errors import DeviceError, UsageError
 from vmstate.pci.ids import pci_names
+
+if TYPE_CHECKING:
+    from vmstate.device_regions import Device
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 SYSFS_MDEV = Path("/sys/bus/mdev/devices")
@@ -151,22 +155,48 @@ def driver_of(name: str) -> str | None:
     return mediated_device(name).driver if is_mdev(name) else host_device(name).driver
 
 
-def open_device(name: str) -> tuple[Device, str]:
-    """Open a PCI function through VFIO when it is bound to vfio-pci, else read-only
-    from sysfs; a mediated device always through VFIO.  Returns the device and how
-    it was opened, for messages."""
+def open_for_reading(name: str) -> tuple[Device, str]:
+    """Open a device so that reading it changes nothing; also how, for messages.
+
+    vfio-pci resets a PCI function when it is opened and restores the config it saved
+    when it is closed, so a function is read through sysfs, which does neither.  Only
+    where sysfs cannot give its whole config space (it gives non-root users 64 bytes)
+    is a function bound to vfio-pci opened through VFIO, and *how* says it was reset.
+    A mediated device is opened through VFIO: opening it resets nothing."""
+    from vmstate.device_regions import SysfsPciDevice, VfioDevice
+
     if is_mdev(name):
         mdev = mediated_device(name)
         return VfioDevice.open(name), f"through VFIO (mediated device {mdev.type_name})"
     host = host_device(name)
-    if host.driver == "vfio-pci":
-        return VfioDevice.open(name), "through VFIO"
-    how = f"read-only from sysfs (driver {host.driver})" if host.driver else "read-only from sysfs"
-    return SysfsPciDevice.open(name), how
+    device = SysfsPciDevice.open(name)
+    vfio_pci = host.driver == "vfio-pci"
+    if not vfio_pci or _whole_config_readable(device):
+        if vfio_pci:
+            return device, "read-only from sysfs (bound to vfio-pci, not opened: that resets it)"
+        bound = f"driver {host.driver}" if host.driver else "no driver"
+        return device, f"read-only from sysfs ({bound})"
+    device.close()
+    how = "through VFIO, which reset it (sysfs gives non-root users 64 bytes of config)"
+    return VfioDevice.open(name), how
+
+
+def _whole_config_readable(device: Device) -> bool:
+    config = VFIO_PCI_CONFIG_REGION_INDEX
+    try:
+        device.read(config, 0, min(256, device.region(config).size))
+    except DeviceError:
+        return False
+    return True
 
 
 def open_for_writing(name: str) -> Device:
-    """Open a device through VFIO; a PCI function another driver owns is not ours to write."""
+    """Open a device through VFIO; a PCI function another driver owns is not ours to write.
+
+    Closing it ends what was written for a PCI function (vfio-pci restores the config
+    it saved when it was opened); a mediated device keeps it."""
+    from vmstate.device_regions import VfioDevice
+
     if is_mdev(name):
         mediated_device(name)
         return VfioDevice.open(name)

@@ -1,12 +1,13 @@
-"""A PCI device's config state: read it from a device, check it against another,
-and restore it in a safe order.
+"""A PCI function's config state, read from and written to a device through its regions.
 
-The layout is the ``vfio-pci-config`` description (descriptions/vfio-pci-config.toml);
-this module only fills it from a device and applies it to one, through the
-type-independent :class:`~vmstate.device_regions.Device` protocol.  A load
-validates the whole input first (stream framing, versions, identity and layout
-as "equal" fields against the destination's own state, QEMU's read-only byte
-rule on the raw config) and writes nothing unless all of it passes.
+The layout is the ``vfio-pci-config`` description (descriptions/vfio-pci-config.toml).
+This module fills it from a device (:func:`read_state`), checks a saved one against a
+destination (:func:`check_config`: identity and layout as "equal" fields against the
+destination's own state, QEMU's read-only byte rule on the raw config) and programs
+it in a safe order (:func:`program`), every write journaled by a
+:class:`ConfigWriter` so that a failed load puts back what was there.  It also gives
+the same state in QEMU's own VFIOPCIDevice layout (:func:`qemu_state`).  Devices are
+reached through the type-independent :class:`~vmstate.device_regions.Device` protocol.
 """
 
 from __future__ import annotations
@@ -21,25 +22,15 @@ import attrs
 from vmstate import registry
 from vmstate._lowlevel import vfio
 from vmstate.description import Description
-from vmstate.device_regions import Device, VfioDevice
-from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError
+from vmstate.device_regions import Device
+from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError, VMStateError
+from vmstate.pci.capabilities import PowerManagement
 from vmstate.pci.compat import check_compatible
 from vmstate.pci.decode import decode_config
 from vmstate.pci.masks import build_masks
 from vmstate.pci.model import Bar, ConfigSpace
-from vmstate.pci.problems import Problem
-from vmstate.pci.registers import EXT_DSN
-from vmstate.stream import (
-    DeviceState,
-    Input,
-    RawResolver,
-    Section,
-    Stream,
-    find_vmdesc,
-    parse,
-    resolver_from,
-    write,
-)
+from vmstate.pci.problems import Difference, Problem
+from vmstate.pci.registers import CAP_PM, EXT_DSN
 
 DESCRIPTION_NAME = "vfio-pci-config"
 CONFIG = vfio.VFIO_PCI_CONFIG_REGION_INDEX
@@ -121,7 +112,7 @@ def read_state(device: Device) -> dict[str, Any]:
         state["vfio-pci-config/msi-vectors"] = _msi_state(config, state["msi_offset"])
     msix = space.msix
     if msix is not None and all(
-        _readable(device, i, h.command) for i in (msix.table_bir, msix.pba_bir)
+        _msix_reachable(device, space, i) for i in (msix.table_bir, msix.pba_bir)
     ):
         state["msix_saved"] = True
         state["vfio-pci-config/msix-table"] = _msix_state(device, config, state["msix_offset"])
@@ -188,26 +179,36 @@ def _msi_state(config: bytes, base: int) -> dict[str, int]:
     return out
 
 
-def _readable(device: Device, index: int, command: int) -> bool:
+def _msix_reachable(device: Device, space: ConfigSpace, index: int) -> bool:
     """Whether MSI-X structures in region *index* can be read as the device holds them.
 
     vfio-pci hides the MSI-X table from read()/write() (reads give all ones); it
     can be reached only through a mapping, which the kernel allows when it sets
     MSIX_MAPPABLE (interrupt remapping is there), and only while memory decoding
-    is on: else the access faults (SIGBUS)."""
+    is on: else the access faults (SIGBUS).  Through sysfs the same holds, and a
+    function in a low-power state (vfio-pci puts idle ones in D3hot) answers no
+    memory reads at all.  In-memory devices are read as they are."""
     try:
         info = device.region(index)
-    except (DeviceError, UsageError, KeyError):
+    except (DeviceError, UsageError):
         return False
-    if isinstance(device, VfioDevice):
-        return info.msix_mappable and info.mappable and bool(command & COMMAND_MEMORY)
-    return info.readable
+    if not callable(getattr(device, "mmap", None)):
+        return info.readable
+    decoding = bool(space.header.command & COMMAND_MEMORY)
+    return info.msix_mappable and info.mappable and decoding and _powered(space)
+
+
+def _powered(space: ConfigSpace) -> bool:
+    """Whether the function is in D0 (or has no power management)."""
+    pm = space.capability(CAP_PM)
+    return pm is None or not isinstance(pm.body, PowerManagement) or pm.body.power_state == 0
 
 
 def _bar_io(device: Device, index: int, offset: int, data: bytes | int) -> bytes:
     """Read *data* bytes (an int) or write *data* at *offset* of BAR *index*, in 32-bit
-    accesses through a mapping for VFIO devices (see :func:`_readable`)."""
-    if not isinstance(device, VfioDevice):
+    accesses through a mapping where the device has them (see :func:`_msix_reachable`)."""
+    mapper = getattr(device, "mmap", None)
+    if not callable(mapper):
         if isinstance(data, int):
             return device.read(index, offset, data)
         device.write(index, offset, data)
@@ -216,11 +217,7 @@ def _bar_io(device: Device, index: int, offset: int, data: bytes | int) -> bytes
     start = offset - offset % mmap.PAGESIZE
     length = -(-(offset + size - start) // mmap.PAGESIZE) * mmap.PAGESIZE
     first = (offset - start) // 4
-    with (
-        device.mmap(index, start, length) as mapped,
-        memoryview(mapped) as raw,
-        raw.cast("I") as words,
-    ):
+    with mapper(index, start, length) as mapped, memoryview(mapped) as raw, raw.cast("I") as words:
         if isinstance(data, int):
             return struct.pack(f"<{size // 4}I", *words[first : first + size // 4])
         for i, (value,) in enumerate(struct.iter_unpack("<I", data)):
@@ -275,7 +272,7 @@ def qemu_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """Our config state as QEMU's VFIOPCIDevice state (PCIDevice + msix).
 
     INTx levels are QEMU's emulation state, not the device's: they are saved low,
-    and so is an MSI-X table that could not be read (see :func:`_readable`)."""
+    and so is an MSI-X table that could not be read (see :func:`_msix_reachable`)."""
     config = state["config"] + state.get("extended_config", b"")
     held = qemu_held(config)
     express = held["pdev[0]"]["express"]
@@ -302,131 +299,69 @@ def qemu_state(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# -- files ------------------------------------------------------------------------
+# -- a saved config state against a destination ----------------------------------------
 
 
-def save(device: Device, *, qemu: bool = False, machine: str = "vmstate") -> bytes:
-    """A stream file holding *device*'s config state, as ``vmstate save`` writes it;
-    with *qemu*, QEMU's own VFIOPCIDevice state of the device too."""
-    state = read_state(device)
-    sections = [DeviceState(f"{device.name}/{DESCRIPTION_NAME}", description(), state)]
-    if qemu:
-        qemu_desc = registry.get(QEMU_DESCRIPTION_NAME)
-        idstr = f"{device.name}/{QEMU_DESCRIPTION_NAME}"
-        config = state["config"] + state.get("extended_config", b"")
-        sections.append(DeviceState(idstr, qemu_desc, qemu_state(state), held=qemu_held(config)))
-    return write(sections, machine)
+def check_config(
+    saved: Mapping[str, Any],
+    data: bytes,
+    version: int,
+    base: int,
+    held: Mapping[str, Any],
+    sizes: Mapping[int, int],
+) -> list[DecodeError]:
+    """Every reason the saved config state would not load into a destination whose
+    own state is *held* and whose BAR sizes are *sizes*; empty when it would.
 
-
-def find_section(buf: Input, raw: RawResolver | None = None) -> Section:
-    """The config-state section of a saved file.
-
-    Sections are delimited with the file's vmdesc (which describes every section
-    exactly), else with the shipped descriptions; *raw* walks non-VMState ones."""
-    return config_section(parse_file(buf, raw))
-
-
-def parse_file(buf: Input, raw: RawResolver | None = None) -> Stream:
-    """A saved file parsed with its vmdesc, else with the shipped descriptions."""
-    if find_vmdesc(buf) is not None:
-        return parse(buf, raw=raw)
-    return parse(buf, resolver_from({n: registry.get(n) for n in registry.names()}), raw=raw)
-
-
-def config_section(parsed: Stream) -> Section:
-    for section in parsed.device_sections():
-        assert section.description is not None
-        if section.description.name == DESCRIPTION_NAME:
-            return section
-    raise DecodeError(
-        "no PCI config state in this file",
-        offset=0,
-        expected=f"a section named <device>/{DESCRIPTION_NAME}",
-        found=", ".join(s.idstr for s in parsed.sections) or "no sections",
-        path=("stream",),
-    )
-
-
-# -- load -------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Checked:
-    """A saved state that passed every check against one destination."""
-
-    state: dict[str, Any]
-    held: dict[str, Any]
-
-
-def check(device: Device, buf: Input, raw: RawResolver | None = None) -> Checked:
-    """Validate the saved state in *buf* against *device*; raise the first problem.
-
-    Reads the destination, writes nothing."""
-    checked, problems = _examine(device, buf, raw)
-    if problems:
-        first = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise attrs.evolve(first, message=first.message + more)
-    assert checked is not None
-    return checked
-
-
-def problems_with(device: Device, buf: Input, raw: RawResolver | None = None) -> list[DecodeError]:
-    """Every reason the saved state in *buf* would not load into *device*."""
-    return _examine(device, buf, raw)[1]
-
-
-def _examine(
-    device: Device, buf: Input, raw: RawResolver | None
-) -> tuple[Checked | None, list[DecodeError]]:
-    section = find_section(buf, raw)
-    held = read_state(device)
-    desc = description()
+    *saved* is the state decoded from the section's payload *data*, which starts at
+    file offset *base*: the "equal" fields are checked by decoding *data* again
+    against *held*, so each error names its field and file offset as a load would."""
     problems: list[DecodeError] = []
     try:
-        state, _ = desc.load_from(buf, section.start, section.version_id, held=held, checks=False)
-    except DecodeError as e:
-        return None, [e]
-    try:
-        desc.load_from(buf, section.start, section.version_id, held=held)
-    except DecodeError as e:
-        problems.append(e)  # the first identity or layout field that differs, by name
-    src_config = state["config"] + state.get("extended_config", b"")
+        description().load(data, version, held=held)
+    except DecodeError as e:  # the first identity or layout field that differs, by name
+        problems.append(attrs.evolve(e, offset=e.offset + base))
+    src_config = saved["config"] + saved.get("extended_config", b"")
     dst_config = held["config"] + held.get("extended_config", b"")
-    found = check_compatible(src_config, dst_config, build_masks(dst_config, bar_sizes(device)))
-    base = section.start + _CONFIG_FIELD_OFFSET
+    found = check_compatible(src_config, dst_config, build_masks(dst_config, sizes))
     serial = _serial_number_bytes(dst_config)
-    problems += [
-        _config_problem(p, src_config, dst_config, base) for p in found if p.offset not in serial
-    ]
-    if held["msix_saved"] and not state["msix_saved"]:
+    at = base + _CONFIG_FIELD_OFFSET
+    problems += [_config_problem(p, at) for p in found if p.offset not in serial]
+    msix_control = _msix_control(saved)
+    if msix_control & MSIX_ENABLE and not saved["msix_saved"]:
         problems.append(
             IncompatibleError(
-                "the saved state has no MSI-X table (it was saved read-only from sysfs)",
-                offset=section.start,
-                expected="an MSI-X table",
+                "MSI-X was enabled but its table was not saved (it could not be read)",
+                offset=base,
+                expected="the MSI-X table of an enabled MSI-X",
                 found="none",
                 path=(DESCRIPTION_NAME, "msix_saved"),
             )
         )
-    return Checked(state, held), problems
+    return problems
 
 
-def _config_problem(problem: Problem, src: bytes, dst: bytes, base: int) -> IncompatibleError:
-    """A config-space problem as a load error: QEMU's byte rule names bytes, the
-    layout checks name what differs ("capability at 0xc8: source none, destination 0x1")."""
-    at = problem.offset
-    if problem.code == "config-byte":
-        expected, found = f"{dst[at]:#04x}", f"{src[at]:#04x}"
-    else:
-        _, _, sides = problem.message.partition(": source ")
-        found, _, expected = sides.partition(", destination ")
+def _msix_control(state: Mapping[str, Any]) -> int:
+    """The saved MSI-X message control word (0 when there is no MSI-X)."""
+    base = state["msix_offset"]
+    if not base:
+        return 0
+    config = state["config"] + state.get("extended_config", b"")
+    return int(struct.unpack_from("<H", config, base + 2)[0])
+
+
+def _config_problem(problem: Problem, base: int) -> IncompatibleError:
+    """A config-space problem as a load error at file offset *base* + its offset."""
+    if isinstance(problem, Difference):
+        expected, found = problem.destination, problem.source
+    else:  # one side's own decoding problem (its message says which side)
+        expected, found = "a config space that decodes cleanly", problem.code
     return IncompatibleError(
         problem.message,
-        offset=base + at,
+        offset=base + problem.offset,
         expected=expected,
         found=found,
-        path=(DESCRIPTION_NAME, *_config_path(at)),
+        path=(DESCRIPTION_NAME, *_config_path(problem.offset)),
     )
 
 
@@ -445,75 +380,95 @@ def _config_path(offset: int) -> tuple[str, int]:
     return ("config", offset) if offset < 256 else ("extended_config", offset - 256)
 
 
-def apply(device: Device, checked: Checked) -> None:
-    """Program *device* from a checked state, in an order that never lets it decode at
-    half-programmed addresses or interrupt half-programmed: decoding and bus mastering
-    off, BARs, the command without bus mastering (memory decoding on where the MSI-X
-    table must be written: it lives in a BAR), MSI with its enable clear, MSI-X masked
-    and disabled with its table, then the saved MSI/MSI-X enables and command."""
-    state = checked.state
-    command = _read16(device, _COMMAND)
-    _write16(device, _COMMAND, command & ~COMMAND_DECODE)  # bitwise not: the 2019 bug was `!`
+# -- programming a device --------------------------------------------------------------
+
+
+class ConfigWriter:
+    """Writes to a device's config space and BARs, remembering what each write replaced,
+    so that :meth:`rollback` can put it all back, newest first."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self._undo: list[tuple[int, int, bytes]] = []
+
+    @property
+    def written(self) -> bool:
+        return bool(self._undo)
+
+    def config(self, at: int, value: int, width: int) -> None:
+        """Write *value* (little endian, *width* bytes) at config offset *at*."""
+        old = self.device.read(CONFIG, at, width)
+        self._undo.append((CONFIG, at, old))
+        self.device.write(CONFIG, at, value.to_bytes(width, "little"))
+
+    def bar(self, index: int, offset: int, data: bytes) -> None:
+        """Write *data* at *offset* of BAR *index* in 32-bit accesses (the MSI-X table)."""
+        old = _bar_io(self.device, index, offset, len(data))
+        self._undo.append((index, offset, old))
+        _bar_io(self.device, index, offset, data)
+
+    def rollback(self) -> str:
+        """Undo every write, newest first (the reverse of a safe order is a safe order);
+        what was done, for an error message."""
+        if not self._undo:
+            return "nothing had been written to its config"
+        try:
+            while self._undo:
+                index, at, old = self._undo[-1]
+                if index == CONFIG:
+                    self.device.write(CONFIG, at, old)
+                else:
+                    _bar_io(self.device, index, at, old)
+                self._undo.pop()
+        except VMStateError as exc:
+            return f"restoring its config failed too, {len(self._undo)} writes not undone: {exc}"
+        return "its config was restored as it was before the load"
+
+
+def program(writer: ConfigWriter, state: Mapping[str, Any], held: Mapping[str, Any]) -> None:
+    """Program a checked config *state* into the device whose own state is *held*, in an
+    order that never lets it decode at half-programmed addresses or interrupt
+    half-programmed: decoding and bus mastering off, BARs, the command without bus
+    mastering (memory decoding on where the MSI-X table must be written: it lives in
+    a BAR), MSI with its enable clear, MSI-X masked and disabled with its table, then
+    the saved MSI/MSI-X controls and command."""
+    command = int(struct.unpack("<H", writer.device.read(CONFIG, _COMMAND, 2))[0])
+    writer.config(_COMMAND, command & ~COMMAND_DECODE, 2)  # bitwise not: the 2019 bug was `!`
     for index, bar in enumerate(state["bars"]):
         if bar["kind"] in (KIND_MEM32, KIND_IO):
-            _write32(device, _BAR0 + 4 * index, bar["address"] & 0xFFFFFFFF)
+            writer.config(_BAR0 + 4 * index, bar["address"] & 0xFFFFFFFF, 4)
         elif bar["kind"] == KIND_MEM64:
-            _write32(device, _BAR0 + 4 * index, bar["address"] & 0xFFFFFFFF)
-            _write32(device, _BAR0 + 4 * index + 4, bar["address"] >> 32)
+            writer.config(_BAR0 + 4 * index, bar["address"] & 0xFFFFFFFF, 4)
+            writer.config(_BAR0 + 4 * index + 4, bar["address"] >> 32, 4)
     rom = state.get("rom")
-    if rom is not None and rom["kind"] != KIND_NONE and checked.held["rom"]["kind"] != KIND_NONE:
-        _write32(device, _rom_register(state), rom["address"])
-    _write8(device, _INTERRUPT_LINE, state["interrupt_line"])
+    if rom is not None and rom["kind"] != KIND_NONE and held["rom"]["kind"] != KIND_NONE:
+        writer.config(_rom_register(state), rom["address"], 4)
+    writer.config(_INTERRUPT_LINE, state["interrupt_line"], 1)
     msi = state.get("vfio-pci-config/msi-vectors")
     msix = state.get("vfio-pci-config/msix-table")
     staged = state["command"] & ~COMMAND_MASTER | (COMMAND_MEMORY if msix is not None else 0)
-    _write16(device, _COMMAND, staged)
+    writer.config(_COMMAND, staged, 2)
     if msi is not None:
         base = state["msi_offset"]
-        _write16(device, base + 2, msi["control"] & ~MSI_ENABLE)
+        writer.config(base + 2, msi["control"] & ~MSI_ENABLE, 2)
         for name, at in _msi_layout(msi["control"], base).items():
-            if name == "pending":
-                continue  # read-only
-            (_write16 if name == "data" else _write32)(device, at, msi[name])
+            if name != "pending":  # read-only
+                writer.config(at, msi[name], 2 if name == "data" else 4)
     if msix is not None:
-        base = state["msix_offset"]
-        _write16(device, base + 2, (msix["control"] & ~MSIX_ENABLE) | MSIX_FUNCTION_MASK)
+        writer.config(
+            state["msix_offset"] + 2, (msix["control"] & ~MSIX_ENABLE) | MSIX_FUNCTION_MASK, 2
+        )
         table = b"".join(
             MSIX_ENTRY.pack(e["address"], e["address_hi"], e["data"], e["vector_control"])
             for e in msix["table"]
         )
-        _bar_io(device, msix["table_bir"], msix["table_offset"], table)
+        writer.bar(msix["table_bir"], msix["table_offset"], table)
     if msi is not None:
-        _write16(device, state["msi_offset"] + 2, msi["control"])
-    if msix is not None:
-        _write16(device, state["msix_offset"] + 2, msix["control"])
-    _write16(device, _COMMAND, state["command"])
-
-
-def load(device: Device, buf: Input, *, dry_run: bool = False) -> Checked:
-    """Check, then (unless *dry_run*) apply: a rejected load writes nothing."""
-    checked = check(device, buf)
-    if not dry_run:
-        apply(device, checked)
-    return checked
+        writer.config(state["msi_offset"] + 2, msi["control"], 2)
+    if state["msix_offset"]:  # without its table (MSI-X was off), still its enables
+        writer.config(state["msix_offset"] + 2, _msix_control(state), 2)
+    writer.config(_COMMAND, state["command"], 2)
 
 
 def _rom_register(state: Mapping[str, Any]) -> int:
     return 0x38 if state["header_type"] & 0x7F == 1 else 0x30
-
-
-def _read16(device: Device, at: int) -> int:
-    (value,) = struct.unpack("<H", device.read(CONFIG, at, 2))
-    return value
-
-
-def _write8(device: Device, at: int, value: int) -> None:
-    device.write(CONFIG, at, struct.pack("<B", value))
-
-
-def _write16(device: Device, at: int, value: int) -> None:
-    device.write(CONFIG, at, struct.pack("<H", value))
-
-
-def _write32(device: Device, at: int, value: int) -> None:
-    device.write(CONFIG, at, struct.pack("<I", value))

@@ -153,6 +153,14 @@ class DeviceStateRegions:
                 raise blocked("it logs dirty system memory but has no readable bitmap region")
         return cls(device, control, config, bitmap, caps)
 
+    @classmethod
+    def find(cls, device: Device) -> DeviceStateRegions | None:
+        """:meth:`open`, or None when the device has no fit regions (none has in Linux)."""
+        try:
+            return cls.open(device)
+        except DeviceError:
+            return None
+
     def set_state(self, state: RegionState) -> None:
         if state not in tuple(RegionState):
             raise UsageError(f"device_state {state} is none of {[s.name for s in RegionState]}")

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vmstate import pci_device_state
+from vmstate import pci_vfio
 from vmstate.analyze import open_stream
 from vmstate.errors import UsageError
 from vmstate.pci.decode import decode_config
 from vmstate.pci.render import render_text
-from vmstate.pci_host import normalize_bdf, open_device
+from vmstate.pci_host import normalize_bdf, open_for_reading
+from vmstate.saved_file import read_file
 from vmstate.stream import MAGIC
 
 
@@ -42,16 +43,14 @@ def _config(source: str) -> tuple[bytes, dict[int, int] | None]:
     bdf = normalize_bdf(source)
     path = Path(source)
     if bdf is not None and not path.exists():
-        device, _ = open_device(bdf)
+        device, _ = open_for_reading(bdf)
         with device:
-            return pci_device_state.read_config(device), pci_device_state.bar_sizes(device)
+            return pci_vfio.read_config(device), pci_vfio.bar_sizes(device)
     if not path.is_file():
         raise UsageError(f"{source}: neither a file nor a PCI address")
     with open_stream(path) as buf:
         if bytes(buf[:4]) == MAGIC.to_bytes(4, "big"):
-            section = pci_device_state.find_section(buf)
-            assert section.state is not None
-            state = section.state
+            state = read_file(buf).config.state
             return state["config"] + state.get("extended_config", b""), _saved_sizes(state)
         return bytes(buf), None
 
