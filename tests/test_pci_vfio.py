@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -437,3 +438,91 @@ def test_a_different_serial_number_does_not_block_a_load() -> None:
     assert build_masks(dst.read(CONFIG, 0, 4096)).checked[0x104:0x10C] == b"\xff" * 8
     load(dst, saved(src))
     assert dst.read(CONFIG, 0x104, 8) == struct.pack("<Q", 0x525400FFFE123457)
+
+
+# -- a PCI function read through sysfs, MSI-X table included --------------------------
+
+
+def fake_sysfs(tmp_path: Path, config: bytes, table: bytes) -> Path:
+    """A sysfs device directory as the kernel lays one out, for an e1000e-like function
+    whose BAR3 (``resource3``) holds *table*."""
+    bdf = "0000:00:05.0"
+    device = tmp_path / bdf
+    device.mkdir()
+    (device / "config").write_bytes(config)
+    lines = []
+    for index, size in enumerate((0x20000, 0x20000, 0x20, 0x4000, 0, 0, 0)):
+        start = 0xFE000000 + index * 0x100000
+        flags = 0x101 if index == 2 else 0x40200  # I/O, else memory
+        lines.append(f"{start:#018x} {start + size - 1 if size else 0:#018x} {flags:#018x}")
+    (device / "resource").write_text("\n".join(lines) + "\n" + "0x0 0x0 0x0\n" * 6)
+    for index in (0, 1, 3):
+        (device / f"resource{index}").write_bytes(table if index == 3 else bytes(0x20000))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("command", "pmcsr", "readable"),
+    [(0x0106, 0x0000, True), (0x0104, 0x0000, False), (0x0106, 0x0003, False)],
+    ids=["decoding-D0", "no-memory-decoding", "D3hot"],
+)
+def test_sysfs_reads_the_msix_table_only_where_the_function_answers(
+    tmp_path: Path, command: int, pmcsr: int, readable: bool
+) -> None:
+    src = programmed()
+    src.write(CONFIG, 0x04, struct.pack("<H", command))
+    config = bytearray(src.read(CONFIG, 0, 4096))
+    config[0xCC:0xCE] = struct.pack("<H", pmcsr)  # PMCSR: power state
+    table = src.read(MSIX_BAR, 0, 0x4000)
+    from vmstate.device_regions import SysfsPciDevice
+
+    with SysfsPciDevice.open("0000:00:05.0", fake_sysfs(tmp_path, bytes(config), table)) as dev:
+        state = pci_vfio.read_state(dev)
+    assert state["msix_saved"] is readable
+    if readable:
+        entries = state["vfio-pci-config/msix-table"]["table"]
+        assert [e["data"] for e in entries] == [0x4020 + v for v in range(5)]
+
+
+def test_without_its_msix_table_a_state_loads_only_if_msix_was_off() -> None:
+    """An idle vfio-pci function sits in D3hot: sysfs cannot read its table, but then its
+    MSI-X is off and the table carries nothing.  An enabled MSI-X without it is refused."""
+    src = programmed()
+    state = pci_vfio.read_state(src)
+    del state["vfio-pci-config/msix-table"]
+    state["msix_saved"] = False
+    desc = registry.get(DESCRIPTION_NAME)
+    enabled = write([DeviceState("src/vfio-pci-config", desc, state)], "vmstate")
+    dst = programmed("dst")
+    with pytest.raises(IncompatibleError, match="MSI-X was enabled but its table was not saved"):
+        load(dst, enabled)
+    config = bytearray(state["config"])
+    config[0xA3] &= 0x7F  # MSI-X control: enable off
+    state["config"] = bytes(config)
+    disabled = write([DeviceState("src/vfio-pci-config", desc, state)], "vmstate")
+    table = dst.read(MSIX_BAR, 0, 80)
+    load(dst, disabled)
+    assert dst.read(CONFIG, 0xA2, 2) == struct.pack("<H", 0x0004), "the saved control, off"
+    assert dst.read(MSIX_BAR, 0, 80) == table, "the destination's table is left alone"
+
+
+def test_save_to_a_device_node_writes_through_it(tmp_path: Path) -> None:
+    """``vmstate save BDF -o /dev/full`` as root replaced the node with a regular file."""
+    require_root()
+    bdf = host_bdfs()[0]
+    full = tmp_path / "full"
+    os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    assert main(["save", bdf, "-o", str(full)]) == 1  # ENOSPC, reported
+    assert stat.S_ISCHR(full.stat().st_mode)
+
+
+def test_save_to_stdout_keeps_the_report_off_it(
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    require_root()
+    bdf = host_bdfs()[0]
+    assert main(["save", bdf, "-o", "-"]) == 0
+    out, err = capfdbinary.readouterr()
+    vendor = int((Path("/sys/bus/pci/devices") / bdf / "vendor").read_text(), 16)
+    assert read_file(out).config.state["vendor_id"] == vendor
+    assert err.decode().startswith(f"saved {bdf} (")
