@@ -9,6 +9,7 @@ on load an element is NULL where the destination holds NULL.
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -170,8 +171,11 @@ class _Elements(_List):
             lay = el.layout()
             if lay is not None:
                 many = _repeated(lay, n)
-                out += codec(many.order or ">", many.fmt).pack(*many.pack(value))
-                return
+                try:
+                    out += codec(many.order or ">", many.fmt).pack(*many.pack(value))
+                    return
+                except (struct.error, TypeError, OverflowError):
+                    pass  # one by one: the error names the element that does not fit
         for i, item in enumerate(value):
             start = len(out)
             try:
