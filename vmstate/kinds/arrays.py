@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
@@ -19,6 +19,7 @@ from vmstate.errors import DecodeError, EncodeError, LimitError
 from vmstate.interpreter.context import Frame, need
 from vmstate.interpreter.spans import Span
 from vmstate.kinds.base import (
+    DescriptionLike,
     Element,
     Kind,
     Layout,
@@ -29,9 +30,6 @@ from vmstate.kinds.base import (
     codec,
 )
 from vmstate.kinds.buffer import count_of, size_on_save
-
-if TYPE_CHECKING:
-    from vmstate.description import Description
 
 NULLPTR_MARKER = 0x30
 #: count field types accepted for variable arrays
@@ -106,7 +104,7 @@ class _List(Kind):
             return qemu_values(kinds[0], value)  # type: ignore[arg-type]
         return [k.qemu_value(v) for k, v in zip(kinds, value, strict=True)]
 
-    def nested(self) -> Iterator[Description]:
+    def nested(self) -> Iterator[DescriptionLike]:
         for kind in self.element_kinds(1):
             yield from kind.nested()
 
@@ -318,7 +316,7 @@ class Seq(_List):
     def element_kinds(self, n: int) -> Sequence[Kind]:
         return self.elements
 
-    def nested(self) -> Iterator[Description]:
+    def nested(self) -> Iterator[DescriptionLike]:
         for kind in self.elements:
             yield from kind.nested()
 
