@@ -9,10 +9,12 @@ no dirty tracking: ``enable-migration=on`` turns QEMU's blocker into a warning a
 have.  The inner machine has no vIOMMU and one VFIO device, as QEMU requires.
 
 The UART registers are set through the device before QEMU opens it.  QEMU's realize
-and system reset leave them alone (mtty has no reset mechanism QEMU uses, and its
-VFIO_DEVICE_RESET resets only the migration state), which the stream itself shows.
-A destination QEMU takes the data into the device when its paused machine first
-runs (RESUMING -> STOP happens then), so loads end with ``cont``.
+and system reset leave them alone, as the stream itself shows: mtty does not offer
+VFIO_DEVICE_FLAGS_RESET, so QEMU finds no way to reset it ("Cannot reset device ...,
+no available reset mechanism"), and its VFIO_DEVICE_RESET would reset only the
+migration state anyway.  A destination QEMU hands the data to the device when its
+paused machine first runs (RESUMING -> STOP happens then), so loads end with ``cont``.
+QEMU leaves the devices STOPped; tests reset them to RUNNING, which keeps registers.
 """
 
 from __future__ import annotations
@@ -88,10 +90,16 @@ def guest_qemu() -> Qemu:
 
 @contextlib.contextmanager
 def opened(uuid: str) -> Iterator[VfioDevice]:
-    """The mtty, RUNNING: QEMU leaves it STOPped, a reset keeps its registers."""
+    """The mtty, reset to RUNNING (its registers stay)."""
     with VfioDevice.open(uuid) as device:
         DeviceStateMachine(device).reset()
         yield device
+
+
+def reset(*uuids: str) -> None:
+    for uuid in uuids:
+        with opened(uuid):
+            pass
 
 
 def mark_destination() -> None:
@@ -184,8 +192,9 @@ class Saved:
 
 
 @pytest.fixture(scope="module")
-def saved(guest_qemu: Qemu, tmp_path_factory: pytest.TempPathFactory) -> Saved:
-    """QEMU migrates the first mtty to a file; vmstate then saves the very same state."""
+def saved(guest_qemu: Qemu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
+    """QEMU migrates the first mtty to a file; vmstate then saves the very same state.
+    Both mtty devices are left RUNNING for the tests after these."""
     work = tmp_path_factory.mktemp("qemu-mtty")
     firmware = work / "halt.bin"
     firmware.write_bytes(HALT_FIRMWARE)
@@ -195,11 +204,11 @@ def saved(guest_qemu: Qemu, tmp_path_factory: pytest.TempPathFactory) -> Saved:
     qemu_stream = work / "qemu.mig"
     info = machine.save(SOURCE, qemu_stream, work)
     assert info["vfio"] == {"transferred": STREAM_SIZE}
-    with opened(SOURCE):
-        pass  # migration left it in STOP: vmstate save starts from RUNNING
+    reset(SOURCE)  # migration left it in STOP; vmstate save starts from RUNNING
     vmstate_file = work / "vmstate.vms"
     assert main(["save", SOURCE, "-o", str(vmstate_file)]) == 0
-    return Saved(qemu_stream, vmstate_file, machine)
+    yield Saved(qemu_stream, vmstate_file, machine)
+    reset(SOURCE, DESTINATION)
 
 
 def device_sections(path: Path) -> qemu_vfio.VfioSections:
