@@ -18,7 +18,7 @@ import pytest
 from vmstate import pci_device_state, qemu_vfio, registry, stream, vfio_state
 from vmstate.cli import main
 from vmstate.device_regions import EmulatedPciBuilder, EmulatedPciDevice, RegionInfo
-from vmstate.errors import DecodeError
+from vmstate.errors import DecodeError, TruncatedError
 from vmstate.migration import EmulatedMigrationDevice
 from vmstate.vfio_state import (
     DEV_CONFIG_STATE,
@@ -138,6 +138,9 @@ def test_the_config_layout_is_the_one_end_of_state_closes() -> None:
     short, long = state + 4 + 256 + 16, state + 4 + 4096 + 16  # the first guess: no PCIe cap
     assert info.value.offset == short
     assert info.value.found == f"{bytes(8).hex()} at {short:#x}, ffffffffef100003 at {long:#x}"
+    with pytest.raises(TruncatedError) as cut:  # neither layout fits: the first one's error
+        vfio_state.walk_vfio(config_group()[:280], 0)
+    assert (cut.value.offset, cut.value.expected) == (8 + 4 + 256, "16 bytes of pci irq state")
 
 
 def test_every_vfio_section_encodes_back_to_its_bytes() -> None:

@@ -79,9 +79,9 @@ class VfioPayload:
     end: int
     #: each group in order: its opening tag and how many chunks it carries
     #: (END_OF_STATE opens none: QEMU's pre-copy round that read nothing)
-    groups: tuple[tuple[int, int], ...] = ()
+    groups: tuple[tuple[int, int], ...]
     #: the layout of the VFIOPCIDevice state (pci_device_state.qemu_held), with config
-    config_held: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    config_held: Mapping[str, Any] | None = attrs.field(eq=False)
 
     @property
     def data_size(self) -> int:
@@ -168,21 +168,24 @@ def _config_end(buf: Input, pos: int) -> tuple[int, dict[str, Any]]:
     config = bytes(buf[pos + 4 : pos + 4 + 256])
     guess = decode_config(config).express is not None
     ends = []
+    failed: DecodeError | None = None
     for express in (guess, not guess):
         held = pci_device_state.qemu_held(config, express)
         try:
             _, end = desc.load_from(buf, pos, desc.version_id, held=held)
-        except DecodeError:
+        except DecodeError as e:
+            failed = failed or e
             continue
         if end + 8 <= len(buf) and _BE64.unpack_from(buf, end)[0] == END_OF_STATE:
             return end, held
         ends.append(end)
+    if not ends and failed is not None:
+        raise failed
     raise DecodeError(
         "VFIOPCIDevice state not closed by END_OF_STATE with 256 or 4096 config bytes",
-        offset=ends[0] if ends else pos,
+        offset=ends[0],
         expected=f"END_OF_STATE {END_OF_STATE:#x}",
-        found=", ".join(f"{bytes(buf[e : e + 8]).hex()} at {e:#x}" for e in ends)
-        or "a state cut short",
+        found=", ".join(f"{bytes(buf[e : e + 8]).hex()} at {e:#x}" for e in ends),
     )
 
 
