@@ -66,6 +66,9 @@ MACHINE = "q35,sata=off"
 SLOT = "04.0"
 IDSTR = f"0000:00:{SLOT}/vfio"
 FORMAT = "mtty-migration-data"
+TCG = "tcg,tb-size=16"  # a small translation cache: the guest has 1 GiB in all
+#: a paused machine with nothing but the mtty: no disks, no network, no display
+INNER_MACHINE = ("-M", MACHINE, "-accel", TCG, "-m", "16", "-nodefaults", "-display", "none", "-S")
 #: the reset vector's page full of hlt: the inner machine stops at its first instruction
 HALT_FIRMWARE = b"\xf4" * 0x10000
 PCI_COMMAND = 0x04
@@ -142,23 +145,8 @@ class Machine:
             f"vfio-pci,sysfsdev={MDEVS / uuid},id=mtty,addr={SLOT},"
             "enable-migration=on,x-device-dirty-page-tracking=off"
         )
-        return self.qemu.command(
-            "-M",
-            MACHINE,
-            "-accel",
-            "tcg,tb-size=16",
-            "-m",
-            "16",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-S",
-            "-bios",
-            str(self.firmware),
-            "-device",
-            device,
-            *extra,
-        )
+        firmware = ("-bios", str(self.firmware))
+        return self.qemu.command(*INNER_MACHINE, *firmware, "-device", device, *extra)
 
     def save(self, uuid: str, out: Path, work: Path) -> dict[str, object]:
         """QEMU migrates the machine with mtty *uuid* into *out*; query-migrate at the end."""
