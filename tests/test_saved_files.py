@@ -17,11 +17,18 @@ from vmstate.device_load import load
 from vmstate.device_save import save
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, LimitError, VMStateError
 from vmstate.migration import DeviceState
-from vmstate.saved_file import DEV_DATA_STATE, END_OF_STATE, read_file
+from vmstate.saved_file import read_file
 from vmstate.stream import DeviceState as Section
 from vmstate.stream import StreamWriter
 from vmstate.testing.migration import EmulatedMigrationDevice
 from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
+from vmstate.vfio_section import (
+    DEV_CONFIG_STATE,
+    DEV_DATA_STATE,
+    DEV_SETUP_STATE,
+    END_OF_STATE,
+    walk_vfio,
+)
 
 
 class MigratablePci(EmulatedPciDevice):
@@ -76,7 +83,7 @@ def test_save_streams_device_data_in_qemus_vfio_framing(tmp_path: Path) -> None:
     assert max(size for _, size in found.data.payload.chunks) <= 1 << 20
     assert found.data.payload.config is not None
     start, end = found.data.payload.config
-    assert data[start - 8 : start] == saved_file.DEV_CONFIG_STATE.to_bytes(8, "big")
+    assert data[start - 8 : start] == DEV_CONFIG_STATE.to_bytes(8, "big")
     assert data[end : end + 8] == END_OF_STATE.to_bytes(8, "big")
     assert data[end + 24 : end + 32] == DEV_DATA_STATE.to_bytes(8, "big")
     assert state_of(src) == DeviceState.RUNNING
@@ -187,7 +194,7 @@ def test_framing_errors_name_offsets(tmp_path: Path) -> None:
         for s in stream.parse(
             data,
             raw=lambda i: (
-                None if not i.endswith("/vfio") else (lambda b, p: saved_file.walk_vfio(b, p).end)
+                None if not i.endswith("/vfio") else (lambda b, p: walk_vfio(b, p).end)
             ),
         ).device_sections()
         if s.idstr.endswith(saved_file.META_NAME)
@@ -228,7 +235,7 @@ def mtty_file(tmp_path: Path, data: bytes) -> Path:
         writer.device(Section(f"{dev.name}/vfio-pci-config", pci_vfio.description(), state))
 
         def payload(f: Any) -> int:
-            f.write(saved_file.DEV_SETUP_STATE.to_bytes(8, "big") + END_OF_STATE.to_bytes(8, "big"))
+            f.write(DEV_SETUP_STATE.to_bytes(8, "big") + END_OF_STATE.to_bytes(8, "big"))
             f.write(
                 DEV_DATA_STATE.to_bytes(8, "big")
                 + len(data).to_bytes(8, "big")

@@ -19,10 +19,6 @@ from vmstate.device_data import Progress, save_device_data
 from vmstate.device_regions import Device
 from vmstate.migration import DeviceState, DeviceStateMachine, MigrationCaps, probe
 from vmstate.saved_file import (
-    DEV_CONFIG_STATE,
-    DEV_DATA_STATE,
-    DEV_SETUP_STATE,
-    END_OF_STATE,
     MAX_REGION_CONFIG,
     META_NAME,
     PROTOCOL_REGIONS,
@@ -30,6 +26,7 @@ from vmstate.saved_file import (
     format_name,
 )
 from vmstate.stream import StreamWriter
+from vmstate.vfio_section import DEV_CONFIG_STATE, DEV_DATA_STATE, DEV_SETUP_STATE, END_OF_STATE
 
 _TAG = END_OF_STATE.to_bytes(8, "big")
 
@@ -80,8 +77,9 @@ def write_state(
     state = pci_vfio.read_state(device)
     caps = probe(device) if _migratable(device) else None  # type: ignore[arg-type]
     whole = state["config"] + state.get("extended_config", b"")
-    qemu_state = pci_vfio.qemu_state(state)
-    qemu_held = pci_vfio.qemu_held(whole)
+    express = pci_vfio.qemu_express(device.region(pci_vfio.CONFIG).size)
+    qemu_state = pci_vfio.qemu_state(state, express)
+    qemu_held = pci_vfio.qemu_held(whole, express)
     qemu_desc = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
     writer = StreamWriter(counted, "vmstate")  # type: ignore[arg-type]
     name = f"{device.name}/{pci_vfio.DESCRIPTION_NAME}"

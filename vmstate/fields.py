@@ -31,7 +31,7 @@ from vmstate.kinds.vbuffer64 import VBufferUint64
 from vmstate.predicates import Condition, as_condition
 
 if TYPE_CHECKING:
-    from vmstate.description import Description
+    from vmstate.kinds.base import DescriptionLike
 
 __all__ = [
     "COUNT_TYPES",
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-def kind_of(element: str | Kind | Description) -> Kind:
+def kind_of(element: str | Kind | DescriptionLike) -> Kind:
     """An element given as a type name, a kind or a description (a struct)."""
     if isinstance(element, str):
         return scalar_kind(element)
@@ -150,7 +150,7 @@ def validate(name: str, test: str | Condition) -> Field:
 
 def struct(
     name: str,
-    description: Description,
+    description: DescriptionLike,
     *,
     version: int | None = None,
     since: int = 0,
@@ -161,7 +161,7 @@ def struct(
 
 def array(
     name: str,
-    element: str | Kind | Description,
+    element: str | Kind | DescriptionLike,
     count: int,
     *,
     nullable: bool = False,
@@ -173,7 +173,7 @@ def array(
 
 def varray(
     name: str,
-    element: str | Kind | Description,
+    element: str | Kind | DescriptionLike,
     count: str,
     max_count: int,
     *,
@@ -186,5 +186,5 @@ def varray(
     return Field(name, kind, since, exists)
 
 
-def qtailq(name: str, element: Description, *, since: int = 0, exists: Exists = None) -> Field:
+def qtailq(name: str, element: DescriptionLike, *, since: int = 0, exists: Exists = None) -> Field:
     return Field(name, QTailQ(Struct(element)), since, exists)

@@ -167,7 +167,8 @@ class _Parser:
             self.take(")")
             return inner
         if tok[0].isdigit():
-            return ("num", int(tok, 0))
+            prefixed = tok[:2].lower() in ("0x", "0b")
+            return ("num", int(tok, 0) if prefixed else int(tok, 10))
         if tok in ("true", "false"):
             return ("num", int(tok == "true"))
         if not (tok[0].isalpha() or tok[0] == "_") or tok in _BINARY or tok == "not":

@@ -5,7 +5,7 @@ File layout (a QEMU-format stream with a vmdesc, so QEMU's tools read it):
 - ``<name>/vfio-pci-config``: the config state (descriptions/vfio-pci-config.toml);
 - ``<name>/vfio``: QEMU's own vfio section framing: DEV_CONFIG_STATE, QEMU's
   VFIOPCIDevice state, END_OF_STATE; DEV_SETUP_STATE, END_OF_STATE; then
-  DEV_DATA_STATE chunks (be64 size + bytes, at most :data:`MAX_CHUNK`), END_OF_STATE;
+  DEV_DATA_STATE chunks, END_OF_STATE (:mod:`vmstate.vfio_section`);
 - ``<name>/vfio-device-state``: protocol, capabilities, the data's format and size
   (descriptions/vfio-device-state.toml);
 - ``<name>/VFIOPCIDevice``: QEMU's layout of the config state on its own, when asked
@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import mmap
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -34,18 +33,10 @@ import attrs
 from vmstate import pci_vfio, registry
 from vmstate.description import Description
 from vmstate.device_data import MAX_DEVICE_DATA
-from vmstate.errors import DecodeError, IncompatibleError, LimitError, TruncatedError
-from vmstate.stream import Input, RawParser, Section, Stream, parse, resolver_from
+from vmstate.errors import DecodeError, IncompatibleError, LimitError
+from vmstate.stream import FOOTER, Input, RawParser, Section, Stream, parse, resolver_from
+from vmstate.vfio_section import Closing, VfioPayload, decode_data, qemu_config, walk_vfio
 
-END_OF_STATE: Final = 0xFFFFFFFFEF100001
-DEV_CONFIG_STATE: Final = 0xFFFFFFFFEF100002
-DEV_SETUP_STATE: Final = 0xFFFFFFFFEF100003
-DEV_DATA_STATE: Final = 0xFFFFFFFFEF100004
-_TAGS: Final = {END_OF_STATE, DEV_CONFIG_STATE, DEV_SETUP_STATE, DEV_DATA_STATE}
-#: largest DEV_DATA_STATE chunk accepted from a file (we write at most device_data.CHUNK_SIZE)
-MAX_CHUNK: Final = 64 << 20
-#: device data decoded for checking and showing when a format is registered
-MAX_DECODED_DATA: Final = 16 << 20
 #: largest file taken: the most device data, and room for everything else
 MAX_FILE: Final = MAX_DEVICE_DATA + (64 << 20)
 PROTOCOL_V2: Final = 2
@@ -54,7 +45,6 @@ PROTOCOL_REGIONS: Final = 1
 #: device config data carried by the region protocol (a vbuffer in the description)
 MAX_REGION_CONFIG: Final = 1 << 20
 META_NAME: Final = "vfio-device-state"
-_BE64: Final = struct.Struct(">Q")
 
 
 def format_name(driver: str | None) -> str:
@@ -65,101 +55,8 @@ def format_name(driver: str | None) -> str:
     return name if name in registry.names() else ""
 
 
-# -- QEMU's vfio section framing ------------------------------------------------------
-
-
-@attrs.frozen
-class VfioPayload:
-    """What a ``<name>/vfio`` section holds, at absolute offsets."""
-
-    #: QEMU's VFIOPCIDevice state in DEV_CONFIG_STATE: (start, end) and decoded
-    config: tuple[int, int] | None
-    config_state: dict[str, Any] | None = attrs.field(eq=False, repr=False)
-    chunks: tuple[tuple[int, int], ...]
-    end: int
-
-    @property
-    def data_size(self) -> int:
-        return sum(size for _, size in self.chunks)
-
-
-def walk_vfio(buf: Input, pos: int) -> VfioPayload:
-    """Walk a vfio section's tags from *pos*; every size is checked before use.
-
-    QEMU's VFIOPCIDevice state has no length; its layout follows from its own
-    config space (PCI Express or not, MSI-X vectors), read at its start."""
-    config: tuple[int, int] | None = None
-    config_state = None
-    chunks: list[tuple[int, int]] = []
-    while pos + 8 <= len(buf) and buf[pos] == 0xFF:
-        tag = _u64(buf, pos, "vfio tag")
-        if tag not in _TAGS or tag == END_OF_STATE:
-            raise DecodeError(
-                "unknown vfio tag",
-                offset=pos,
-                expected="DEV_CONFIG_STATE, DEV_SETUP_STATE or DEV_DATA_STATE",
-                found=f"{tag:#x}",
-            )
-        pos += 8
-        if tag == DEV_CONFIG_STATE:
-            config_state, end = walk_qemu_config(buf, pos)
-            config, pos = (pos, end), end
-        while tag == DEV_DATA_STATE:
-            size = _u64(buf, pos, "chunk size")
-            if size > MAX_CHUNK:
-                raise LimitError(
-                    "device data chunk too large",
-                    offset=pos,
-                    expected=f"<= {MAX_CHUNK} bytes",
-                    found=str(size),
-                )
-            if pos + 8 + size > len(buf):
-                raise TruncatedError(
-                    "device data chunk cut short",
-                    offset=pos + 8,
-                    expected=f"{size} bytes",
-                    found=f"{len(buf) - pos - 8} bytes",
-                )
-            chunks.append((pos + 8, size))
-            pos += 8 + size
-            tag = _u64(buf, pos, "vfio tag")
-            if tag == DEV_DATA_STATE:
-                pos += 8
-        closing = _u64(buf, pos, "END_OF_STATE")
-        if closing != END_OF_STATE:
-            raise DecodeError(
-                "vfio group not closed",
-                offset=pos,
-                expected=f"END_OF_STATE {END_OF_STATE:#x}",
-                found=f"{closing:#x}",
-            )
-        pos += 8
-    return VfioPayload(config, config_state, tuple(chunks), pos)
-
-
-def walk_qemu_config(buf: Input, pos: int) -> tuple[dict[str, Any], int]:
-    """QEMU's VFIOPCIDevice state at *pos*, sized by its own first 256 config bytes."""
-    desc = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
-    if pos + 4 + 256 > len(buf):
-        raise TruncatedError(
-            "VFIOPCIDevice state cut short",
-            offset=pos,
-            expected="a version and 256 bytes of config",
-            found=f"{len(buf) - pos} bytes",
-        )
-    held = pci_vfio.qemu_held(bytes(buf[pos + 4 : pos + 4 + 256]))
-    return desc.load_from(buf, pos, desc.version_id, held=held)
-
-
-def _u64(buf: Input, pos: int, what: str) -> int:
-    if pos + 8 > len(buf):
-        raise TruncatedError(
-            "input ends early",
-            offset=pos,
-            expected=f"8 bytes of {what}",
-            found=f"{len(buf) - pos} bytes",
-        )
-    return int(_BE64.unpack_from(buf, pos)[0])
+#: the standalone VFIOPCIDevice section (save --qemu) ends where its footer starts
+_FOOTER: Final = Closing("its section footer", f"FOOTER {FOOTER:#x}", lambda b, at: at < len(b) and b[at] == FOOTER)
 
 
 # -- the typed value --------------------------------------------------------------------
@@ -183,7 +80,7 @@ class DeviceData:
     payload: VfioPayload
     #: the description of its format, when one is registered
     format: Description | None = attrs.field(eq=False, repr=False)
-    #: the data decoded with it (when it is at most MAX_DECODED_DATA bytes)
+    #: the data decoded with it (when it is at most vfio_section.MAX_DECODED_DATA bytes)
     decoded: dict[str, Any] | None = attrs.field(eq=False, repr=False)
 
     @property
@@ -249,7 +146,7 @@ def read_file(buf: Input) -> SavedFile:
             return int(walked[pos].end)
 
         def qemu(b: Input, pos: int) -> int:
-            walked[pos], end = walk_qemu_config(b, pos)
+            walked[pos], end, _ = qemu_config(b, pos, _FOOTER)
             return end
 
         if idstr.endswith("/vfio"):
@@ -266,9 +163,9 @@ def read_file(buf: Input) -> SavedFile:
     qemu_section = sections.get(f"{name}/{pci_vfio.QEMU_DESCRIPTION_NAME}")
     meta = meta_section.state if meta_section is not None else None
     payload = walked[vfio_section.start] if vfio_section is not None else None
-    qemu_config = walked[qemu_section.start] if qemu_section is not None else None
+    qemu_state = walked[qemu_section.start] if qemu_section is not None else None
     if payload is not None and payload.config_state is not None:
-        qemu_config = payload.config_state
+        qemu_state = payload.config_state
     protocol = meta["protocol"] if meta is not None else None
     if (protocol == PROTOCOL_V2) != (vfio_section is not None):
         what = "a vfio section without its" if vfio_section is not None else "no vfio section for"
@@ -285,9 +182,7 @@ def read_file(buf: Input) -> SavedFile:
     if vfio_section is not None and payload is not None and meta_section is not None:
         assert meta is not None
         data = _device_data(buf, vfio_section, payload, meta, meta_section)
-    return SavedFile(
-        name, parsed, config, meta, meta_section, data, qemu_config, buf
-    )
+    return SavedFile(name, parsed, config, meta, meta_section, data, qemu_state, buf)
 
 
 def _config_section(parsed: Stream, buf: Input) -> ConfigSection:
@@ -323,23 +218,9 @@ def _device_data(
     fmt_name = bytes(meta["format"]).decode("ascii", "replace")
     data_format = registry.get(fmt_name) if fmt_name in registry.names() else None
     decoded = None
-    if data_format is not None and payload.data_size <= MAX_DECODED_DATA:
-        joined = b"".join(bytes(buf[at : at + size]) for at, size in payload.chunks)
-        try:
-            decoded = data_format.load(joined)
-        except DecodeError as e:
-            at = _file_offset(payload, e.offset, section.start)
-            raise attrs.evolve(e, offset=at, path=(section.idstr, *e.path)) from None
+    if data_format is not None:
+        decoded = decode_data(buf, payload.chunks, data_format, section.idstr, section.start)
     return DeviceData(section, payload, data_format, decoded)
-
-
-def _file_offset(payload: VfioPayload, offset: int, default: int) -> int:
-    """Where byte *offset* of the joined device data lies in the file."""
-    for at, size in payload.chunks:
-        if offset < size:
-            return at + offset
-        offset -= size
-    return default
 
 
 # -- a private copy of a file -------------------------------------------------------------

@@ -11,21 +11,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vmstate import qemu_vfio
 from vmstate.analyze import open_stream
 from vmstate.compat import ERROR, VMDESC, DescriptionSet, Problem, compare, missing_section
+from vmstate.description import Description
 from vmstate.errors import DecodeError, format_path
 from vmstate.stream import Section, parse
+from vmstate.vfio_section import raw_sections
 from vmstate.waivers import NO_WAIVERS, Waivers
 
 
 def check_stream(
-    path: str | Path, dst: DescriptionSet, waivers: Waivers = NO_WAIVERS
+    path: str | Path,
+    dst: DescriptionSet,
+    waivers: Waivers = NO_WAIVERS,
+    device_data: Description | None = None,
 ) -> list[Problem]:
+    """*device_data* is the format of VFIO devices' device data (see qemu_vfio)."""
     problems: list[Problem] = []
     with open_stream(path) as buf:
-        parsed = parse(buf)
+        parsed = parse(buf, raw=raw_sections)
         for section in parsed.device_sections():
             problems.extend(_section(section, buf, dst, waivers))
+        problems.extend(qemu_vfio.problems(parsed, buf, device_data))
     return problems
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from vmstate import registry
 from vmstate.compat import ERROR, Problem, compare
 from vmstate.errors import UsageError
 from vmstate.pci_host import normalize_name
@@ -43,6 +44,12 @@ def register(sub: Any) -> None:
         "--device", metavar="BDF|UUID", help="the target of --state; nothing is written to it"
     )
     p.add_argument(
+        "--device-data",
+        metavar="FORMAT",
+        help="with --stream: check VFIO devices' device data against this description "
+        "(e.g. mtty-migration-data)",
+    )
+    p.add_argument(
         "--bidirectional", action="store_true", help="also check migrating back from --dst to --src"
     )
     p.add_argument(
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     waivers = Waivers()
     for path in args.waivers:
         waivers = waivers + load_waivers(path)
+    if args.device_data and not args.stream:
+        raise UsageError("--device-data goes with --stream")
     if args.state or args.device:
         if not (args.state and args.device) or args.src or args.dst or args.stream:
             raise UsageError("--state and --device go together, without --src, --dst or --stream")
@@ -69,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.stream:
         if not args.dst or args.src:
             raise UsageError("--stream needs --dst (and no --src)")
-        problems = check_stream(args.stream, load_description_set(args.dst), waivers)
+        data_format = registry.get(args.device_data) if args.device_data else None
+        problems = check_stream(args.stream, load_description_set(args.dst), waivers, data_format)
     else:
         if not (args.src and args.dst):
             raise UsageError("give --src and --dst, --stream and --dst, or --state and --device")

@@ -27,8 +27,9 @@ from vmstate.interpreter.spans import Span
 from vmstate.predicates import is_opaque
 
 if TYPE_CHECKING:
-    from vmstate.description import Description, Subsection
-    from vmstate.fields import Field
+    from vmstate.kinds.base import DescriptionLike
+    from vmstate.kinds.base import FieldLike as Field
+    from vmstate.kinds.base import SubsectionLike as Subsection
 
 SUBSECTION = 0x05
 _BE32 = struct.Struct(">I")
@@ -40,7 +41,7 @@ State = dict[str, Any]
 
 
 def load(
-    desc: Description,
+    desc: DescriptionLike,
     buf: Any,
     pos: int,
     version_id: int,
@@ -131,7 +132,7 @@ def _explain_short_run(run: Run, buf: Any, pos: int, frame: Frame) -> None:
     raise AssertionError("a run that does not fit fails in one of its fields")
 
 
-def _exists_on_load(desc: Description, field: Field, frame: Frame, pos: int) -> bool:
+def _exists_on_load(desc: DescriptionLike, field: Field, frame: Frame, pos: int) -> bool:
     cond = field.exists
     assert cond is not None
     if is_opaque(cond):
@@ -152,7 +153,7 @@ def _exists_on_load(desc: Description, field: Field, frame: Frame, pos: int) -> 
 
 
 def _load_subsections(
-    desc: Description, buf: Any, pos: int, frame: Frame, spans: list[Span] | None
+    desc: DescriptionLike, buf: Any, pos: int, frame: Frame, spans: list[Span] | None
 ) -> int:
     if not desc.subsections:
         return pos
@@ -213,7 +214,7 @@ def _run_load_hook(name: str, pos: int, *args: Any) -> Any:
 
 
 def save(
-    desc: Description,
+    desc: DescriptionLike,
     out: bytearray,
     state: Mapping[str, Any],
     version_id: int,
@@ -277,7 +278,7 @@ def save(
 
 
 def _save_field(
-    desc: Description, out: bytearray, field: Field, state: Mapping[str, Any], frame: Frame,
+    desc: DescriptionLike, out: bytearray, field: Field, state: Mapping[str, Any], frame: Frame,
     spans: list[Span] | None,
 ) -> None:
     kind = field.kind
@@ -294,7 +295,7 @@ def _save_field(
         raise e.within(field.name) from None
 
 
-def _exists_on_save(desc: Description, field: Field, state: Mapping[str, Any], frame: Frame) -> bool:
+def _exists_on_save(desc: DescriptionLike, field: Field, state: Mapping[str, Any], frame: Frame) -> bool:
     cond = field.exists
     assert cond is not None
     if is_opaque(cond):

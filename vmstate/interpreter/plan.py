@@ -21,8 +21,8 @@ from vmstate.errors import EncodeError
 from vmstate.kinds.base import Layout, codec, single
 
 if TYPE_CHECKING:
-    from vmstate.description import Description
-    from vmstate.fields import Field
+    from vmstate.kinds.base import DescriptionLike
+    from vmstate.kinds.base import FieldLike as Field
 
 
 class Run:
@@ -79,7 +79,7 @@ class Plan:
 
     __slots__ = ("description", "flat", "steps", "version")
 
-    def __init__(self, description: Description, version: int, steps: tuple[Step, ...]) -> None:
+    def __init__(self, description: DescriptionLike, version: int, steps: tuple[Step, ...]) -> None:
         self.description = description
         self.version = version
         self.steps = steps
@@ -87,7 +87,7 @@ class Plan:
         self.flat = _flat(description, steps)
 
 
-def plan(desc: Description, version: int, *, fast: bool = True, checked: bool = False) -> Plan:
+def plan(desc: DescriptionLike, version: int, *, fast: bool = True, checked: bool = False) -> Plan:
     """The plan of *desc* at *version*, compiled on first use.
 
     *fast* merges fixed fields into runs; *checked* keeps fields whose values are
@@ -100,7 +100,7 @@ def plan(desc: Description, version: int, *, fast: bool = True, checked: bool = 
     return found
 
 
-def _steps(desc: Description, version: int, fast: bool, checked: bool) -> tuple[Step, ...]:
+def _steps(desc: DescriptionLike, version: int, fast: bool, checked: bool) -> tuple[Step, ...]:
     steps: list[Step] = []
     fields: list[Field] = []
     layouts: list[Layout] = []
@@ -133,7 +133,7 @@ def _steps(desc: Description, version: int, fast: bool, checked: bool) -> tuple[
     return tuple(steps)
 
 
-def _flat(desc: Description, steps: tuple[Step, ...]) -> Layout | None:
+def _flat(desc: DescriptionLike, steps: tuple[Step, ...]) -> Layout | None:
     """The layout of a description that is one run: a struct element read in bulk."""
     if desc.subsections or desc.hooks or len(steps) != 1:
         return None

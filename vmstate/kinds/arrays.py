@@ -9,8 +9,9 @@ on load an element is NULL where the destination holds NULL.
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
@@ -18,6 +19,7 @@ from vmstate.errors import DecodeError, EncodeError, LimitError
 from vmstate.interpreter.context import Frame, need
 from vmstate.interpreter.spans import Span
 from vmstate.kinds.base import (
+    DescriptionLike,
     Element,
     Kind,
     Layout,
@@ -28,9 +30,6 @@ from vmstate.kinds.base import (
     codec,
 )
 from vmstate.kinds.buffer import count_of, size_on_save
-
-if TYPE_CHECKING:
-    from vmstate.description import Description
 
 NULLPTR_MARKER = 0x30
 #: count field types accepted for variable arrays
@@ -105,7 +104,7 @@ class _List(Kind):
             return qemu_values(kinds[0], value)  # type: ignore[arg-type]
         return [k.qemu_value(v) for k, v in zip(kinds, value, strict=True)]
 
-    def nested(self) -> Iterator[Description]:
+    def nested(self) -> Iterator[DescriptionLike]:
         for kind in self.element_kinds(1):
             yield from kind.nested()
 
@@ -170,8 +169,11 @@ class _Elements(_List):
             lay = el.layout()
             if lay is not None:
                 many = _repeated(lay, n)
-                out += codec(many.order or ">", many.fmt).pack(*many.pack(value))
-                return
+                try:
+                    out += codec(many.order or ">", many.fmt).pack(*many.pack(value))
+                    return
+                except (struct.error, TypeError, OverflowError):
+                    pass  # one by one: the error names the element that does not fit
         for i, item in enumerate(value):
             start = len(out)
             try:
@@ -314,7 +316,7 @@ class Seq(_List):
     def element_kinds(self, n: int) -> Sequence[Kind]:
         return self.elements
 
-    def nested(self) -> Iterator[Description]:
+    def nested(self) -> Iterator[DescriptionLike]:
         for kind in self.elements:
             yield from kind.nested()
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, NewType, Protocol
 from vmstate.errors import EncodeError
 
 if TYPE_CHECKING:
-    from vmstate.description import Description
     from vmstate.interpreter.context import Frame
     from vmstate.interpreter.spans import Span
+    from vmstate.predicates import Condition
 
 Spans = list["Span"] | None
 #: in a kind's description-file spec: an element, given as a scalar type name, a
@@ -178,7 +178,7 @@ class Kind(abc.ABC):
     def save(self, out: bytearray, value: Any, frame: Frame, name: str, spans: Spans) -> None:
         """Append the bytes of *value* (and, with *spans*, its parts' spans)."""
 
-    def nested(self) -> Iterator[Description]:
+    def nested(self) -> Iterator[DescriptionLike]:
         """Descriptions this kind contains (structs, elements)."""
         return iter(())
 
@@ -265,10 +265,58 @@ class Kind(abc.ABC):
         return self.to_spec(writer)
 
 
+class FieldLike(Protocol):
+    """What kinds and the interpreter use of a field (``vmstate.fields.Field``)."""
+
+    name: str
+    kind: Kind
+    since: int
+    exists: Condition | None
+
+    @property
+    def stored(self) -> bool: ...
+
+
+class SubsectionLike(Protocol):
+    """What the interpreter uses of a subsection (``vmstate.description.Subsection``)."""
+
+    description: DescriptionLike
+    needed: Condition | None
+
+    @property
+    def name(self) -> str: ...
+
+
+class DescriptionLike(Protocol):
+    """What kinds and the interpreter use of a description; the value itself is
+    ``vmstate.description.Description``, above them (they do not import it)."""
+
+    name: str
+    version_id: int
+    minimum_version_id: int
+    fields: tuple[FieldLike, ...]
+    subsections: tuple[SubsectionLike, ...]
+    hooks: Any
+    plans: dict[tuple[int, bool, bool], Any]
+    stored_names: frozenset[str]
+    subsections_by_wire_name: dict[bytes, SubsectionLike]
+
+    @property
+    def fixed_size(self) -> int | None: ...
+
+    def parts(self, state: Any) -> list[tuple[str | int, Any, Any]]: ...
+
+    def to_json(self, state: Any) -> Any: ...
+
+    def from_json(self, data: Any) -> Any: ...
+
+    def qemu_value(self, state: Any) -> Any: ...
+
+
 class ResolvedRefs(Protocol):
     element: Kind | None
     elements: Sequence[Kind]
-    struct: Description | None
+    struct: DescriptionLike | None
 
 
 class SpecWriter(Protocol):
@@ -277,7 +325,7 @@ class SpecWriter(Protocol):
     def element(self, kind: Kind) -> Any:
         """*kind* as an element reference (a type or struct name, or an inline table)."""
 
-    def struct_key(self, desc: Description) -> str:
+    def struct_key(self, desc: DescriptionLike) -> str:
         """The [structs] key *desc* is written under."""
 
 

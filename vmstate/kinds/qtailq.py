@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
@@ -11,10 +11,7 @@ from vmstate.errors import DecodeError, EncodeError
 from vmstate.interpreter.context import Frame, need
 from vmstate.interpreter.spans import Span
 from vmstate.kinds.arrays import _List
-from vmstate.kinds.base import Element, Kind, ResolvedRefs, Spans, SpecWriter
-
-if TYPE_CHECKING:
-    from vmstate.description import Description
+from vmstate.kinds.base import DescriptionLike, Element, Kind, ResolvedRefs, Spans, SpecWriter
 
 
 @attrs.frozen(kw_only=True)
@@ -35,7 +32,7 @@ class QTailQ(_List):
     def element_kinds(self, n: int) -> Sequence[Kind]:
         return (self.element,) * n
 
-    def nested(self) -> Iterator[Description]:
+    def nested(self) -> Iterator[DescriptionLike]:
         yield from self.element.nested()
 
     def load(self, buf: Any, pos: int, frame: Frame, name: str, spans: Spans) -> tuple[Any, int]:

@@ -8,7 +8,7 @@ for VMSTATE_WITH_TMP, which vmdesc records inline.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
@@ -16,10 +16,15 @@ from vmstate.errors import EncodeError
 from vmstate.interpreter import engine
 from vmstate.interpreter.context import Ctx, Frame
 from vmstate.interpreter.plan import plan
-from vmstate.kinds.base import Kind, Layout, ResolvedRefs, Spans, SpecWriter, bytes_text
-
-if TYPE_CHECKING:
-    from vmstate.description import Description
+from vmstate.kinds.base import (
+    DescriptionLike,
+    Kind,
+    Layout,
+    ResolvedRefs,
+    Spans,
+    SpecWriter,
+    bytes_text,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -34,7 +39,7 @@ class StructSpec:
 class Struct(Kind):
     """A nested description."""
 
-    description: Description
+    description: DescriptionLike
     version: int | None = None
     info: str = "struct"  # type: ignore[misc]
     type_name: ClassVar[str] = "struct"
@@ -62,7 +67,7 @@ class Struct(Kind):
         engine.save(self.description, out, value, self.load_version, frame.ctx,
                     held=frame.held_of(name), spans=spans)
 
-    def nested(self) -> Iterator[Description]:
+    def nested(self) -> Iterator[DescriptionLike]:
         yield self.description
 
     def parts(self, value: Any) -> list[tuple[str | int, Any, Any]]:
