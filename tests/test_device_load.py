@@ -205,3 +205,9 @@ def test_the_snapshot_is_a_sealed_copy(tmp_path: Path) -> None:
         with pytest.raises(PermissionError):
             os.pwrite(fds[0][0], b"X", 0)
     assert copies() == [], "the copy is gone with the snapshot"
+
+
+def test_the_largest_file_holds_the_largest_device_data() -> None:
+    from vmstate import device_data, saved_file
+
+    assert saved_file.MAX_FILE == device_data.MAX_DEVICE_DATA + (64 << 20)

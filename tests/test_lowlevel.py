@@ -153,14 +153,23 @@ def test_generated_ffi_modules_match_their_declarations(module: str) -> None:
     assert layout(generated) == layout(declared)
 
 
+def loaded_after(modules: str, *names: str) -> list[bool]:
+    """Whether each of *names* is imported after importing *modules*, in a fresh process."""
+    code = f"import sys, {modules}; print(*(n in sys.modules for n in {names!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [word == "True" for word in out.stdout.split()]
+
+
 def test_device_commands_parse_no_c_declarations_at_import() -> None:
     """Importing the device modules builds the FFIs from tables: pycparser stays unloaded."""
-    code = (
-        "import sys, vmstate.device_load, vmstate.device_save, vmstate.region_protocol;"
-        "print('pycparser' in sys.modules, 'cffi' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    modules = "vmstate.device_load, vmstate.device_save, vmstate.region_protocol"
+    assert loaded_after(modules, "pycparser", "cffi", "_cffi_backend") == [False, False, True]
+
+
+def test_commands_that_touch_no_device_load_no_vfio_bindings() -> None:
+    """Reading files and streams (show, analyze, check --stream) needs no VFIO."""
+    modules = "vmstate.cli.show, vmstate.cli.analyze, vmstate.stream_check, vmstate.saved_file"
+    assert loaded_after(modules, "_cffi_backend", "vmstate._lowlevel.ioctl") == [False, False]
 
 
 def test_struct_layouts_match_kernel_header(header_facts: dict[str, dict[str, int]]) -> None:

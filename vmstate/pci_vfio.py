@@ -15,14 +15,13 @@ from __future__ import annotations
 import mmap
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from vmstate import registry
 from vmstate._lowlevel import vfio
 from vmstate.description import Description
-from vmstate.device_regions import Device
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError, VMStateError
 from vmstate.pci.capabilities import PowerManagement
 from vmstate.pci.compat import check_compatible
@@ -31,6 +30,9 @@ from vmstate.pci.masks import build_masks
 from vmstate.pci.model import Bar, ConfigSpace
 from vmstate.pci.problems import Difference, Problem
 from vmstate.pci.registers import CAP_PM, EXT_DSN
+
+if TYPE_CHECKING:  # the bindings load only where a device is opened
+    from vmstate.device_regions import Device
 
 DESCRIPTION_NAME = "vfio-pci-config"
 CONFIG = vfio.VFIO_PCI_CONFIG_REGION_INDEX
