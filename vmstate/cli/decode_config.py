@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         out = [_json(source, space) for source, space in spaces]
         print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
     else:
-        print("\n".join(render_text(space, source.address) for source, space in spaces), end="")
+        texts = [render_text(space, source.address, irq=source.irq) for source, space in spaces]
+        print("\n".join(texts), end="")
     return 0
 
 
@@ -124,6 +125,7 @@ def _json(source: ConfigInput, space: ConfigSpace) -> dict[str, Any]:
         )
     out: dict[str, Any] = {
         "address": str(source.address) if source.address is not None else None,
+        "irq": source.irq,
         "names": {
             "vendor": ids.vendors.get(h.vendor_id),
             "device": ids.devices.get((h.vendor_id, h.device_id)),

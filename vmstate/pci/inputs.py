@@ -46,6 +46,7 @@ class ConfigInput:
     origin: str  # for messages: the path, "stdin", or the path and the function in it
     address: PciAddress | None = None
     bar_sizes: dict[int, int] | None = None  # index (6: ROM) -> bytes, where the source has them
+    irq: int | None = None  # the IRQ the kernel routed the pin to (sysfs), as lspci shows it
     note: str | None = None  # something the reader must know, e.g. that bytes were not readable
 
 
@@ -119,7 +120,7 @@ def from_bytes(
             found=f"{len(data)} bytes",
             path=(origin,),
         )
-    return (ConfigInput(data, origin, address, None, note),)
+    return (ConfigInput(data, origin, address, note=note),)
 
 
 def _as_text(data: bytes) -> str | None:
@@ -186,7 +187,7 @@ def _dumped(address: PciAddress, data: bytes, origin: str) -> ConfigInput:
     note = None
     if size != len(data):
         note = f"the dump has {len(data)} bytes: decoding the first {size}"
-    return ConfigInput(data[:size], f"{origin}: {address}", address, None, note)
+    return ConfigInput(data[:size], f"{origin}: {address}", address, note=note)
 
 
 def from_sysfs(folder: Path) -> ConfigInput:
@@ -201,9 +202,18 @@ def from_sysfs(folder: Path) -> ConfigInput:
     data = read_bounded(str(folder / "config"), EXPRESS_SIZE)
     with SysfsPciDevice.open(name, Path(os.path.realpath(folder)).parent) as device:
         sizes = {r.index: r.size for r in device.regions() if r.index <= _ROM_INDEX and r.size}
-    return ConfigInput(
-        data, str(folder), address, sizes, _unreadable_note(str(folder / "config"), data)
-    )
+    note = _unreadable_note(str(folder / "config"), data)
+    return ConfigInput(data, str(folder), address, sizes, _sysfs_irq(folder), note)
+
+
+def _sysfs_irq(folder: Path) -> int | None:
+    """sysfs ``irq``: the kernel's number for the function's interrupt, which lspci shows
+    instead of the config space's Interrupt Line (firmware's number, often another)."""
+    try:
+        text = read_bounded(str(folder / "irq"), 32).decode("ascii").strip()
+    except (OSError, LimitError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _unreadable_note(source: str, data: bytes) -> str | None:

@@ -21,11 +21,15 @@ from vmstate.pci.render_extended import render_extended
 
 
 def render_text(
-    space: ConfigSpace, address: PciAddress | None = None, names: PciIds | None = None
+    space: ConfigSpace,
+    address: PciAddress | None = None,
+    names: PciIds | None = None,
+    irq: int | None = None,
 ) -> str:
     """``lspci -vvv`` text for *space*; *address* gives the address line (and what lspci
-    decides by it), *names* the pci.ids database (the system's by default)."""
-    return "\n".join(_render(space, address, names or pci_ids())) + "\n"
+    decides by it), *names* the pci.ids database (the system's by default), *irq* the
+    kernel's IRQ for the function where known (else the config's Interrupt Line)."""
+    return "\n".join(_render(space, address, names or pci_ids(), irq)) + "\n"
 
 
 def size_text(size: int) -> str:
@@ -39,7 +43,9 @@ def size_text(size: int) -> str:
     return f"{size}{suffix}"
 
 
-def _render(space: ConfigSpace, address: PciAddress | None, names: PciIds) -> Iterator[str]:
+def _render(
+    space: ConfigSpace, address: PciAddress | None, names: PciIds, irq: int | None
+) -> Iterator[str]:
     h = space.header
     c = h.class_code
     title = f"{names.class_name(c.base, c.sub)}: {names.device_name(h.vendor_id, h.device_id)}"
@@ -61,10 +67,11 @@ def _render(space: ConfigSpace, address: PciAddress | None, names: PciIds) -> It
         yield f"\t!!! Unknown header type {h.header_type:02x}"
     if known:
         yield from _command_status(space)
-    if (known and h.interrupt_pin) or h.interrupt_line:
+    line = h.interrupt_line if irq is None else irq
+    if (known and h.interrupt_pin) or line:
         # lspci's letter is a byte: pins past D (invalid) wrap as its char arithmetic does
         pin = chr((0x40 + h.interrupt_pin) & 0xFF) if known and h.interrupt_pin else "?"
-        yield f"\tInterrupt: pin {pin} routed to IRQ {h.interrupt_line}"
+        yield f"\tInterrupt: pin {pin} routed to IRQ {line}"
     if known and h.bist & 0x80:
         yield "\tBIST is running" if h.bist & 0x40 else f"\tBIST result: {h.bist & 0x0F:02x}"
     if not known:
