@@ -45,3 +45,24 @@ def test_ci_installs_exactly_the_floors_pyproject_allows() -> None:
         release = pinned[name].split(".")
         assert release[: len(floor.split("."))] == floor.split("."), (name, floor, pinned[name])
         assert all(part == "0" for part in release[len(floor.split(".")) :]), (name, pinned[name])
+
+
+def test_core_modules_never_import_the_test_equipment() -> None:
+    """vmstate.testing (emulated devices) is for tests, ours and users': no other module
+    of the package may depend on it."""
+    import ast
+
+    package = ROOT / "vmstate"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.is_relative_to(package / "testing"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(n == "vmstate.testing" or n.startswith("vmstate.testing.") for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
