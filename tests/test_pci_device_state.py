@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from conftest import IN_CI
 
-from vmstate import analyze, pci_device_state, registry, stream
+from vmstate import pci_device_state, registry, stream
 from vmstate.cli import main
 from vmstate.device_regions import EmulatedPciDevice, e1000e_like
 from vmstate.errors import DecodeError, IncompatibleError, TruncatedError, VMStateError
+from vmstate.inputs import open_stream
 from vmstate.pci_device_state import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
 from vmstate.stream import DeviceState, write
 
@@ -282,7 +283,8 @@ def test_config_state_of_a_256_byte_device_does_not_fit_a_4096_one() -> None:
 def test_qemu_layout_matches_qemus_own_bytes() -> None:
     """VFIOPCIDevice decodes and re-encodes QEMU's PCIDevice+msix of a real e1000e."""
     desc = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
-    with analyze.open_stream(QEMU / "q35-e1000e-virtio.mig") as buf:
+    with open_stream(QEMU / "q35-e1000e-virtio.mig") as opened:
+        buf = opened.data
         parsed = stream.parse(buf)
         section = next(s for s in parsed.device_sections() if s.idstr.endswith("/e1000e"))
         held = {"msix_present": True, "pdev[0]": {"express": True}, "pdev[1]": {"msix_bytes": 81}}
@@ -349,7 +351,8 @@ def test_save_and_show_every_host_device(
     assert f"Device {vendor:04x}:{device:04x}" in shown
     assert f"vendor_id: {vendor:#x}" in shown and f"device_id: {device:#x}" in shown
     config = (sysfs / "config").read_bytes()
-    with analyze.open_stream(out) as buf:
+    with open_stream(out) as opened:
+        buf = opened.data
         state = pci_device_state.find_section(buf).state
     assert state is not None
     assert state["config"] + state.get("extended_config", b"") == config

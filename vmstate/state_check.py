@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmstate import migration, pci_device_state, vfio_state
-from vmstate.analyze import open_stream
 from vmstate.compat import ERROR, Problem
 from vmstate.errors import DecodeError, format_path
+from vmstate.inputs import open_stream
 from vmstate.pci_host import open_device
 
 
@@ -26,7 +26,8 @@ def _problem(section: str, e: DecodeError, rule: str) -> Problem:
 def check_state(path: str | Path, name: str) -> list[Problem]:
     """Every reason the state saved in *path* would not load into device *name*."""
     device, _ = open_device(name)
-    with device, open_stream(path) as buf:
+    with device, open_stream(path) as opened:
+        buf = opened.data
         try:
             saved = vfio_state.read_file(buf)
         except DecodeError as e:

@@ -3,30 +3,54 @@
 Sections are delimited with the stream's own vmdesc (what the source really
 sent); each is then loaded with the destination's description when that can
 decode bytes, or compared field by field with it when it is a -dump-vmstate
-set.  Nothing is loaded anywhere: the result is the list of sections that
-would fail and why.
+set.  The machine type must be the destination's, as QEMU requires of the
+stream's configuration section (a libvirt save image names it in its domain
+XML, which is what a restore starts).  Nothing is loaded anywhere: the result
+is the list of sections that would fail and why.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from vmstate.analyze import open_stream
 from vmstate.compat import ERROR, VMDESC, DescriptionSet, Problem, compare, missing_section
 from vmstate.errors import DecodeError, format_path
-from vmstate.stream import Section, parse
+from vmstate.inputs import StreamInput, open_stream
+from vmstate.stream import Section, Stream, parse
 from vmstate.waivers import NO_WAIVERS, Waivers
 
 
 def check_stream(
     path: str | Path, dst: DescriptionSet, waivers: Waivers = NO_WAIVERS
 ) -> list[Problem]:
-    problems: list[Problem] = []
-    with open_stream(path) as buf:
-        parsed = parse(buf)
-        for section in parsed.device_sections():
-            problems.extend(_section(section, buf, dst, waivers))
+    with open_stream(path) as opened:
+        return check_input(opened, dst, waivers)
+
+
+def check_input(
+    opened: StreamInput, dst: DescriptionSet, waivers: Waivers = NO_WAIVERS
+) -> list[Problem]:
+    """Every reason the stream in *opened* would not load into *dst*."""
+    buf = opened.data
+    parsed = parse(buf)
+    problems = _machine(opened, parsed, dst)
+    for section in parsed.device_sections():
+        problems.extend(_section(section, buf, dst, waivers))
     return problems
+
+
+def _machine(opened: StreamInput, parsed: Stream, dst: DescriptionSet) -> list[Problem]:
+    """QEMU refuses a stream of another machine type ("Machine type received is ...")."""
+    image = opened.save_image
+    machine = (image.domain.machine if image else "") or parsed.machine or ""
+    if not machine or not dst.machine or machine == dst.machine:
+        return []
+    reason = (
+        f"the stream is of machine type {machine}, the destination's descriptions are of "
+        f"{dst.machine}: QEMU loads a stream only into its own machine type (describe the "
+        f"destination with -M {machine}; if its QEMU lacks that machine type, it cannot load it)"
+    )
+    return [Problem(ERROR, "configuration", "machine", "machine-type", reason)]
 
 
 def _section(section: Section, buf: bytes, dst: DescriptionSet, waivers: Waivers) -> list[Problem]:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from vmstate import pci_device_state
-from vmstate.analyze import open_stream
 from vmstate.errors import UsageError
+from vmstate.inputs import STDIN, open_stream
 from vmstate.pci.decode import decode_config
 from vmstate.pci.render import render_text
 from vmstate.pci_host import normalize_bdf, open_device
@@ -45,9 +45,10 @@ def _config(source: str) -> tuple[bytes, dict[int, int] | None]:
         device, _ = open_device(bdf)
         with device:
             return pci_device_state.read_config(device), pci_device_state.bar_sizes(device)
-    if not path.is_file():
+    if source != STDIN and not path.exists():
         raise UsageError(f"{source}: neither a file nor a PCI address")
-    with open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
         if bytes(buf[:4]) == MAGIC.to_bytes(4, "big"):
             section = pci_device_state.find_section(buf)
             assert section.state is not None

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from vmstate import vfio_state
-from vmstate.analyze import open_stream
+from vmstate.inputs import open_stream
 from vmstate.pci_host import normalize_name, open_for_writing
 from vmstate.progress import reporter
 
@@ -31,9 +31,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     name = normalize_name(args.name)
-    with open_stream(args.file) as buf, open_for_writing(name) as device:
+    with open_stream(args.file) as opened, open_for_writing(name) as device:
         saved = vfio_state.load(
-            device, buf, dry_run=args.dry_run, progress=reporter(f"{name} device data")
+            device, opened.data, dry_run=args.dry_run, progress=reporter(f"{name} device data")
         )
     config = saved.config.state or {}
     what = f"{config.get('vendor_id', 0):04x}:{config.get('device_id', 0):04x}"

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from vmstate import pci_device_state, registry, vfio_state
-from vmstate.analyze import open_stream
+from vmstate.inputs import open_stream
 from vmstate.pci.decode import decode_config
 from vmstate.pci.render import render_text
 from vmstate.render import render_tree
@@ -37,8 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
 def show_file(path: str) -> int:
     """Print every section of *path*: decoded trees, and vfio sections unframed."""
-    with open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
         parsed = parse(buf, _resolver(buf), raw=vfio_state.raw_sections)
+        if opened.save_image is not None:
+            print(f"{path}: {opened.save_image.summary()}")
         print(f"{path}: QEMU-format stream, {parsed.size} bytes, {len(parsed.sections)} sections")
         saved = None
         for section in parsed.sections:
