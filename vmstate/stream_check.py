@@ -16,26 +16,25 @@ from pathlib import Path
 from vmstate.compat import ERROR, VMDESC, DescriptionSet, Problem, compare, missing_section
 from vmstate.errors import DecodeError, format_path
 from vmstate.inputs import StreamInput, open_stream
-from vmstate.stream import Section, Stream, parse
+from vmstate.stream import Input, Section, Stream, parse
 from vmstate.waivers import NO_WAIVERS, Waivers
 
 
 def check_stream(
-    path: str | Path, dst: DescriptionSet, waivers: Waivers = NO_WAIVERS
+    path: str | Path,
+    dst: DescriptionSet,
+    waivers: Waivers = NO_WAIVERS,
+    src: DescriptionSet | None = None,
 ) -> list[Problem]:
+    """Every reason the stream in *path* (bare or in a libvirt save image) would not load
+    into *dst*.  *src*, the source QEMU's dump, tells which sections are device types, so
+    that one the destination's dump lacks is known to be missing there."""
     with open_stream(path) as opened:
-        return check_input(opened, dst, waivers)
-
-
-def check_input(
-    opened: StreamInput, dst: DescriptionSet, waivers: Waivers = NO_WAIVERS
-) -> list[Problem]:
-    """Every reason the stream in *opened* would not load into *dst*."""
-    buf = opened.data
-    parsed = parse(buf)
-    problems = _machine(opened, parsed, dst)
-    for section in parsed.device_sections():
-        problems.extend(_section(section, buf, dst, waivers))
+        buf = opened.data
+        parsed = parse(buf)
+        problems = _machine(opened, parsed, dst)
+        for section in parsed.device_sections():
+            problems.extend(_section(section, buf, dst, waivers, src))
     return problems
 
 
@@ -53,7 +52,13 @@ def _machine(opened: StreamInput, parsed: Stream, dst: DescriptionSet) -> list[P
     return [Problem(ERROR, "configuration", "machine", "machine-type", reason)]
 
 
-def _section(section: Section, buf: bytes, dst: DescriptionSet, waivers: Waivers) -> list[Problem]:
+def _section(
+    section: Section,
+    buf: Input,
+    dst: DescriptionSet,
+    waivers: Waivers,
+    src: DescriptionSet | None,
+) -> list[Problem]:
     assert section.description is not None
     name = section.idstr
     if section.instance_id:
@@ -63,6 +68,13 @@ def _section(section: Section, buf: bytes, dst: DescriptionSet, waivers: Waivers
         vmsd = section.description.name
         target = dst.find(waivers.section_name(vmsd), section.description)
     if target is None:
+        vmsd = section.description.name
+        if src is not None and src.find(waivers.section_name(vmsd), section.description):
+            reason = (
+                f"the source's QEMU has a device type with this state ({vmsd}), the "
+                "destination's has none: it cannot create the device"
+            )
+            return [Problem(ERROR, name, "", "section-missing", reason)]
         return [missing_section(name, DescriptionSet({}, kind=VMDESC), dst)]
     _, desc = target
     if not dst.decodes:
