@@ -282,3 +282,14 @@ def test_a_compressed_image_reads_from_a_pipe(lab: Lab) -> None:
                              "json"], capture_output=True, text=True, check=False)
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout) == json.loads(direct.stdout)
+
+
+def test_show_names_the_image_then_decodes_its_stream(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = lab.image(I440FX_7_2)
+    assert main(["show", str(image)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{image}: libvirt save image v2, raw, domain vmstate-")
+    assert lines[1].startswith(f"{image}: QEMU-format stream, ")
+    assert "\ntimer: timer v2, 24 bytes" in "\n".join(lines)

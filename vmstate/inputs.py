@@ -94,7 +94,7 @@ def open_stream(name: str | Path, max_size: int = MAX_STREAM) -> Iterator[Stream
             yield StreamInput(stack.enter_context(_mapped(fd)), text)
         else:
             out = stack.enter_context(tempfile.TemporaryFile(prefix="vmstate-"))
-            _write(out, head, 0, max_size)
+            _write(out, head, 0, max_size, len(head))
             _copy(reader, out, len(head), max_size)
             yield StreamInput(stack.enter_context(_mapped(out.fileno())), text)
 
@@ -142,23 +142,24 @@ class _Replay:
         return first + self.reader.read(n - len(first)) if len(first) < n else first
 
 
-def _write(out: IO[bytes], data: bytes, produced: int, max_size: int) -> int:
-    """Append *data*; the stream so far must fit *max_size* and the temporary directory."""
+def _write(out: IO[bytes], data: bytes, produced: int, max_size: int, at: int) -> int:
+    """Append *data*, which the input up to offset *at* gave; the stream so far must fit
+    *max_size* and the temporary directory."""
     produced += len(data)
     if produced > max_size:
         raise LimitError(
             "stream too large",
-            offset=max_size,
-            expected=f"<= {max_size} bytes",
-            found=f"more ({produced} so far)",
+            offset=at,
+            expected=f"<= {max_size} bytes of stream",
+            found=f"more ({produced} bytes so far)",
         )
     try:
         out.write(data)
     except OSError as e:
         raise LimitError(
             f"the stream does not fit in {tempfile.gettempdir()} (set TMPDIR elsewhere)",
-            offset=produced - len(data),
-            expected="room for the stream",
+            offset=at,
+            expected=f"room for {produced} bytes of stream",
             found=e.strerror or str(e),
         ) from None
     return produced
@@ -166,7 +167,7 @@ def _write(out: IO[bytes], data: bytes, produced: int, max_size: int) -> int:
 
 def _copy(reader: _Reader, out: IO[bytes], produced: int, max_size: int) -> int:
     while data := reader.read(CHUNK):
-        produced = _write(out, data, produced, max_size)
+        produced = _write(out, data, produced, max_size, reader.taken)
     return produced
 
 
@@ -239,7 +240,7 @@ def _decompress(
                     )
             data = decompressor.decompress(pending, CHUNK)
             pending = b""
-            produced = _write(out, data, produced, max_size)
+            produced = _write(out, data, produced, max_size, reader.taken)
     except _ERRORS as e:
         error = LimitError if "memory" in str(e).lower() else DecodeError
         raise error(
@@ -268,7 +269,7 @@ def _lzop(fd: int, reader: _Reader, out: IO[bytes], max_size: int) -> None:
         produced = 0
         try:
             while data := proc.stdout.read(CHUNK):
-                produced = _write(out, data, produced, max_size)
+                produced = _write(out, data, produced, max_size, start)
         except BaseException:
             proc.kill()
             raise
