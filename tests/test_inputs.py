@@ -11,12 +11,14 @@ order, old versions, and broken headers.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
+import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -224,6 +226,40 @@ def test_a_compression_bomb_stops_at_the_limit(tmp_path: Path) -> None:
     data = image(bomb, "gzip")
     e = _rejects(tmp_path, data, LimitError, "stream too large", max_size=8 << 20)
     assert e.found == f"more ({(8 << 20) + CHUNK} bytes so far)"  # one bounded step past it
+
+
+@pytest.mark.parametrize("compression", ["raw", "gzip"])
+def test_the_limit_holds_for_files_and_pipes(compression: str, tmp_path: Path) -> None:
+    stream = STREAM.read_bytes()
+    data = image(gzip.compress(stream) if compression == "gzip" else stream, compression)
+    _rejects(tmp_path, data, LimitError, "stream too large", max_size=1 << 16)
+    with _pipe(data) as name, pytest.raises(LimitError), open_stream(name, max_size=1 << 16):
+        pass
+
+
+@contextlib.contextmanager
+def _pipe(data: bytes) -> Iterator[str]:
+    """A pipe holding *data*, named as a process substitution names one (``/dev/fd/N``)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer: a pipe holds 64 KiB until the reader takes it
+        os.close(read)
+        with contextlib.suppress(BrokenPipeError):
+            os.write(write, data)
+        os._exit(0)
+    os.close(write)
+    try:
+        yield f"/dev/fd/{read}"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
+def test_a_raw_image_from_a_pipe() -> None:
+    stream = STREAM.read_bytes()
+    with _pipe(image(stream)) as name, open_stream(name) as opened:
+        assert opened.data[:] == stream
+        assert opened.save_image is not None and opened.save_image.compression == "raw"
 
 
 def test_xz_asking_for_a_huge_dictionary_hits_the_memory_limit(tmp_path: Path) -> None:

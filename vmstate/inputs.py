@@ -19,6 +19,7 @@ reads the lzop file format.
 from __future__ import annotations
 
 import bz2
+import errno
 import lzma
 import mmap
 import os
@@ -88,7 +89,7 @@ def open_stream(name: str | Path, max_size: int = MAX_STREAM) -> Iterator[Stream
         if libvirt_save.is_save_image(head):
             image = libvirt_save.read_header(_Replay(head, reader).read)
             out = stack.enter_context(tempfile.TemporaryFile(prefix="vmstate-"))
-            _unpack(image, fd, reader, out, max_size)
+            _unpack(image, fd, reader, out, max_size, regular)
             yield StreamInput(stack.enter_context(_mapped(out.fileno())), text, image)
         elif regular:
             yield StreamInput(stack.enter_context(_mapped(fd)), text)
@@ -146,6 +147,15 @@ def _write(out: IO[bytes], data: bytes, produced: int, max_size: int, at: int) -
     """Append *data*, which the input up to offset *at* gave; the stream so far must fit
     *max_size* and the temporary directory."""
     produced += len(data)
+    _check_size(produced, max_size, at)
+    try:
+        out.write(data)
+    except OSError as e:
+        raise _no_room(e, produced, at) from None
+    return produced
+
+
+def _check_size(produced: int, max_size: int, at: int) -> None:
     if produced > max_size:
         raise LimitError(
             "stream too large",
@@ -153,16 +163,15 @@ def _write(out: IO[bytes], data: bytes, produced: int, max_size: int, at: int) -
             expected=f"<= {max_size} bytes of stream",
             found=f"more ({produced} bytes so far)",
         )
-    try:
-        out.write(data)
-    except OSError as e:
-        raise LimitError(
-            f"the stream does not fit in {tempfile.gettempdir()} (set TMPDIR elsewhere)",
-            offset=at,
-            expected=f"room for {produced} bytes of stream",
-            found=e.strerror or str(e),
-        ) from None
-    return produced
+
+
+def _no_room(e: OSError, produced: int, at: int) -> LimitError:
+    return LimitError(
+        f"the stream does not fit in {tempfile.gettempdir()} (set TMPDIR elsewhere)",
+        offset=at,
+        expected=f"room for {produced} bytes of stream",
+        found=e.strerror or str(e),
+    )
 
 
 def _copy(reader: _Reader, out: IO[bytes], produced: int, max_size: int) -> int:
@@ -171,15 +180,34 @@ def _copy(reader: _Reader, out: IO[bytes], produced: int, max_size: int) -> int:
     return produced
 
 
-def _unpack(image: SaveImage, fd: int, reader: _Reader, out: IO[bytes], max_size: int) -> None:
+def _unpack(
+    image: SaveImage, fd: int, reader: _Reader, out: IO[bytes], max_size: int, regular: bool
+) -> None:
     """The stream after *image*'s header into *out*, decompressed as the header says."""
     if image.compression == "raw":
-        _copy(reader, out, 0, max_size)
+        if not (regular and _copy_in_kernel(reader, out, max_size)):
+            _copy(reader, out, 0, max_size)
     elif image.compression == "lzop":
         _lzop(fd, reader, out, max_size)
     else:
         _decompress(_DECOMPRESSORS[image.compression], image.compression, reader, out, max_size)
     out.flush()
+
+
+def _copy_in_kernel(reader: _Reader, out: IO[bytes], max_size: int) -> bool:
+    """The rest of a regular file into *out* without passing through Python (gigabytes of
+    RAM); False when the kernel cannot copy between these files and nothing was copied."""
+    produced = 0
+    try:
+        while n := os.copy_file_range(reader.fd, out.fileno(), 64 * CHUNK):
+            produced += n
+            reader.taken += n
+            _check_size(produced, max_size, reader.taken)
+    except OSError as e:
+        if produced == 0 and e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise _no_room(e, produced, reader.taken) from None
+    return True
 
 
 class _Gzip:
