@@ -255,6 +255,14 @@ def _pipe(data: bytes) -> Iterator[str]:
         os.waitpid(pid, 0)
 
 
+@pytest.mark.parametrize("size", [0, 100, CHUNK + 100, 3 * CHUNK + 5])
+def test_a_pipe_keeps_every_byte(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    with _pipe(data) as name, open_stream(name) as opened:
+        assert opened.data[:] == data
+        assert opened.save_image is None
+
+
 def test_a_raw_image_from_a_pipe() -> None:
     stream = STREAM.read_bytes()
     with _pipe(image(stream)) as name, open_stream(name) as opened:

@@ -97,6 +97,7 @@ def open_stream(name: str | Path, max_size: int = MAX_STREAM) -> Iterator[Stream
             out = stack.enter_context(tempfile.TemporaryFile(prefix="vmstate-"))
             _write(out, head, 0, max_size, len(head))
             _copy(reader, out, len(head), max_size)
+            out.flush()
             yield StreamInput(stack.enter_context(_mapped(out.fileno())), text)
 
 
