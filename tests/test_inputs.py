@@ -338,6 +338,14 @@ def test_rejected_images_exit_1_with_one_line(tmp_path: Path) -> None:
         assert done.stderr.count("\n") == 1 and "incomplete" in done.stderr, done.stderr
 
 
+def test_an_image_is_a_description_set_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--src IMAGE``: the sections the stream inside it sent, as for a bare stream."""
+    path = tmp_path / "image.save"
+    path.write_bytes(image(lzma.compress(STREAM.read_bytes()), "xz"))
+    assert main(["check", "--src", str(path), "--dst", str(STREAM)]) == 0
+    assert capsys.readouterr().out == "compatible: 0 errors, 0 warnings\n"
+
+
 def test_empty_standard_input_is_rejected_cleanly() -> None:
     done = subprocess.run([sys.executable, "-m", "vmstate", "analyze", "-"],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
