@@ -301,8 +301,10 @@ def test_qemu_layout_matches_qemus_own_bytes() -> None:
 def test_qemu_state_of_an_emulated_device() -> None:
     src = programmed()
     state = pci_device_state.read_state(src)
-    qemu = pci_device_state.qemu_state(state)
-    held = pci_device_state.qemu_held(state["config"])
+    express = pci_device_state.qemu_express(src.region(CONFIG).size)
+    assert express  # a 4096-byte config region
+    qemu = pci_device_state.qemu_state(state, express)
+    held = pci_device_state.qemu_held(state["config"], express)
     assert qemu["pdev[0]"]["config[1]"] == src.read(CONFIG, 0, 4096)
     assert qemu["pdev[1]"]["msix"][:80] == src.read(MSIX_BAR, 0, 80)
     data = registry.get("VFIOPCIDevice").save(qemu, held=held)

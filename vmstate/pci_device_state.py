@@ -259,32 +259,44 @@ QEMU_DESCRIPTION_NAME = "VFIOPCIDevice"
 PCI_DEVICE_VERSION = 2
 
 
-def qemu_held(config: bytes) -> dict[str, Any]:
-    """What QEMU's VFIOPCIDevice layout depends on, read from the config space
-    itself (the first 256 bytes do): PCI Express or not, and how many MSI-X vectors."""
+def qemu_express(config_region_size: int) -> bool:
+    """Whether QEMU's vfio-pci saves 4096 config bytes for a device (PCIDevice's
+    ``config[1]``): always, unless the device's config region is exactly 256 bytes
+    (hw/vfio/pci.c clears QEMU_PCI_CAP_EXPRESS only then).  So it follows the region's
+    size, not a PCI Express capability: mtty's 0xff-byte region gets 4096 bytes."""
+    return config_region_size != 256
+
+
+def qemu_held(config: bytes, express: bool) -> dict[str, Any]:
+    """What QEMU's VFIOPCIDevice layout depends on: *express* (see :func:`qemu_express`)
+    and how many MSI-X vectors, which the first 256 bytes of config space say."""
     space = decode_config(config[:256])
     vectors = space.msix.table_size if space.msix is not None else 0
     return {
         "msix_present": space.msix is not None,
-        "pdev[0]": {"express": space.express is not None},
+        "pdev[0]": {"express": express},
         "pdev[1]": {"msix_bytes": vectors * MSIX_ENTRY.size + (vectors + 7) // 8},
     }
 
 
-def qemu_state(state: Mapping[str, Any]) -> dict[str, Any]:
+def qemu_state(state: Mapping[str, Any], express: bool) -> dict[str, Any]:
     """Our config state as QEMU's VFIOPCIDevice state (PCIDevice + msix).
 
-    INTx levels are QEMU's emulation state, not the device's: they are saved low,
-    and so is an MSI-X table that could not be read (see :func:`_readable`)."""
+    With *express*, the config is padded with zeros to 4096 bytes, as QEMU's own copy
+    of a shorter config space is.  INTx levels are QEMU's emulation state, not the
+    device's: they are saved low, and so is an MSI-X table that could not be read
+    (see :func:`_readable`)."""
     config = state["config"] + state.get("extended_config", b"")
-    held = qemu_held(config)
-    express = held["pdev[0]"]["express"]
-    if express and len(config) != 4096:
-        raise UsageError("a PCI Express device whose config space is not 4096 bytes")
+    if not express and len(config) != 256:
+        raise UsageError(
+            "QEMU saves 256 config bytes only of a device whose config region "
+            f"is 256 bytes, not {len(config)}"
+        )
+    held = qemu_held(config, express)
     out: dict[str, Any] = {
         "pdev[0]": {
             "version_id": PCI_DEVICE_VERSION,
-            "config[1]" if express else "config[0]": config,
+            "config[1]" if express else "config[0]": config.ljust(4096 if express else 256, b"\0"),
             "irq_state": bytes(16),
         }
     }
@@ -314,7 +326,9 @@ def save(device: Device, *, qemu: bool = False, machine: str = "vmstate") -> byt
         qemu_desc = registry.get(QEMU_DESCRIPTION_NAME)
         idstr = f"{device.name}/{QEMU_DESCRIPTION_NAME}"
         config = state["config"] + state.get("extended_config", b"")
-        sections.append(DeviceState(idstr, qemu_desc, qemu_state(state), held=qemu_held(config)))
+        express = qemu_express(device.region(CONFIG).size)
+        held = qemu_held(config, express)
+        sections.append(DeviceState(idstr, qemu_desc, qemu_state(state, express), held=held))
     return write(sections, machine)
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vmstate import qemu_vfio
 from vmstate.compat import ERROR, VMDESC, DescriptionSet, Problem, compare, missing_section
+from vmstate.description import Description
 from vmstate.errors import DecodeError, format_path
 from vmstate.inputs import StreamInput, open_stream
 from vmstate.stream import Input, Section, Stream, parse
+from vmstate.vfio_state import raw_sections
 from vmstate.waivers import NO_WAIVERS, Waivers
 
 
@@ -24,17 +27,20 @@ def check_stream(
     path: str | Path,
     dst: DescriptionSet,
     waivers: Waivers = NO_WAIVERS,
+    device_data: Description | None = None,
     src: DescriptionSet | None = None,
 ) -> list[Problem]:
     """Every reason the stream in *path* (bare or in a libvirt save image) would not load
-    into *dst*.  *src*, the source QEMU's dump, tells which sections are device types, so
+    into *dst*.  *device_data* is the format of VFIO devices' device data (see
+    qemu_vfio); *src*, the source QEMU's dump, tells which sections are device types, so
     that one the destination's dump lacks is known to be missing there."""
     with open_stream(path) as opened:
         buf = opened.data
-        parsed = parse(buf)
+        parsed = parse(buf, raw=raw_sections)
         problems = _machine(opened, parsed, dst)
         for section in parsed.device_sections():
             problems.extend(_section(section, buf, dst, waivers, src))
+        problems.extend(qemu_vfio.problems(parsed, buf, device_data))
     return problems
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,6 +40,7 @@ from vmstate.errors import (
     UsageError,
 )
 from vmstate.migration import DeviceState as MigState
+from vmstate.pci.decode import decode_config
 from vmstate.stream import DeviceState as Section_
 from vmstate.stream import Input, RawParser, Section, StreamWriter
 
@@ -76,6 +77,11 @@ class VfioPayload:
     config: tuple[int, int] | None
     chunks: tuple[tuple[int, int], ...]
     end: int
+    #: each group in order: its opening tag and how many chunks it carries
+    #: (END_OF_STATE opens none: QEMU's pre-copy round that read nothing)
+    groups: tuple[tuple[int, int], ...]
+    #: the layout of the VFIOPCIDevice state (pci_device_state.qemu_held), with config
+    config_held: Mapping[str, Any] | None = attrs.field(eq=False)
 
     @property
     def data_size(self) -> int:
@@ -85,23 +91,32 @@ class VfioPayload:
 def walk_vfio(buf: Input, pos: int) -> VfioPayload:
     """Walk a vfio section's tags from *pos*; every size is checked before use.
 
-    QEMU's VFIOPCIDevice state has no length; its layout follows from its own
-    config space (PCI Express or not, MSI-X vectors), read at its start."""
+    QEMU's VFIOPCIDevice state has no length; its layout follows from its config
+    space (MSI-X vectors, read at its start) and from the size of the device's config
+    region, which only the state's end shows (see :func:`_config_end`).  A group may be
+    END_OF_STATE alone: QEMU writes that for a pre-copy round that read no data."""
     config: tuple[int, int] | None = None
+    held: dict[str, Any] | None = None
     chunks: list[tuple[int, int]] = []
+    groups: list[tuple[int, int]] = []
     while pos + 8 <= len(buf) and buf[pos] == 0xFF:
         tag = _u64(buf, pos, "vfio tag")
-        if tag not in _TAGS or tag == END_OF_STATE:
+        if tag not in _TAGS:
             raise DecodeError(
                 "unknown vfio tag",
                 offset=pos,
-                expected="DEV_CONFIG_STATE, DEV_SETUP_STATE or DEV_DATA_STATE",
+                expected="DEV_CONFIG_STATE, DEV_SETUP_STATE, DEV_DATA_STATE or END_OF_STATE",
                 found=f"{tag:#x}",
             )
         pos += 8
+        opening, opened = tag, len(chunks)
+        if tag == END_OF_STATE:
+            groups.append((tag, 0))
+            continue
         if tag == DEV_CONFIG_STATE:
-            config = (pos, _config_end(buf, pos))
-            pos = config[1]
+            end, held = _config_end(buf, pos)
+            config = (pos, end)
+            pos = end
         while tag == DEV_DATA_STATE:
             size = _u64(buf, pos, "chunk size")
             if size > MAX_CHUNK:
@@ -132,10 +147,16 @@ def walk_vfio(buf: Input, pos: int) -> VfioPayload:
                 found=f"{closing:#x}",
             )
         pos += 8
-    return VfioPayload(config, tuple(chunks), pos)
+        groups.append((opening, len(chunks) - opened))
+    return VfioPayload(config, tuple(chunks), pos, tuple(groups), held)
 
 
-def _config_end(buf: Input, pos: int) -> int:
+def _config_end(buf: Input, pos: int) -> tuple[int, dict[str, Any]]:
+    """The end and layout of the VFIOPCIDevice state at *pos*.
+
+    QEMU saves 256 or 4096 config bytes by the device's config region size, which the
+    bytes do not record (pci_device_state.qemu_express): the layout is the one whose
+    end END_OF_STATE follows, tried first as a PCI Express capability suggests."""
     desc = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
     if pos + 4 + 256 > len(buf):
         raise TruncatedError(
@@ -144,9 +165,37 @@ def _config_end(buf: Input, pos: int) -> int:
             expected="a version and 256 bytes of config",
             found=f"{len(buf) - pos} bytes",
         )
-    held = pci_device_state.qemu_held(bytes(buf[pos + 4 : pos + 4 + 256]))
-    _, end = desc.load_from(buf, pos, desc.version_id, held=held)
-    return end
+    config = bytes(buf[pos + 4 : pos + 4 + 256])
+    guess = decode_config(config).express is not None
+    ends = []
+    failed: DecodeError | None = None
+    for express in (guess, not guess):
+        held = pci_device_state.qemu_held(config, express)
+        try:
+            _, end = desc.load_from(buf, pos, desc.version_id, held=held)
+        except DecodeError as e:
+            failed = failed or e
+            continue
+        if end + 8 <= len(buf) and _BE64.unpack_from(buf, end)[0] == END_OF_STATE:
+            return end, held
+        ends.append(end)
+    if not ends and failed is not None:
+        raise failed
+    raise DecodeError(
+        "VFIOPCIDevice state not closed by END_OF_STATE with 256 or 4096 config bytes",
+        offset=ends[0],
+        expected=f"END_OF_STATE {END_OF_STATE:#x}",
+        found=", ".join(f"{bytes(buf[e : e + 8]).hex()} at {e:#x}" for e in ends),
+    )
+
+
+def config_state(buf: Input, payload: VfioPayload) -> dict[str, Any] | None:
+    """The walked section's VFIOPCIDevice state, decoded; None when it has none."""
+    if payload.config is None:
+        return None
+    desc = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
+    state, _ = desc.load_from(buf, payload.config[0], desc.version_id, held=payload.config_held)
+    return state
 
 
 def _u64(buf: Input, pos: int, what: str) -> int:
@@ -213,8 +262,9 @@ def save(
     config = pci_device_state.description()
     qemu_desc = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
     whole = state["config"] + state.get("extended_config", b"")
-    qemu_state = pci_device_state.qemu_state(state)
-    qemu_held = pci_device_state.qemu_held(whole)
+    express = pci_device_state.qemu_express(device.region(pci_device_state.CONFIG).size)
+    qemu_state = pci_device_state.qemu_state(state, express)
+    qemu_held = pci_device_state.qemu_held(whole, express)
     sink_size = 0
     saved: migration.SavedDeviceData | None = None
     with atomic_output(path) as out:
@@ -360,19 +410,34 @@ def read_file(buf: Input) -> SavedFile:
     fmt_name = bytes(meta["format"]).decode("ascii", "replace")
     data_format = registry.get(fmt_name) if fmt_name in registry.names() else None
     data = None
-    if data_format is not None and payload.data_size <= MAX_DECODED_DATA:
-        joined = b"".join(bytes(buf[at : at + size]) for at, size in payload.chunks)
-        try:
-            data = data_format.load(joined)
-        except DecodeError as e:
-            at = _file_offset(payload, e.offset, vfio_section.start)
-            raise attrs.evolve(e, offset=at, path=(f"{name}/vfio", *e.path)) from None
+    if data_format is not None:
+        data = decode_data(buf, payload.chunks, data_format, f"{name}/vfio", vfio_section.start)
     return SavedFile(name, config, meta, payload, data, data_format)
 
 
-def _file_offset(payload: VfioPayload, offset: int, default: int) -> int:
-    """Where byte *offset* of the joined device data lies in the file."""
-    for at, size in payload.chunks:
+def decode_data(
+    buf: Input,
+    chunks: tuple[tuple[int, int], ...],
+    data_format: Description,
+    idstr: str,
+    default_offset: int,
+) -> dict[str, Any] | None:
+    """The device data in *chunks* joined and decoded with *data_format*; None when it
+    is larger than MAX_DECODED_DATA.  A decoding error names the offset in *buf* of
+    the byte it found (*default_offset* when the data ran out) and *idstr* in its path."""
+    if sum(size for _, size in chunks) > MAX_DECODED_DATA:
+        return None
+    joined = b"".join(bytes(buf[at : at + size]) for at, size in chunks)
+    try:
+        return data_format.load(joined)
+    except DecodeError as e:
+        at = _offset_in(chunks, e.offset, default_offset)
+        raise attrs.evolve(e, offset=at, path=(idstr, *e.path)) from None
+
+
+def _offset_in(chunks: tuple[tuple[int, int], ...], offset: int, default: int) -> int:
+    """Where byte *offset* of the joined device data lies in the input."""
+    for at, size in chunks:
         if offset < size:
             return at + offset
         offset -= size

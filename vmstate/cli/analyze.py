@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from vmstate import analyze, stream
+from vmstate import analyze, pci_device_state, qemu_vfio, registry, stream, vfio_state
 from vmstate.errors import UsageError
 from vmstate.inputs import StreamInput, open_stream
 from vmstate.sources import load_resolver
@@ -46,6 +46,12 @@ def register(sub: Any) -> None:
         help="decode with these descriptions instead of the vmdesc",
     )
     p.add_argument(
+        "--device-data",
+        metavar="FORMAT",
+        help="decode the device data of VFIO devices with this description "
+        "(e.g. mtty-migration-data); the stream does not say which format it is",
+    )
+    p.add_argument(
         "--verify-roundtrip",
         action="store_true",
         help="re-encode every device section from its decoded state; exit 0 only if all are byte-identical",
@@ -70,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(stream.parse_vmdesc(buf, at), indent=4))
             return 0
         resolver = load_resolver(args.descriptions) if args.descriptions else None
+        data_format = registry.get(args.device_data) if args.device_data else None
         extractor = analyze.RamExtractor(args.extract_ram) if args.extract_ram else None
         try:
-            parsed = stream.parse(buf, resolver, page_sink=extractor)
+            parsed = stream.parse(buf, resolver, page_sink=extractor, raw=vfio_state.raw_sections)
         except BaseException:
             if extractor is not None:
                 extractor.abandon()
@@ -81,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
             for path in extractor.finish(parsed.ram_blocks):
                 print(f"{path}: {path.stat().st_size} bytes")
             return 0
+        vfio = qemu_vfio.gather(parsed, buf, data_format)
         if args.verify_roundtrip:
             checked, mismatches = analyze.verify_roundtrip(parsed, buf)
+            vfio_checked, vfio_mismatches = qemu_vfio.verify(vfio, buf)
+            checked, mismatches = checked + vfio_checked, mismatches + vfio_mismatches
             for m in mismatches:
                 print(
                     f"{m.section.idstr} (section {m.section.section_id}): re-encoding differs at offset "
@@ -105,10 +115,28 @@ def run(args: argparse.Namespace) -> int:
                 for s in parsed.device_sections()
                 if s.description is not None and s.state is not None
             }
+            out.update({f"{d.idstr} (vfio)": _vfio_json(d) for d in vfio})
             print(json.dumps(out, indent=2))
         else:
-            _summary(opened, parsed)
+            _summary(opened, parsed, vfio)
     return 0
+
+
+def _vfio_json(device: qemu_vfio.VfioSections) -> dict[str, Any]:
+    """A VFIO device's sections: its config state and device data, decoded."""
+    out: dict[str, Any] = {
+        "sections": [s.section_id for s in device.sections],
+        "layout": device.layout(),
+    }
+    if device.config is not None:
+        qemu = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
+        out["config"] = {"description": qemu.name, "state": qemu.to_json(device.config)}
+    data: dict[str, Any] = {"size": device.data_size, "chunks": len(device.chunks)}
+    if device.data is not None and device.data_format is not None:
+        data["format"] = device.data_format.name
+        data["state"] = device.data_format.to_json(device.data)
+    out["device_data"] = data
+    return out
 
 
 def _print_sections(sections: dict[str, Any]) -> None:
@@ -117,7 +145,9 @@ def _print_sections(sections: dict[str, Any]) -> None:
     sys.stdout.write("{\n" + ",\n".join(lines) + "\n}\n")
 
 
-def _summary(opened: StreamInput, parsed: stream.Stream) -> None:
+def _summary(
+    opened: StreamInput, parsed: stream.Stream, vfio: tuple[qemu_vfio.VfioSections, ...]
+) -> None:
     if opened.save_image is not None:
         image = opened.save_image
         print(f"{image.summary()}; the stream starts at offset {image.stream_offset:#x}")
@@ -133,3 +163,9 @@ def _summary(opened: StreamInput, parsed: stream.Stream) -> None:
         print(
             f"  {s.section_id:4d}  {s.idstr}  instance {s.instance_id}  v{s.version_id}  {s.end - s.start} bytes at {s.start:#x}"
         )
+    for d in vfio:
+        config = "config state VFIOPCIDevice" if d.config is not None else "no config state"
+        data = f"device data {d.data_size} bytes in {len(d.chunks)} chunks"
+        if d.data_format is not None:
+            data += f" as {d.data_format.name}" if d.data is not None else " (too large to decode)"
+        print(f"  vfio  {d.idstr}  sections {d.layout()}: {config}, {data}")

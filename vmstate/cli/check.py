@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from vmstate import registry
 from vmstate.compat import DUMP, ERROR, Problem, compare
 from vmstate.errors import UsageError
 from vmstate.pci_host import normalize_name
@@ -48,6 +49,12 @@ def register(sub: Any) -> None:
         "--device", metavar="BDF|UUID", help="the target of --state; nothing is written to it"
     )
     p.add_argument(
+        "--device-data",
+        metavar="FORMAT",
+        help="with --stream: check VFIO devices' device data against this description "
+        "(e.g. mtty-migration-data)",
+    )
+    p.add_argument(
         "--bidirectional", action="store_true", help="also check migrating back from --dst to --src"
     )
     p.add_argument(
@@ -67,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     waivers = Waivers()
     for path in args.waivers:
         waivers = waivers + load_waivers(path)
+    if args.device_data and not args.stream:
+        raise UsageError("--device-data goes with --stream")
     if args.state or args.device:
         if not (args.state and args.device) or args.src or args.dst or args.stream:
             raise UsageError("--state and --device go together, without --src, --dst or --stream")
@@ -77,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         src = load_description_set(args.src) if args.src else None
         if src is not None and src.kind != DUMP:
             raise UsageError("with --stream, --src is the source QEMU's -dump-vmstate JSON")
-        problems = check_stream(args.stream, load_description_set(args.dst), waivers, src)
+        data_format = registry.get(args.device_data) if args.device_data else None
+        problems = check_stream(
+            args.stream, load_description_set(args.dst), waivers, data_format, src=src
+        )
     else:
         if not (args.src and args.dst):
             raise UsageError("give --src and --dst, --stream and --dst, or --state and --device")

@@ -80,11 +80,10 @@ def _show(section: Section) -> None:
 def _show_vfio(section: Section, buf: Input, saved: vfio_state.SavedFile) -> None:
     payload = vfio_state.walk_vfio(buf, section.start)
     print(f"\n{section.idstr}: QEMU vfio section, {section.end - section.start} bytes")
-    if payload.config is not None:
+    state = vfio_state.config_state(buf, payload)
+    if payload.config is not None and state is not None:
         start, end = payload.config
         qemu = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
-        held = pci_device_state.qemu_held(bytes(buf[start + 4 : start + 4 + 256]))
-        state, _ = qemu.load_from(buf, start, qemu.version_id, held=held)
         print(f"  DEV_CONFIG_STATE: {qemu.name}, {end - start} bytes")
         for line in render_tree(qemu, state, "    "):
             print(line)
