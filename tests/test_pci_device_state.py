@@ -18,6 +18,7 @@ from vmstate.cli import main
 from vmstate.device_regions import EmulatedPciDevice, e1000e_like
 from vmstate.errors import DecodeError, IncompatibleError, TruncatedError, VMStateError
 from vmstate.inputs import open_stream
+from vmstate.pci.ids import pci_ids
 from vmstate.pci_device_state import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
 from vmstate.stream import DeviceState, write
 
@@ -350,7 +351,7 @@ def test_save_and_show_every_host_device(
     vendor, device = (int((sysfs / n).read_text(), 16) for n in ("vendor", "device"))
     assert main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert f"Device {vendor:04x}:{device:04x}" in shown
+    assert pci_ids().device_name(vendor, device) in shown
     assert f"vendor_id: {vendor:#x}" in shown and f"device_id: {device:#x}" in shown
     config = (sysfs / "config").read_bytes()
     with open_stream(out) as opened:

@@ -9,7 +9,7 @@ PBA BIR + offset), the PCIe port type and version, and the PM version.
 
 Where a chain is malformed lspci and we part ways on purpose: lspci marks the entry
 ("<chain looped>", "<chain broken>", "<access denied>") and stops; we stop with a
-problem.  The only place lspci goes on where we stop is a pointer into the header or
+problem (or, past a 64-byte header read, with the rest marked unreadable).  The only place lspci goes on where we stop is a pointer into the header or
 below 0x100, which lspci follows; there its next entry must be at that pointer.
 """
 

@@ -15,7 +15,7 @@ import attrs
 
 from vmstate.device_regions import Device, SysfsPciDevice, VfioDevice
 from vmstate.errors import UsageError
-from vmstate.pci.ids import pci_names
+from vmstate.pci.ids import pci_ids
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 SYSFS_MDEV = Path("/sys/bus/mdev/devices")
@@ -78,7 +78,7 @@ def host_device(bdf: str, sysfs: Path = SYSFS_PCI) -> HostDevice:
         raise UsageError(f"no PCI device {bdf} on this host (see vmstate devices)")
     vendor, device = _read_hex(path / "vendor"), _read_hex(path / "device")
     group = _link_name(path / "iommu_group")
-    names = pci_names()
+    names = pci_ids()
     return HostDevice(
         bdf,
         vendor,
@@ -86,8 +86,8 @@ def host_device(bdf: str, sysfs: Path = SYSFS_PCI) -> HostDevice:
         _read_hex(path / "class"),
         _link_name(path / "driver"),
         int(group) if group is not None and group.isdigit() else None,
-        names.get((vendor, None)),
-        names.get((vendor, device)),
+        names.vendors.get(vendor),
+        names.devices.get((vendor, device)),
     )
 
 

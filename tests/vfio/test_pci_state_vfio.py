@@ -19,6 +19,7 @@ from vmstate.cli import main
 from vmstate.device_regions import VfioDevice
 from vmstate.errors import IncompatibleError
 from vmstate.pci.decode import decode_config
+from vmstate.pci.ids import pci_ids
 from vmstate.pci_device_state import CONFIG
 
 pytestmark = pytest.mark.vfio
@@ -67,9 +68,8 @@ def test_save_through_vfio_agrees_with_sysfs(
             start, end, _ = (int(x, 16) for x in resources[index].split())
             assert state["bars"][index]["size"] == (end - start + 1 if end else 0), (bdf, index)
         assert main(["show", str(out)]) == 0
-        assert (
-            f"Device {state['vendor_id']:04x}:{state['device_id']:04x}" in capsys.readouterr().out
-        )
+        name = pci_ids().device_name(state["vendor_id"], state["device_id"])
+        assert name in capsys.readouterr().out
 
 
 def _e1000e_pair(names: list[str]) -> tuple[str, str]:

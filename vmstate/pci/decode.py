@@ -14,11 +14,14 @@ from collections.abc import Mapping
 
 from vmstate.errors import DecodeError, TruncatedError
 from vmstate.pci.capabilities import CAPABILITY_DECODERS, MsiX
+from vmstate.pci.express import Express
 from vmstate.pci.extended import EXTENDED_DECODERS
+from vmstate.pci.extended_link import LINK_DECODERS
 from vmstate.pci.model import (
     Bar,
     Bridge,
     Capability,
+    ChainEnd,
     ClassCode,
     ConfigSpace,
     Endpoint,
@@ -27,12 +30,7 @@ from vmstate.pci.model import (
     Header,
     Window,
 )
-from vmstate.pci.names import (
-    CAPABILITY_NAMES,
-    CLASS_NAMES,
-    EXTENDED_CAPABILITY_NAMES,
-    SUBCLASS_NAMES,
-)
+from vmstate.pci.names import CAPABILITY_NAMES, EXTENDED_CAPABILITY_NAMES
 from vmstate.pci.problems import Problems
 from vmstate.pci.registers import (
     BAR0,
@@ -102,12 +100,13 @@ def decode_config(data: bytes, bar_sizes: Mapping[int, int] | None = None) -> Co
     rom: ExpansionRom | None = None
     caps: tuple[Capability, ...] = ()
     ext: tuple[ExtendedCapability, ...] = ()
+    caps_end = ext_end = None
     if header.header_type in (0, 1):
         bars = _decode_bars(data, header.header_type, sizes, problems)
         rom = _decode_rom(data, header.header_type, sizes.get(ROM_INDEX) or None, problems)
-        caps = _walk_capabilities(data, header, problems)
+        caps, caps_end = _walk_capabilities(data, header, problems)
         if len(data) == EXPRESS_SIZE:
-            ext = _walk_extended(data, _has_extended_space(caps), problems)
+            ext, ext_end = _walk_extended(data, caps, problems)
     else:
         problems.add(
             "header-type",
@@ -125,13 +124,9 @@ def decode_config(data: bytes, bar_sizes: Mapping[int, int] | None = None) -> Co
         expansion_rom=rom,
         capabilities=caps,
         extended_capabilities=ext,
+        capabilities_end=caps_end,
+        extended_capabilities_end=ext_end,
         problems=tuple(problems.items),
-    )
-
-
-def _class_name(base: int, sub: int) -> str:
-    return SUBCLASS_NAMES.get(base << 8 | sub) or CLASS_NAMES.get(
-        base, f"Class {base:02x}{sub:02x}"
     )
 
 
@@ -157,7 +152,7 @@ def _decode_header(data: bytes) -> Header:
         command=u16(data, COMMAND),
         status=u16(data, STATUS),
         revision_id=data[REVISION_ID],
-        class_code=ClassCode(base, sub, data[CLASS_PROG], _class_name(base, sub)),
+        class_code=ClassCode(base, sub, data[CLASS_PROG]),
         cache_line_size=data[CACHE_LINE_SIZE],
         latency_timer=data[LATENCY_TIMER],
         header_type=layout,
@@ -180,11 +175,18 @@ def _decode_bridge(data: bytes) -> Bridge:
         base=io_upper_base << 16 | (io_base & 0xF0) << 8,
         limit=io_upper_limit << 16 | (io_limit & 0xF0) << 8 | 0xFFF,
         width=32 if io_32 else 16,
+        known_type=io_base & 0x0F == io_limit & 0x0F and io_base & 0x0F in (0, 1),
+        base_register=io_base,
+        limit_register=io_limit,
     )
+    mem_base, mem_limit = u16(data, 0x20), u16(data, 0x22)
     mem = Window(
-        base=(u16(data, 0x20) & 0xFFF0) << 16,
-        limit=(u16(data, 0x22) & 0xFFF0) << 16 | 0xFFFFF,
+        base=(mem_base & 0xFFF0) << 16,
+        limit=(mem_limit & 0xFFF0) << 16 | 0xFFFFF,
         width=32,
+        known_type=mem_base & 0x0F == 0 and mem_limit & 0x0F == 0,
+        base_register=mem_base,
+        limit_register=mem_limit,
     )
     pref_base, pref_limit = u16(data, 0x24), u16(data, 0x26)
     pref_64 = (pref_base & 0x0F) == 0x01
@@ -192,6 +194,9 @@ def _decode_bridge(data: bytes) -> Bridge:
         base=(u32(data, 0x28) if pref_64 else 0) << 32 | (pref_base & 0xFFF0) << 16,
         limit=(u32(data, 0x2C) if pref_64 else 0) << 32 | (pref_limit & 0xFFF0) << 16 | 0xFFFFF,
         width=64 if pref_64 else 32,
+        known_type=pref_base & 0x0F == pref_limit & 0x0F and pref_base & 0x0F in (0, 1),
+        base_register=pref_base,
+        limit_register=pref_limit,
     )
     return Bridge(
         primary_bus=data[0x18],
@@ -219,8 +224,11 @@ def _decode_bars(
     while index < count:
         offset = BAR0 + 4 * index
         raw = u32(data, offset)
+        if raw == 0xFFFFFFFF:
+            raw = 0  # all ones: nothing answers there, not a BAR (as Linux and lspci read it)
         size = sizes.get(index) or None
         width = 1
+        mem_type = 0
         if raw & 0x1:
             kind, is_64, prefetchable, address = "io", False, False, raw & ~0x3
         else:
@@ -243,7 +251,7 @@ def _decode_bars(
             problems.add("bar-size", offset, f"BAR {index} size {size:#x} is not a valid BAR size")
             size = None  # not to be believed: neither compared nor used for masks
         if raw or size:
-            bars.append(Bar(index, offset, kind, is_64, prefetchable, address, size))
+            bars.append(Bar(index, offset, kind, mem_type, is_64, prefetchable, address, size))
         if width == 2 and sizes.get(index + 1):
             problems.add(
                 "bar-size",
@@ -312,14 +320,12 @@ def _check_msix(
         problems.add("msix-overlap", cap.offset + 4, "MSI-X table and PBA overlap")
 
 
-# Standard capability bodies.  Each decoder gets the whole config and the capability
-# offset and returns the body, or None (with a problem) when it does not fit.
-
-
-def _walk_capabilities(data: bytes, header: Header, problems: Problems) -> tuple[Capability, ...]:
+def _walk_capabilities(
+    data: bytes, header: Header, problems: Problems
+) -> tuple[tuple[Capability, ...], ChainEnd | None]:
     """The standard capability list: bounded, each pointer checked before it is followed."""
     if not header.status & STATUS_CAP_LIST:
-        return ()
+        return (), None
     caps: list[Capability] = []
     seen: set[int] = set()
     pointer_at = CAPABILITY_LIST
@@ -332,90 +338,87 @@ def _walk_capabilities(data: bytes, header: Header, problems: Problems) -> tuple
             problems.add(
                 "cap-pointer", pointer_at, f"capability pointer {where:#04x} points into the header"
             )
-            break
-        if where + 2 > len(data):
-            problems.add(
-                "cap-pointer",
-                pointer_at,
-                f"capability pointer {where:#04x} is outside the {len(data)}-byte config space",
-            )
-            break
+            return tuple(caps), ChainEnd(where, "pointer-low")
+        if where + 4 > len(data):
+            # only in a 64-byte header read without the rest: nothing wrong, nothing to read
+            return tuple(caps), ChainEnd(where, "unreadable")
         if where in seen:
             problems.add("cap-loop", pointer_at, f"capability chain loops back to {where:#04x}")
-            break
+            return tuple(caps), ChainEnd(where, "looped")
         seen.add(where)
         cap_id = data[where]
         if cap_id == 0xFF:
             problems.add("cap-broken", where, "capability id 0xff: the chain is broken")
-            break
+            return tuple(caps), ChainEnd(where, "broken")
         nxt = data[where + 1] & ~0x3
         decoder = CAPABILITY_DECODERS.get(cap_id)
         body = decoder(data, where, problems) if decoder else None
         name = CAPABILITY_NAMES.get(cap_id, f"Capability {cap_id:#04x}")
-        caps.append(Capability(where, cap_id, name, nxt, body))
+        caps.append(Capability(where, cap_id, name, nxt, u16(data, where + 2), body))
         pointer_at = where + 1
         where = nxt
-    return tuple(caps)
-
-
-def _has_extended_space(caps: tuple[Capability, ...]) -> bool:
-    """Only PCI Express and PCI-X (Mode 2) functions have config space past 0x100."""
-    return any(cap.id in (CAP_EXP, CAP_PCIX) for cap in caps)
+    return tuple(caps), None
 
 
 def _walk_extended(
-    data: bytes, has_extended_space: bool, problems: Problems
-) -> tuple[ExtendedCapability, ...]:
-    """The extended capability list at 0x100: bounded, each pointer checked before it is followed."""
+    data: bytes, caps: tuple[Capability, ...], problems: Problems
+) -> tuple[tuple[ExtendedCapability, ...], ChainEnd | None]:
+    """The extended capability list at 0x100: bounded, each pointer checked before it is followed.
+
+    Only PCI Express and PCI-X (Mode 2) functions have config space past 0x100."""
     first = u32(data, CONVENTIONAL_SIZE)
-    if not has_extended_space:
+    if not any(cap.id in (CAP_EXP, CAP_PCIX) for cap in caps):
         if first not in (0, 0xFFFFFFFF):
             problems.add(
                 "ext-not-express",
                 CONVENTIONAL_SIZE,
                 "extended config space is not walked: no PCI Express capability",
             )
-        return ()
-    caps: list[ExtendedCapability] = []
+        return (), None
+    # the last PCI Express capability's port type, as lspci takes it (a function has one)
+    types = [c.body.port_type for c in caps if isinstance(c.body, Express)]
+    port_type = types[-1] if types else None
+    out: list[ExtendedCapability] = []
     seen: set[int] = set()
     where = CONVENTIONAL_SIZE
     # each entry takes a distinct dword of 0x100-0xfff, so the 960th entry's pointer ends the walk
     for _ in range(MAX_EXTENDED_CAPABILITIES):
         header = u32(data, where)
         if header in (0, 0xFFFFFFFF):
-            if where != CONVENTIONAL_SIZE:
-                problems.add(
-                    "ext-empty",
-                    where,
-                    f"extended capability chain reaches an empty header at {where:#05x}",
-                )
-            break
+            if where == CONVENTIONAL_SIZE:
+                return tuple(out), None
+            problems.add(
+                "ext-empty",
+                where,
+                f"extended capability chain reaches an empty header at {where:#05x}",
+            )
+            return tuple(out), ChainEnd(where, "empty")
         seen.add(where)
         cap_id = header & 0xFFFF
         nxt = (header >> 20) & ~0x3
         body = None
-        decoder = EXTENDED_DECODERS.get(cap_id)
+        decoder = EXTENDED_DECODERS.get(cap_id) or LINK_DECODERS.get(cap_id)
         name = EXTENDED_CAPABILITY_NAMES.get(cap_id, f"Extended Capability {cap_id:#06x}")
         if decoder is not None:
             decode, size = decoder
             if where + size <= len(data):
-                body = decode(data, where)
+                body = decode(data, where, port_type)
             else:
                 problems.add(
                     "cap-truncated",
                     where,
                     f"{name} capability needs {size} bytes at {where:#x}, past the end of config space",
                 )
-        caps.append(ExtendedCapability(where, cap_id, (header >> 16) & 0xF, name, nxt, body))
+        out.append(ExtendedCapability(where, cap_id, (header >> 16) & 0xF, name, nxt, body))
         if not nxt:
-            break
+            return tuple(out), None
         if nxt < CONVENTIONAL_SIZE:
             problems.add(
                 "ext-pointer", where, f"extended capability pointer {nxt:#05x} is below 0x100"
             )
-            break
+            return tuple(out), ChainEnd(nxt, "pointer-low")
         if nxt in seen:
             problems.add("ext-loop", where, f"extended capability chain loops back to {nxt:#05x}")
-            break
+            return tuple(out), ChainEnd(nxt, "looped")
         where = nxt
-    return tuple(caps)
+    return tuple(out), None

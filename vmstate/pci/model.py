@@ -11,9 +11,41 @@ from typing import Any
 import attrs
 
 from vmstate.pci.capabilities import CapabilityBody, Express, Msi, MsiX
-from vmstate.pci.extended import ExtendedBody
+from vmstate.pci.extended import (
+    Acs,
+    Aer,
+    Ari,
+    Ats,
+    DesignatedVendor,
+    Dpc,
+    Pasid,
+    Pri,
+    SerialNumber,
+    SrIov,
+    VendorExtended,
+)
+from vmstate.pci.extended_link import (
+    Doe,
+    L1PmSubstates,
+    Ltr,
+    Multicast,
+    Ptm,
+    RcecAssociation,
+    RcLink,
+    ResizableBar,
+    SecondaryExpress,
+    Tph,
+    VirtualChannel,
+)
+from vmstate.pci.flags import Flags
 from vmstate.pci.problems import Problem
 from vmstate.pci.registers import CAP_EXP, CAP_MSI, CAP_MSIX
+
+ExtendedBody = (
+    Aer | Dpc | SerialNumber | Acs | Ari | Ats | Pri | Pasid | SrIov | VendorExtended
+    | DesignatedVendor | Ltr | L1PmSubstates | Ptm | SecondaryExpress | Tph | ResizableBar | Doe
+    | VirtualChannel | RcLink | RcecAssociation | Multicast
+)  # fmt: skip
 
 
 @attrs.frozen
@@ -23,7 +55,6 @@ class ClassCode:
     base: int
     sub: int
     prog_if: int
-    name: str
 
 
 @attrs.frozen
@@ -33,6 +64,10 @@ class Window:
     base: int
     limit: int
     width: int  # address bits the window decodes: 16 or 32 (I/O), 32 or 64 (memory)
+    #: base and limit registers name one decode type the spec defines (else lspci says "!!!")
+    known_type: bool
+    base_register: int  # the raw registers (I/O: bytes 0x1c/0x1d, memory: words)
+    limit_register: int
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +129,7 @@ class Bar:
     index: int
     offset: int
     kind: str  # "io" or "memory"
+    memory_type: int  # 0: 32-bit, 1: below 1M, 2: 64-bit, 3: reserved (0 for I/O)
     is_64bit: bool
     prefetchable: bool
     address: int
@@ -109,6 +145,51 @@ class ExpansionRom:
 
 
 @attrs.frozen
+class PciAddress:
+    """A function's PCI address: where a config space came from, as lspci names it."""
+
+    domain: int = 0
+    bus: int = 0
+    device: int = 0
+    function: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> PciAddress | None:
+        """``bb:dd.f`` or ``dddd:bb:dd.f`` (hex, function 0-7); None if *text* is neither."""
+        head, _, fn = text.rpartition(".")
+        parts = head.split(":")
+        if len(parts) not in (2, 3) or not fn.isdigit() or int(fn) > 7:
+            return None
+        try:
+            numbers = [int(p, 16) for p in parts]
+        except ValueError:
+            return None
+        domain = numbers[0] if len(parts) == 3 else 0
+        bus, device = numbers[-2], numbers[-1]
+        if bus > 0xFF or device > 0x1F or domain > 0xFFFFFFFF:
+            return None
+        return cls(domain, bus, device, int(fn))
+
+    def __str__(self) -> str:
+        """lspci's spelling: the domain only when it is not 0."""
+        slot = f"{self.bus:02x}:{self.device:02x}.{self.function}"
+        return f"{self.domain:04x}:{slot}" if self.domain else slot
+
+
+@attrs.frozen
+class ChainEnd:
+    """Where and why a capability list ends short of its last pointer.
+
+    ``reason`` is one of ``looped`` (the entry at ``offset`` was seen before),
+    ``broken`` (id 0xff), ``unreadable`` (``offset`` lies past the bytes read),
+    ``pointer-low`` (into the header, or an extended pointer below 0x100) and
+    ``empty`` (an extended header of zeros or ones that is not the first)."""
+
+    offset: int
+    reason: str
+
+
+@attrs.frozen
 class Capability:
     """One entry of the standard capability list (config offsets 0x40-0xff)."""
 
@@ -116,6 +197,7 @@ class Capability:
     id: int
     name: str
     next: int
+    word: int  # the 16 bits after id and next, which each capability defines for itself
     body: CapabilityBody | None
 
 
@@ -129,6 +211,10 @@ class ExtendedCapability:
     name: str
     next: int
     body: ExtendedBody | None
+
+
+def _serialize(instance: Any, field: Any, value: Any) -> Any:
+    return dict(value.bits) if isinstance(value, Flags) else value
 
 
 def _plain(value: Any) -> Any:
@@ -152,6 +238,8 @@ class ConfigSpace:
     expansion_rom: ExpansionRom | None
     capabilities: tuple[Capability, ...]
     extended_capabilities: tuple[ExtendedCapability, ...]
+    capabilities_end: ChainEnd | None
+    extended_capabilities_end: ChainEnd | None
     problems: tuple[Problem, ...]
 
     def capability(self, cap_id: int) -> Capability | None:
@@ -177,9 +265,16 @@ class ConfigSpace:
         cap = self.capability(CAP_EXP)
         return cap.body if cap is not None and isinstance(cap.body, Express) else None
 
+    @property
+    def port_type(self) -> int | None:
+        """The PCIe port type the extended capabilities are read for: the last PCI Express
+        capability's, as lspci takes it (a function has one)."""
+        types = [c.body.port_type for c in self.capabilities if isinstance(c.body, Express)]
+        return types[-1] if types else None
+
     def bar(self, index: int) -> Bar | None:
         return next((b for b in self.bars if b.index == index), None)
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict of ints, strs, bools, lists and None, for ``json.dumps``."""
-        return _plain(attrs.asdict(self))
+        return _plain(attrs.asdict(self, value_serializer=_serialize))

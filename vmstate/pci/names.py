@@ -1,6 +1,6 @@
-"""Built-in names for PCI ids: capabilities, classes, PCI Express port types.
+"""The spec's names of capability ids, standard and extended.
 
-The spec's names, used when no pci.ids database is installed (see :mod:`vmstate.pci.ids`).
+Device, vendor and class names come from the system's pci.ids (:mod:`vmstate.pci.ids`).
 """
 
 from __future__ import annotations
@@ -84,71 +84,4 @@ EXTENDED_CAPABILITY_NAMES: Mapping[int, str] = {
     0x0030: "Integrity and Data Encryption",
     0x0031: "Physical Layer 64.0 GT/s",
     0x0032: "Flit Logging",
-}
-
-CLASS_NAMES: Mapping[int, str] = {
-    0x00: "Unclassified device",
-    0x01: "Mass storage controller",
-    0x02: "Network controller",
-    0x03: "Display controller",
-    0x04: "Multimedia controller",
-    0x05: "Memory controller",
-    0x06: "Bridge",
-    0x07: "Communication controller",
-    0x08: "Generic system peripheral",
-    0x09: "Input device controller",
-    0x0A: "Docking station",
-    0x0B: "Processor",
-    0x0C: "Serial bus controller",
-    0x0D: "Wireless controller",
-    0x0E: "Intelligent controller",
-    0x0F: "Satellite communications controller",
-    0x10: "Encryption controller",
-    0x11: "Signal processing controller",
-    0x12: "Processing accelerators",
-    0x13: "Non-Essential Instrumentation",
-    0x40: "Coprocessor",
-    0xFF: "Unassigned class",
-}
-
-SUBCLASS_NAMES: Mapping[int, str] = {
-    0x0000: "Non-VGA unclassified device",
-    0x0001: "VGA compatible unclassified device",
-    0x0100: "SCSI storage controller",
-    0x0101: "IDE interface",
-    0x0102: "Floppy disk controller",
-    0x0103: "IPI bus controller",
-    0x0104: "RAID bus controller",
-    0x0105: "ATA controller",
-    0x0106: "SATA controller",
-    0x0107: "Serial Attached SCSI controller",
-    0x0108: "Non-Volatile memory controller",
-    0x0200: "Ethernet controller",
-    0x0280: "Network controller",
-    0x0300: "VGA compatible controller",
-    0x0302: "3D controller",
-    0x0401: "Multimedia audio controller",
-    0x0403: "Audio device",
-    0x0500: "RAM memory",
-    0x0600: "Host bridge",
-    0x0601: "ISA bridge",
-    0x0604: "PCI bridge",
-    0x0607: "CardBus bridge",
-    0x0700: "Serial controller",
-    0x0805: "SD Host controller",
-    0x0C03: "USB controller",
-    0x0C05: "SMBus",
-    0x1200: "Processing accelerators",
-}
-
-EXPRESS_PORT_TYPES: Mapping[int, str] = {
-    0x0: "Endpoint",
-    0x1: "Legacy Endpoint",
-    0x4: "Root Port",
-    0x5: "Upstream Port",
-    0x6: "Downstream Port",
-    0x7: "PCI Express to PCI/PCI-X Bridge",
-    0x8: "PCI/PCI-X to PCI Express Bridge",
-    0x9: "Root Complex Integrated Endpoint",
-    0xA: "Root Complex Event Collector",
 }

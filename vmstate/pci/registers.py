@@ -37,22 +37,48 @@ INTERRUPT_PIN = 0x3D
 STATUS_CAP_LIST = 0x10
 HEADER_TYPE_MULTI_FUNCTION = 0x80
 
-# Capability ids.
+# Capability ids (PCI_CAP_ID_*) this package decodes; render_caps names the others.
 CAP_PM = 0x01
+CAP_AGP = 0x02
+CAP_VPD = 0x03
 CAP_SLOTID = 0x04
 CAP_MSI = 0x05
 CAP_PCIX = 0x07
+CAP_HT = 0x08
 CAP_VNDR = 0x09
+CAP_DEBUG_PORT = 0x0A
 CAP_SSVID = 0x0D
 CAP_EXP = 0x10
 CAP_MSIX = 0x11
+CAP_SATA = 0x12
+CAP_AF = 0x13
+CAP_EA = 0x14
+
+# Extended capability ids (PCI_EXT_CAP_ID_*) decoded; render_extended names the others.
 EXT_AER = 0x0001
+EXT_VC = 0x0002
 EXT_DSN = 0x0003
+EXT_RCLINK = 0x0005
+EXT_RCEC = 0x0007
+EXT_VC2 = 0x0009
+EXT_VNDR = 0x000B
 EXT_ACS = 0x000D
 EXT_ARI = 0x000E
 EXT_ATS = 0x000F
 EXT_SRIOV = 0x0010
+EXT_MCAST = 0x0012
+EXT_PRI = 0x0013
+EXT_REBAR = 0x0015
+EXT_TPH = 0x0017
 EXT_LTR = 0x0018
+EXT_SECPCI = 0x0019
+EXT_PASID = 0x001B
+EXT_DPC = 0x001D
+EXT_L1PM = 0x001E
+EXT_PTM = 0x001F
+EXT_DVSEC = 0x0023
+EXT_VF_REBAR = 0x0024
+EXT_DOE = 0x002E
 
 
 def bar_count(header_type: int) -> int:
