@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from conftest import IN_CI
 
-from vmstate import analyze, pci_vfio, registry, stream
+from vmstate import pci_vfio, registry, stream
 from vmstate.cli import main
 from vmstate.device_load import load, plan_load
 from vmstate.device_regions import Device
 from vmstate.device_save import write_state
 from vmstate.errors import DecodeError, IncompatibleError, TruncatedError, VMStateError
+from vmstate.inputs import open_stream
 from vmstate.pci.ids import pci_ids
 from vmstate.pci_vfio import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
 from vmstate.saved_file import read_file
@@ -300,7 +301,8 @@ def test_config_state_of_a_256_byte_device_does_not_fit_a_4096_one() -> None:
 def test_qemu_layout_matches_qemus_own_bytes() -> None:
     """VFIOPCIDevice decodes and re-encodes QEMU's PCIDevice+msix of a real e1000e."""
     desc = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
-    with analyze.open_stream(QEMU / "q35-e1000e-virtio.mig") as buf:
+    with open_stream(QEMU / "q35-e1000e-virtio.mig") as opened:
+        buf = opened.data
         parsed = stream.parse(buf)
         section = next(s for s in parsed.device_sections() if s.idstr.endswith("/e1000e"))
         held = {"msix_present": True, "pdev[0]": {"express": True}, "pdev[1]": {"msix_bytes": 81}}
@@ -369,8 +371,8 @@ def test_save_and_show_every_host_device(
     assert pci_ids().device_name(vendor, device) in shown
     assert f"vendor_id: {vendor:#x}" in shown and f"device_id: {device:#x}" in shown
     config = (sysfs / "config").read_bytes()
-    with analyze.open_stream(out) as buf:
-        state = read_file(buf).config.state
+    with open_stream(out) as opened:
+        state = read_file(opened.data).config.state
     assert state["config"] + state.get("extended_config", b"") == config
     resources = (sysfs / "resource").read_text().splitlines()
     for index in range(6):

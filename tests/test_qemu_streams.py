@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vmstate import analyze, stream
+from vmstate import stream
 from vmstate.cli import main
+from vmstate.inputs import open_stream
 from vmstate.vmdesc import description_from_vmdesc, vmdesc_entry
 
 QEMU = Path(__file__).parent / "data" / "qemu"
@@ -22,8 +23,8 @@ def test_the_data_is_there() -> None:
     assert len(STREAMS) >= 3
     machines = set()
     for path in STREAMS:
-        with analyze.open_stream(path) as buf:
-            parsed = stream.parse(buf)
+        with open_stream(path) as opened:
+            parsed = stream.parse(opened.data)
         machines.add(parsed.machine)
     assert {"pc-i440fx-7.2", "pc-q35-7.2"} <= machines
 
@@ -40,7 +41,8 @@ def test_format_qemu_equals_qemus_analyzer(path: Path, capsys: pytest.CaptureFix
 def test_verify_roundtrip(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(path), "--verify-roundtrip"]) == 0
     out = capsys.readouterr().out
-    with analyze.open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
         n = len(stream.parse(buf).device_sections())
     assert out.strip() == f"verified {n} device sections: {n} byte-identical, 0 differ"
 
@@ -56,7 +58,8 @@ def test_dump_desc_equals_qemus(path: Path, capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
 def test_vmdesc_export_matches_what_qemu_wrote(path: Path) -> None:
     """Import each vmdesc entry, decode, export: the entry QEMU wrote comes back."""
-    with analyze.open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
         parsed = stream.parse(buf)
     by_key = {(d["name"], d["instance_id"]): d for d in parsed.vmdesc["devices"]}
     for section in parsed.device_sections():
@@ -70,7 +73,8 @@ def test_vmdesc_export_matches_what_qemu_wrote(path: Path) -> None:
 
 def test_reencoded_state_from_vmdesc_description_is_stable() -> None:
     path = STREAMS[0]
-    with analyze.open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
         parsed = stream.parse(buf)
         for section in parsed.device_sections():
             again = description_from_vmdesc(vmdesc_entry(section.description, section.state))

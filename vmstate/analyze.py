@@ -3,12 +3,9 @@ byte-exact re-encoding checks."""
 
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,18 +13,6 @@ import attrs
 
 from vmstate.errors import UsageError
 from vmstate.stream import Input, RamBlock, Section, Stream
-
-
-@contextmanager
-def open_stream(path: str | Path) -> Iterator[Input]:
-    """The file's bytes, mapped rather than read (RAM can be gigabytes)."""
-    with open(path, "rb") as f:
-        size = f.seek(0, 2)
-        if size == 0:
-            yield b""
-            return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            yield m
 
 
 def qemu_state(stream: Stream) -> dict[str, Any]:

@@ -58,6 +58,8 @@ class DescriptionSet:
     kind: str = FILES
     #: a dump entry's own (version_id, minimum_version_id), where it differs from its description's
     versions: Mapping[str, tuple[int, int]] = attrs.field(factory=dict)
+    #: the machine type the set was taken from (a dump's), when known
+    machine: str = ""
 
     @property
     def decodes(self) -> bool:

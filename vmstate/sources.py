@@ -2,7 +2,8 @@
 
 - a QEMU ``-dump-vmstate`` JSON (``.json`` or ``.json.gz``): sections by device type;
 - a stream's vmdesc JSON (as ``analyze --dump desc`` prints it), or a migration
-  stream itself: sections by id string, exactly as the source sent them;
+  stream itself (bare or in a libvirt save image): sections by id string, exactly
+  as the source sent them;
 - a description file (``.toml``) or a directory of them: sections by name.
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 from vmstate.compat import DUMP, VMDESC, DescriptionSet
 from vmstate.description_file import load_description_file
 from vmstate.errors import DescriptionError, UsageError
+from vmstate.inputs import open_stream
+from vmstate.libvirt_save import is_save_image
 from vmstate.qemu_dump import MACHINE_KEY, load_qemu_dump
 from vmstate.stream import MAGIC, Resolver, find_vmdesc, parse_vmdesc, resolver_from
 from vmstate.vmdesc import description_from_vmdesc, resolver_from_vmdesc
@@ -36,7 +39,7 @@ def load_description_set(path: str | Path) -> DescriptionSet:
         desc = load_description_file(source)
         return DescriptionSet({desc.name: desc}, origin=str(source))
     head = _head(source)
-    if head[:4] == MAGIC.to_bytes(4, "big"):
+    if head[:4] == MAGIC.to_bytes(4, "big") or is_save_image(head):
         return _from_vmdesc(_stream_vmdesc(source), str(source))
     data = _json(source)
     if isinstance(data, dict) and MACHINE_KEY in data:
@@ -52,6 +55,7 @@ def load_description_set(path: str | Path) -> DescriptionSet:
             frozenset(dev.type_name for dev in dump.devices if dev.unmigratable),
             origin=str(source),
             kind=DUMP,
+            machine=dump.machine,
             versions=versions,
         )
     if isinstance(data, dict) and isinstance(data.get("devices"), list):
@@ -79,7 +83,7 @@ def load_resolver(path: str | Path) -> Resolver:
 def _head(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
-            return f.read(4)
+            return f.read(16)
     except OSError as e:
         raise UsageError(f"{path}: {e.strerror}") from None
 
@@ -95,9 +99,8 @@ def _json(path: Path) -> Any:
 
 
 def _stream_vmdesc(path: Path) -> dict[str, Any]:
-    from vmstate.analyze import open_stream
-
-    with open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
         at = find_vmdesc(buf)
         if at is None:
             raise UsageError(f"{path}: the stream has no vmdesc to describe its sections")

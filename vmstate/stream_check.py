@@ -3,8 +3,10 @@
 Sections are delimited with the stream's own vmdesc (what the source really
 sent); each is then loaded with the destination's description when that can
 decode bytes, or compared field by field with it when it is a -dump-vmstate
-set.  Nothing is loaded anywhere: the result is the list of sections that
-would fail and why.
+set.  The machine type must be the destination's, as QEMU requires of the
+stream's configuration section (a libvirt save image names it in its domain
+XML, which is what a restore starts).  Nothing is loaded anywhere: the result
+is the list of sections that would fail and why.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmstate import qemu_vfio
-from vmstate.analyze import open_stream
 from vmstate.compat import ERROR, VMDESC, DescriptionSet, Problem, compare, missing_section
 from vmstate.description import Description
 from vmstate.errors import DecodeError, format_path
-from vmstate.stream import Section, parse
+from vmstate.inputs import StreamInput, open_stream
+from vmstate.stream import Input, Section, Stream, parse
 from vmstate.vfio_section import raw_sections
 from vmstate.waivers import NO_WAIVERS, Waivers
 
@@ -26,18 +28,43 @@ def check_stream(
     dst: DescriptionSet,
     waivers: Waivers = NO_WAIVERS,
     device_data: Description | None = None,
+    src: DescriptionSet | None = None,
 ) -> list[Problem]:
-    """*device_data* is the format of VFIO devices' device data (see qemu_vfio)."""
-    problems: list[Problem] = []
-    with open_stream(path) as buf:
+    """Every reason the stream in *path* (bare or in a libvirt save image) would not load
+    into *dst*.  *device_data* is the format of VFIO devices' device data (see
+    qemu_vfio); *src*, the source QEMU's dump, tells which sections are device types, so
+    that one the destination's dump lacks is known to be missing there."""
+    with open_stream(path) as opened:
+        buf = opened.data
         parsed = parse(buf, raw=raw_sections)
+        problems = _machine(opened, parsed, dst)
         for section in parsed.device_sections():
-            problems.extend(_section(section, buf, dst, waivers))
+            problems.extend(_section(section, buf, dst, waivers, src))
         problems.extend(qemu_vfio.problems(parsed, buf, device_data))
     return problems
 
 
-def _section(section: Section, buf: bytes, dst: DescriptionSet, waivers: Waivers) -> list[Problem]:
+def _machine(opened: StreamInput, parsed: Stream, dst: DescriptionSet) -> list[Problem]:
+    """QEMU refuses a stream of another machine type ("Machine type received is ...")."""
+    image = opened.save_image
+    machine = (image.domain.machine if image else "") or parsed.machine or ""
+    if not machine or not dst.machine or machine == dst.machine:
+        return []
+    reason = (
+        f"the stream is of machine type {machine}, the destination's descriptions are of "
+        f"{dst.machine}: QEMU loads a stream only into its own machine type (describe the "
+        f"destination with -M {machine}; if its QEMU lacks that machine type, it cannot load it)"
+    )
+    return [Problem(ERROR, "configuration", "machine", "machine-type", reason)]
+
+
+def _section(
+    section: Section,
+    buf: Input,
+    dst: DescriptionSet,
+    waivers: Waivers,
+    src: DescriptionSet | None,
+) -> list[Problem]:
     assert section.description is not None
     name = section.idstr
     if section.instance_id:
@@ -47,6 +74,13 @@ def _section(section: Section, buf: bytes, dst: DescriptionSet, waivers: Waivers
         vmsd = section.description.name
         target = dst.find(waivers.section_name(vmsd), section.description)
     if target is None:
+        vmsd = section.description.name
+        if src is not None and src.find(waivers.section_name(vmsd), section.description):
+            reason = (
+                f"the source's QEMU has a device type with this state ({vmsd}), the "
+                "destination's has none: it cannot create the device"
+            )
+            return [Problem(ERROR, name, "", "section-missing", reason)]
         return [missing_section(name, DescriptionSet({}, kind=VMDESC), dst)]
     _, desc = target
     if not dst.decodes:

@@ -1,4 +1,5 @@
-"""``vmstate analyze FILE``: decode every device section of a QEMU migration stream."""
+"""``vmstate analyze FILE``: decode every device section of a QEMU migration stream
+(bare, or in a libvirt save image, raw or compressed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from vmstate import analyze, pci_vfio, qemu_vfio, registry, stream, vfio_section
 from vmstate.errors import UsageError
+from vmstate.inputs import StreamInput, open_stream
 from vmstate.sources import load_resolver
 
 
@@ -17,9 +19,14 @@ def register(sub: Any) -> None:
         "analyze",
         help="decode a QEMU migration stream",
         description="Decode every device section of a QEMU migration stream using its vmdesc "
-        "(or description files given with --descriptions).",
+        "(or description files given with --descriptions). The stream may be in a libvirt save "
+        "image (virsh save, managedsave), raw or compressed.",
     )
-    p.add_argument("file", help="migration stream (e.g. written by QMP migrate exec:cat > FILE)")
+    p.add_argument(
+        "file",
+        help="migration stream (e.g. written by QMP migrate exec:cat > FILE), libvirt save "
+        "image, or - for standard input",
+    )
     p.add_argument(
         "--format",
         choices=("summary", "json", "qemu"),
@@ -58,7 +65,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with analyze.open_stream(args.file) as buf:
+    with open_stream(args.file) as opened:
+        buf = opened.data
         if args.dump == "desc":
             at = stream.find_vmdesc(buf)
             if at is None:
@@ -110,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             out.update({f"{d.idstr} (vfio)": _vfio_json(d) for d in vfio})
             print(json.dumps(out, indent=2))
         else:
-            _summary(parsed, vfio)
+            _summary(opened, parsed, vfio)
     return 0
 
 
@@ -137,7 +145,12 @@ def _print_sections(sections: dict[str, Any]) -> None:
     sys.stdout.write("{\n" + ",\n".join(lines) + "\n}\n")
 
 
-def _summary(parsed: stream.Stream, vfio: tuple[qemu_vfio.VfioSections, ...]) -> None:
+def _summary(
+    opened: StreamInput, parsed: stream.Stream, vfio: tuple[qemu_vfio.VfioSections, ...]
+) -> None:
+    if opened.save_image is not None:
+        image = opened.save_image
+        print(f"{image.summary()}; the stream starts at offset {image.stream_offset:#x}")
     print(
         f"QEMU migration stream v{parsed.version}, {parsed.size} bytes, machine {parsed.machine or '?'}"
     )

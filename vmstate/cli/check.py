@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from vmstate import registry
-from vmstate.compat import ERROR, Problem, compare
+from vmstate.compat import DUMP, ERROR, Problem, compare
 from vmstate.errors import UsageError
 from vmstate.pci_host import normalize_name
 from vmstate.sources import load_description_set
@@ -29,11 +29,16 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--src",
         metavar="SET",
-        help="source descriptions: -dump-vmstate JSON, vmdesc, stream, .toml or a directory",
+        help="source descriptions: -dump-vmstate JSON, vmdesc, stream, libvirt save image, "
+        ".toml or a directory; with --stream, the source QEMU's -dump-vmstate (it tells which "
+        "sections are devices the destination must have)",
     )
     p.add_argument("--dst", metavar="SET", help="destination descriptions (same forms as --src)")
     p.add_argument(
-        "--stream", metavar="FILE", help="a saved migration stream to dry-run against --dst"
+        "--stream",
+        metavar="FILE",
+        help="a saved migration stream or libvirt save image (virsh save, managedsave; raw or "
+        "compressed) to dry-run against --dst: will it load, will it restore?",
     )
     p.add_argument(
         "--state",
@@ -76,10 +81,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--state and --device go together, without --src, --dst or --stream")
         problems = check_state(args.state, normalize_name(args.device))
     elif args.stream:
-        if not args.dst or args.src:
-            raise UsageError("--stream needs --dst (and no --src)")
+        if not args.dst:
+            raise UsageError("--stream needs --dst")
+        src = load_description_set(args.src) if args.src else None
+        if src is not None and src.kind != DUMP:
+            raise UsageError("with --stream, --src is the source QEMU's -dump-vmstate JSON")
         data_format = registry.get(args.device_data) if args.device_data else None
-        problems = check_stream(args.stream, load_description_set(args.dst), waivers, data_format)
+        problems = check_stream(
+            args.stream, load_description_set(args.dst), waivers, data_format, src=src
+        )
     else:
         if not (args.src and args.dst):
             raise UsageError("give --src and --dst, --stream and --dst, or --state and --device")

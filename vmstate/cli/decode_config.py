@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from vmstate import pci_vfio
-from vmstate.analyze import open_stream
 from vmstate.device_regions import VfioDevice
 from vmstate.errors import DecodeError, UsageError
+from vmstate.inputs import open_stream
 from vmstate.pci.decode import decode_config
 from vmstate.pci.ids import pci_ids
 from vmstate.pci.inputs import SAVED_MAGIC, ConfigInput, from_path, from_sysfs
@@ -84,8 +84,8 @@ def _inputs(source: str) -> tuple[ConfigInput, ...]:
         if not path.exists():
             raise UsageError(f"{source}: neither a file nor a PCI address")
         if stat.S_ISREG(os.stat(source).st_mode) and _head(source) == SAVED_MAGIC:
-            with open_stream(path) as buf:  # a saved file can be large: mapped, not read
-                return (_saved(buf, source),)
+            with open_stream(path) as opened:  # a saved file can be large: mapped, not read
+                return (_saved(opened.data, source),)
     return from_path(source, _saved)
 
 

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from vmstate import pci_vfio, registry
-from vmstate.analyze import open_stream
 from vmstate.errors import DecodeError
+from vmstate.inputs import open_stream
 from vmstate.pci.decode import decode_config
 from vmstate.pci.render import render_text
 from vmstate.render import render_tree
@@ -32,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
 def show_file(path: str) -> int:
     """Print every section of *path*: decoded trees, and vfio sections unframed."""
-    with open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
+        if opened.save_image is not None:
+            print(f"{path}: {opened.save_image.summary()}")
         try:
             saved = read_file(buf)
         except DecodeError as error:
