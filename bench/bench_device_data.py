@@ -23,12 +23,8 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from vmstate.migration import (
-    CHUNK_SIZE,
-    EmulatedMigrationDevice,
-    load_device_data,
-    save_device_data,
-)
+from vmstate.device_data import CHUNK_SIZE, load_device_data, save_device_data
+from vmstate.testing.migration import EmulatedMigrationDevice
 
 MIB = 1 << 20
 MEMORY_TARGET = 64 * MIB

@@ -39,7 +39,7 @@ def one(src: Description, dst: Description, waivers: Waivers = NO_WAIVERS) -> li
 #: but for its false alarm "Section "fw_cfg" does not exist in dest": dump2 calls the
 #: device type fw_cfg2, its description is still fw_cfg, and QEMU finds sections by that
 CHECKER_FINDS = {
-    ("configuration", "machine-mismatch"),  # dump1 is pc-i440fx-2.1, dump2 pc-i440fx-2.2
+    ("configuration", "machine-type"),  # dump1 is pc-i440fx-2.1, dump2 pc-i440fx-2.2
     ("fusbh200-ehci-usb", "version-too-new"),  # version error: 2 > 1
     ("fusbh200-ehci-usb", "field-order"),  # expected field "usbsts", got "usbsts_pending"
     ("pci-serial-4x", "section-unmigratable"),  # Entry "Fields" missing
@@ -55,7 +55,7 @@ CHECKER_FINDS = {
 }
 #: and with --reverse (6 lines)
 CHECKER_FINDS_REVERSE = {
-    ("configuration", "machine-mismatch"),
+    ("configuration", "machine-type"),
     ("fusbh200-ehci-usb", "field-order"),
     ("PIIX3-xen", "version-too-new"),
     ("tpci200", "description-renamed"),
@@ -107,9 +107,9 @@ def test_dumps_of_one_qemu_differ_only_in_the_machine_type(
     assert main(args) == 1
     report = json.loads(capsys.readouterr().out)
     assert [(p["section"], p["rule"]) for p in report["problems"]] == [
-        ("configuration", "machine-mismatch")
+        ("configuration", "machine-type")
     ] * 2
-    assert "QEMU refuses the stream" in report["problems"][0]["reason"]
+    assert "QEMU loads a stream only into its own machine type" in report["problems"][0]["reason"]
 
 
 # -- each rule, on hand-made pairs -----------------------------------------------------

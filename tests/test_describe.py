@@ -59,7 +59,7 @@ def test_sizes_say_how_the_bytes_are_counted(capsys: pytest.CaptureFixture[str])
     assert _row(out, "blob") == ["blob", "vbuffer", "u8 x 2 <= 64 bytes"]
     assert _row(out, "pending") == ["pending", "bitmap of 70 bits", "16 bytes"]
     assert _row(out, "u8_small") == ["u8_small", "validate", "0 bytes", "must hold: u8 < 32"]
-    assert _row(out, "mixed")[2] == "uint8 + buffer[3] + entry = 16 bytes"
+    assert _row(out, "mixed")[2] == "uint8 + buffer[3] + entry + nullptr = 17 bytes"
     # loaded at v1, the entry has no "data" (since v2): 8 bytes, not 12
     assert _row(out, "old_entry")[1:3] == ["vstruct entry v2, loaded at v1", "8 bytes"]
     assert _row(out, "late")[3] == "since v3, exists: version_id >= 3 and test_always()"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
+import pkgutil
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,20 +15,22 @@ from conftest import DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import vmstate.kinds
 from vmstate import fields, registry
-from vmstate._toml_positions import index_positions
 from vmstate.description import Description, register_hook
 from vmstate.description_file import (
     PROBLEM_CODES,
-    Problem,
+    Diagnostic,
     check_description_file,
     check_description_text,
     dump_description,
     load_description_file,
     load_description_text,
 )
+from vmstate.description_file.positions import index_positions
 from vmstate.errors import DescriptionError, UsageError
 from vmstate.fields import SCALAR_TYPES, Array, Kind, QTailQ, Seq, Struct, VArray
+from vmstate.kinds.registry import KINDS
 from vmstate.predicates import opaque_condition, register_predicate
 
 DESCRIPTIONS = DATA / "descriptions"
@@ -78,17 +82,22 @@ def test_every_kind_file_has_no_problems() -> None:
 
 
 def test_every_kind_file_covers_every_kind_and_scalar_type() -> None:
-    """A kind added to vmstate.fields without a file form fails here."""
+    """A kind added to vmstate.kinds without registering it, or without a file
+    form in the every-kind file, fails here."""
     kinds = _all_kinds(load_description_file(EVERY_KIND))
-    defined = {
-        cls
-        for cls in vars(fields).values()
-        if inspect.isclass(cls)
-        and issubclass(cls, Kind)
-        and not inspect.isabstract(cls)
-        and cls.__module__ == fields.__name__
-        and not cls.__name__.startswith("_")
-    }
+    defined = set()
+    for module in pkgutil.iter_modules(vmstate.kinds.__path__):
+        found = importlib.import_module(f"vmstate.kinds.{module.name}")
+        defined |= {
+            cls
+            for cls in vars(found).values()
+            if inspect.isclass(cls)
+            and issubclass(cls, Kind)
+            and not inspect.isabstract(cls)
+            and cls.__module__ == found.__name__
+            and not cls.__name__.startswith("_")
+        }
+    assert defined == {fields.Scalar, *KINDS.values()}
     assert {type(k) for k in kinds} == defined
     assert {k.info for k in kinds if isinstance(k, fields.Scalar)} == set(SCALAR_TYPES)
     assert any(isinstance(k, Array) and k.nullable for k in kinds)
@@ -126,6 +135,8 @@ def _every_kind_state(version: int) -> dict[str, Any]:
         "lei64": -4,
         "config_x": bytes(range(16)),
         "blob": b"abcdef",
+        "n64": 4,
+        "blob64": b"wxyz",
         "pending": (1 << 69) | 1,
         "entry": entry,
         "old_entry": {"addr": 5},
@@ -133,7 +144,7 @@ def _every_kind_state(version: int) -> dict[str, Any]:
         "slots": [entry, None],
         "words": [b"%02d" % i for i in range(6)],
         "queue": [entry, entry],
-        "mixed": [7, b"xyz", entry],
+        "mixed": [7, b"xyz", entry, None],
         "every-kind/extra": {"count": 2, "ids": [10, 20], "every-kind/extra/deeper": {"id": 9}},
     }
     if version >= 2:
@@ -340,7 +351,7 @@ def test_any_document_gives_problems_at_real_positions(
     lines.append("]")
     text = "\n".join(lines)
     problems = check_description_text(text, "fuzz.toml")
-    assert all(isinstance(p, Problem) and p.code in PROBLEM_CODES for p in problems)
+    assert all(isinstance(p, Diagnostic) and p.code in PROBLEM_CODES for p in problems)
     for p in problems:
         here = text.splitlines()[p.line - 1][p.col - 1 :]
         assert here[:1] in ('"', "{", "[", "n", "v", "f") or here[:1].isalnum(), (p, here)

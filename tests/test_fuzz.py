@@ -188,13 +188,13 @@ def saved_device_file() -> bytes:
     """A file as vmstate save writes one for a device with migration data (emulated)."""
     import tempfile
 
-    from test_vfio_state import programmed
+    from test_saved_files import programmed
 
-    from vmstate import vfio_state
+    from vmstate.device_save import save
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "dev.vms"
-        vfio_state.save(programmed(size=600), path)
+        save(programmed(size=600), path)
         return path.read_bytes()
 
 
@@ -202,7 +202,7 @@ def saved_device_file() -> bytes:
 @given(data=st.data())
 def test_mutated_saved_device_files(data: st.DataObject) -> None:
     """Saved files are untrusted input too: framing, config state, chunks, metadata."""
-    from vmstate import vfio_state
+    from vmstate.saved_file import read_file
 
     raw = bytearray(saved_device_file())
     end = stream.find_vmdesc(bytes(raw)) or len(raw)
@@ -212,7 +212,7 @@ def test_mutated_saved_device_files(data: st.DataObject) -> None:
     else:
         del raw[data.draw(st.integers(0, end - 1)) :]
     try:
-        vfio_state.read_file(bytes(raw))
+        read_file(bytes(raw))
     except DecodeError as e:
         assert e.path and 0 <= e.offset <= len(raw), e
     except VMStateError as e:

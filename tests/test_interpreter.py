@@ -17,7 +17,6 @@ from vmstate.errors import (
     LimitError,
     TruncatedError,
 )
-from vmstate.state_json import state_from_json, state_to_json
 
 ENTRY = Description(
     "msix_entry", 1, 1, [F.uint32("addr_lo"), F.uint32("addr_hi"), F.uint32("data"), F.uint32("ctrl")]
@@ -115,7 +114,7 @@ def test_wire_bytes_match_qemu_encoding(snapshot) -> None:
 def test_json_round_trip_is_exact() -> None:
     odd = dict(STATE, ratio=math.nan)
     data = DEV.save(odd)
-    again = state_from_json(DEV, state_to_json(DEV, DEV.load(data)))
+    again = DEV.from_json(DEV.to_json(DEV.load(data)))
     assert DEV.save(again) == data
 
 
@@ -233,7 +232,7 @@ def test_variable_sizes_are_bounded() -> None:
 def test_element_budget_bounds_zero_size_elements() -> None:
     empty = Description("e", 1, 1, [F.uint8("x", exists="false")])
     desc = Description("z", 1, 1, [F.uint32("n"), F.varray("v", empty, "n", 1 << 30)])
-    from vmstate._wire import Limits
+    from vmstate.interpreter.context import Limits
 
     with pytest.raises(LimitError, match="too many array elements"):
         desc.load(struct.pack(">I", 1 << 29), limits=Limits(max_elements=1000))

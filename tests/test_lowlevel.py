@@ -5,9 +5,11 @@ kernel (the real kernel is exercised in tests/vfio, inside the test guest)."""
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import struct
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,8 @@ from conftest import IN_CI, require_tool
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmstate._lowlevel import ioctl, vfio
-from vmstate._lowlevel.vfio import ffi
+from vmstate._lowlevel import build_ffi, ioctl, vfio
+from vmstate._lowlevel._vfio_ffi import ffi
 from vmstate.errors import DeviceError
 
 HEADER = Path("/usr/include/linux/vfio.h")
@@ -119,6 +121,55 @@ def header_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
 
 def test_every_declared_struct_is_checked() -> None:
     assert set(ffi.list_types()[1]) == set(STRUCT_GUARDS)
+
+
+def layout(ffi_: Any) -> dict[str, Any]:
+    """Every struct and union an FFI declares: its size and each field's name, offset and
+    type, nested anonymous structs included."""
+
+    def fields(ctype: Any) -> list[Any]:
+        return [
+            (name, info.offset, info.type.cname, info.bitsize)
+            + ((fields(info.type),) if info.type.kind in ("struct", "union") else ())
+            for name, info in ctype.fields or ()
+        ]
+
+    out = {}
+    for kind, names in zip(("struct", "union"), ffi_.list_types()[1:], strict=True):
+        for name in names:
+            ctype = ffi_.typeof(f"{kind} {name}")
+            out[f"{kind} {name}"] = (ffi_.sizeof(ctype), fields(ctype))
+    return out
+
+
+@pytest.mark.parametrize("module", sorted(build_ffi.MODULES))
+def test_generated_ffi_modules_match_their_declarations(module: str) -> None:
+    """The committed out-of-line modules declare exactly what build_ffi's declarations do,
+    type by type and field by field, whatever cffi release generated them (when this
+    fails: ``python3 -m vmstate._lowlevel.build_ffi``)."""
+    generated = importlib.import_module(f"vmstate._lowlevel.{module}").ffi
+    declared = build_ffi.parsed(build_ffi.MODULES[module])
+    assert generated.list_types() == declared.list_types()
+    assert layout(generated) == layout(declared)
+
+
+def loaded_after(modules: str, *names: str) -> list[bool]:
+    """Whether each of *names* is imported after importing *modules*, in a fresh process."""
+    code = f"import sys, {modules}; print(*(n in sys.modules for n in {names!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [word == "True" for word in out.stdout.split()]
+
+
+def test_device_commands_parse_no_c_declarations_at_import() -> None:
+    """Importing the device modules builds the FFIs from tables: pycparser stays unloaded."""
+    modules = "vmstate.device_load, vmstate.device_save, vmstate.region_protocol"
+    assert loaded_after(modules, "pycparser", "cffi", "_cffi_backend") == [False, False, True]
+
+
+def test_commands_that_touch_no_device_load_no_vfio_bindings() -> None:
+    """Reading files and streams (show, analyze, check --stream) needs no VFIO."""
+    modules = "vmstate.cli.show, vmstate.cli.analyze, vmstate.stream_check, vmstate.saved_file"
+    assert loaded_after(modules, "_cffi_backend", "vmstate._lowlevel.ioctl") == [False, False]
 
 
 def test_struct_layouts_match_kernel_header(header_facts: dict[str, dict[str, int]]) -> None:

@@ -17,16 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmstate.errors import DecodeError, TruncatedError, VMStateError
-from vmstate.pci_vfio import (
-    MAX_CAPABILITIES,
-    MAX_EXTENDED_CAPABILITIES,
-    Acs,
-    Ari,
-    SrIov,
-    build_masks,
-    check_compatible,
-    decode_config,
-)
+from vmstate.pci.compat import check_compatible
+from vmstate.pci.decode import decode_config
+from vmstate.pci.extended import Acs, Ari, SrIov
+from vmstate.pci.ids import PciIds
+from vmstate.pci.masks import build_masks
+from vmstate.pci.model import ChainEnd
+from vmstate.pci.registers import MAX_CAPABILITIES, MAX_EXTENDED_CAPABILITIES
+from vmstate.pci.render import render_text
 
 PCI = DATA / "pci"
 CAPTURED = sorted(PCI.glob("*.bin"))
@@ -69,7 +67,9 @@ def test_decoded_json(path: Path, snapshot) -> None:
     ],
 )
 def test_rendered_text(name: str, snapshot) -> None:
-    assert decode_config(config(name), {0: 0x4000}).render_text() == snapshot
+    """A regression guard (tests/test_pci_lspci.py holds the text to lspci's); without a
+    pci.ids so that the system's database does not change it."""
+    assert render_text(decode_config(config(name), {0: 0x4000}), names=PciIds()) == snapshot
 
 
 def test_captures_decode_without_problems() -> None:
@@ -80,7 +80,6 @@ def test_captures_decode_without_problems() -> None:
         "bad-cap-id-ff": ["cap-broken"],
         "bad-cap-into-header": ["cap-pointer"],
         "bad-cap-loop": ["cap-loop"],
-        "bad-cap-outside-64": ["cap-pointer"],
         "bad-ext-empty": ["ext-empty"],
         "bad-ext-loop": ["ext-loop"],
         "bad-ext-pointer-low": ["ext-pointer"],
@@ -144,9 +143,12 @@ def test_capability_id_ff_breaks_the_chain() -> None:
 
 
 def test_capability_pointer_outside_a_64_byte_config() -> None:
+    """64 bytes are what an unprivileged read of sysfs gives: the list is unreadable past
+    the header, which is no fault of the device's."""
     space = decode_config(config("bad-cap-outside-64"))
     assert space.capabilities == ()
-    assert [(p.code, p.offset) for p in space.problems] == [("cap-pointer", 0x34)]
+    assert space.capabilities_end == ChainEnd(0x60, "unreadable")
+    assert space.problems == ()
 
 
 def test_reserved_pointer_bits_are_masked() -> None:
@@ -208,7 +210,8 @@ def test_every_extended_dword_a_capability() -> None:
     data = _chain(4096, [0x40], express=True)
     for where in range(0x100, 0x1000, 4):
         nxt = where + 4 if where + 4 < 0x1000 else 0
-        data[where : where + 4] = (0x0019 | 1 << 16 | nxt << 20).to_bytes(4, "little")
+        # Power Budgeting: a capability without registers we decode, so any dword can hold one
+        data[where : where + 4] = (0x0004 | 1 << 16 | nxt << 20).to_bytes(4, "little")
     space = decode_config(bytes(data))
     assert len(space.extended_capabilities) == MAX_EXTENDED_CAPABILITIES
     assert space.problems == ()
@@ -261,7 +264,7 @@ def test_any_bytes_decode_within_bounds(data: bytes, sizes: dict[int, int]) -> N
     assert all(0x40 <= o < len(data) for o in offsets)
     assert all(0x100 <= o < len(data) for o in ext)
     json.dumps(space.to_json())
-    space.render_text()
+    render_text(space)
     masks = build_masks(data, sizes)
     assert len(masks.checked) == len(data)
     assert masks.mismatches(data, data) == ()
@@ -373,7 +376,8 @@ def test_sriov_and_ari() -> None:
     sriov = space.extended_capability(0x10)
     assert sriov is not None and isinstance(sriov.body, SrIov)
     assert (sriov.body.total_vfs, sriov.body.initial_vfs, sriov.body.num_vfs) == (4, 4, 0)
-    assert (sriov.body.first_vf_offset, sriov.body.vf_stride, sriov.body.vf_enable) == (1, 1, False)
+    assert (sriov.body.first_vf_offset, sriov.body.vf_stride) == (1, 1)
+    assert not sriov.body.control["Enable"]
     assert sriov.name == "Single Root I/O Virtualization"
     ari = space.extended_capability(0x0E)
     assert ari is not None and isinstance(ari.body, Ari) and ari.body.next_function == 1
@@ -382,7 +386,10 @@ def test_sriov_and_ari() -> None:
 def test_acs_and_aer() -> None:
     space = decode_config(config("qemu-q35-pcie-root-port"))
     acs = space.extended_capability(0x0D)
-    assert acs is not None and isinstance(acs.body, Acs) and acs.body.capabilities == 0x005F
+    assert acs is not None and isinstance(acs.body, Acs)
+    assert acs.body.capabilities.text() == (  # 0x005f
+        "SrcValid+ TransBlk+ ReqRedir+ CmpltRedir+ UpstreamFwd+ EgressCtrl- DirectTrans+"
+    )
     aer = space.extended_capability(0x01)
     assert aer is not None and aer.version == 2 and aer.name == "Advanced Error Reporting"
 
@@ -408,7 +415,6 @@ def test_header_identity() -> None:
     h = decode_config(config("qemu-q35-nvme-sriov")).header
     assert (h.vendor_id, h.device_id, h.revision_id) == (0x1B36, 0x0010, 0x02)
     assert (h.class_code.base, h.class_code.sub, h.class_code.prog_if) == (0x01, 0x08, 0x02)
-    assert h.class_code.name == "Non-Volatile memory controller"
     assert h.endpoint is not None and (h.endpoint.subsystem_vendor_id, h.endpoint.subsystem_id) == (
         0x1AF4,
         0x1100,

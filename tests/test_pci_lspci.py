@@ -9,7 +9,7 @@ PBA BIR + offset), the PCIe port type and version, and the PM version.
 
 Where a chain is malformed lspci and we part ways on purpose: lspci marks the entry
 ("<chain looped>", "<chain broken>", "<access denied>") and stops; we stop with a
-problem.  The only place lspci goes on where we stop is a pointer into the header or
+problem (or, past a 64-byte header read, with the rest marked unreadable).  The only place lspci goes on where we stop is a pointer into the header or
 below 0x100, which lspci follows; there its next entry must be at that pointer.
 """
 
@@ -23,7 +23,9 @@ import attrs
 import pytest
 from conftest import DATA, require_tool
 
-from vmstate.pci_vfio import ConfigSpace, Express, Msi, MsiX, PowerManagement, decode_config
+from vmstate.pci.capabilities import Express, Msi, MsiX, PowerManagement
+from vmstate.pci.decode import decode_config
+from vmstate.pci.model import ConfigSpace
 
 CAPTURED = sorted((DATA / "pci").glob("*.bin"))
 HOST = sorted(Path("/sys/bus/pci/devices").glob("*/config"))

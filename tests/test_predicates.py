@@ -79,3 +79,34 @@ def test_registered_predicates_are_called_by_name() -> None:
     assert cond.calls == frozenset({"is_big_n"})
     assert cond(Env({"n": 11}))
     assert not cond(Env({"n": 3}))
+
+
+@pytest.mark.parametrize(
+    ("source", "values", "message"),
+    [
+        ("cfg & 1", {"cfg": b"\x01\x02"}, "'&' needs integers, got bytes"),
+        ("1 >> n", {"n": -1}, "shift count -1 outside 0..64"),
+        ("1 << n", {"n": 65}, "shift count 65 outside"),
+        ("-cfg", {"cfg": b""}, "'-' needs numbers, got bytes"),
+        ("~ratio", {"ratio": 1.5}, "'~' needs integers, got float"),
+        ("lst < 3", {"lst": [1]}, "'<' needs numbers, got list"),
+        ("n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n > 0",
+         {"n": 2**300}, "exceeds 4096 bits"),
+    ],
+)
+def test_values_from_the_input_that_no_operator_takes_are_description_errors(
+    source: str, values: dict, message: str
+) -> None:
+    """Operands come from untrusted input: a bad one is the input's fault, never a
+    TypeError or ValueError escaping from the evaluation."""
+    with pytest.raises(DescriptionError, match=message):
+        parse_condition(source)(Env(values))
+
+
+def test_type_problems_name_the_field_and_operator() -> None:
+    cond = parse_condition("cfg & 1 or (ratio < 2 and version_id > 1) or lst == 3")
+    assert cond.type_problems({"cfg": "bytes", "ratio": "float", "lst": "list"}) == [
+        "'&' needs integers, but field 'cfg' is bytes"]
+    assert parse_condition("-s.x" if False else "-s").type_problems({"s": "dict"}) == [
+        "'-' needs numbers, but field 's' is dict"]
+    assert parse_condition("a + b > 1").type_problems({}) == []

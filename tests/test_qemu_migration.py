@@ -93,7 +93,7 @@ CASES = [
         Refusal(
             "Machine type received is 'pc-i440fx-7.2' and local is 'pc-i440fx-10.0'",
             "configuration",
-            frozenset({"machine-mismatch"}),
+            frozenset({"machine-type"}),
         ),
         ["-M pc-i440fx-10.0", NIC, "-device e1000,netdev=n0,romfile=,addr=0x3"],
     ),

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from peers.qemu import Qemu
 
-from vmstate import analyze, stream
+from vmstate import stream
 from vmstate.cli import main
+from vmstate.inputs import open_stream
 from vmstate.vmdesc import NullPointer, PiecedSeq, description_from_vmdesc, vmdesc_entry
 
 DATA = Path(__file__).parent / "data"
@@ -51,8 +52,8 @@ def mapped_ram(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def parsed(path: Path) -> stream.Stream:
-    with analyze.open_stream(path) as buf:
-        return stream.parse(buf)
+    with open_stream(path) as opened:
+        return stream.parse(opened.data)
 
 
 def test_the_data_is_there() -> None:
@@ -129,7 +130,8 @@ def test_qemu_10_splits_arrays_into_pieces() -> None:
 
 def test_reencoded_state_from_vmdesc_description_is_stable() -> None:
     path = STREAMS[0]
-    with analyze.open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
         found = stream.parse(buf)
         for section in found.device_sections():
             again = description_from_vmdesc(vmdesc_entry(section.description, section.state))

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from vmstate.device_regions import RegionInfo, _RegionDevice
+from vmstate.device_regions import RegionDevice, RegionInfo
 from vmstate.errors import DeviceError, LimitError, TruncatedError, UsageError
 from vmstate.region_protocol import (
     ACTION_GET_BUFFER,
@@ -36,7 +36,7 @@ def offset(*field: str) -> int:
     return ffi.offsetof(CONTROL, *field)
 
 
-class StateRegionsDevice(_RegionDevice):
+class StateRegionsDevice(RegionDevice):
     """A device's driver side of the protocol, its regions plain bytearrays.
 
     Writing device_config.action GET_BUFFER puts the device's config snapshot in the

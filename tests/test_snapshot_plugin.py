@@ -58,3 +58,27 @@ def test_one_field_change_is_named_in_the_diff(pytester: pytest.Pytester) -> Non
     # only the changed field's lines are marked
     marked = [line for line in out.splitlines() if line.startswith(("  - ", "  + ", "- ", "+ "))]
     assert all("mac_lo" in line or "regs[0]" in line for line in marked), marked
+
+
+def test_without_syrupy_the_plugin_is_quiet_until_its_fixture_is_asked_for(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain ``pip install vmstate`` has no syrupy: here a stand-in package that cannot
+    be imported comes first on the path, and syrupy's own plugin is not loaded."""
+    pytester.makepyfile(
+        test_other="def test_unrelated():\n    assert True\n",
+        test_snap="def test_snap(vmstate_snapshot):\n    assert b'' == vmstate_snapshot\n",
+    )
+    blocked = pytester.mkdir("blocked") / "syrupy"
+    blocked.mkdir()
+    (blocked / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'syrupy'\", name='syrupy')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(blocked.parent))
+    args = ["-p", "no:syrupy", "-p", "no:cacheprovider", "-W", "error"]
+    quiet = pytester.runpytest_subprocess(*args, "test_other.py")
+    assert quiet.ret == 0, quiet.stdout.str() + quiet.stderr.str()
+    assert quiet.stderr.str() == ""
+    asked = pytester.runpytest_subprocess(*args, "test_snap.py")
+    assert asked.ret == 1
+    assert "needs syrupy: pip install 'vmstate[pytest]'" in asked.stdout.str()

@@ -64,8 +64,8 @@ class DescriptionSet:
     kind: str = FILES
     #: a dump entry's own (version_id, minimum_version_id), where it differs from its description's
     versions: Mapping[str, tuple[int, int]] = attrs.field(factory=dict)
-    #: the machine type the set belongs to (a dump's, a stream's configuration), if it says
-    machine: str | None = None
+    #: the machine type the set belongs to (a dump's, a stream's configuration), when known ("" when not)
+    machine: str = ""
     #: False for a dump of a QEMU that does not write array lengths ("num", QEMU 10.0+):
     #: any field of it may be an array of unknown length
     counts_known: bool = True
@@ -127,8 +127,7 @@ def compare(
                     )
                 )
             problems.extend(comparison.descriptions(desc, target[1], desc.name))
-    machine = dst.machine or src.machine
-    return [p for p in problems if not waivers.accepts(p, machine)]
+    return [p for p in problems if not waivers.accepts(p, dst.machine or src.machine)]
 
 
 def find_section(
@@ -146,16 +145,16 @@ def find_section(
     return dst.find(waivers.section_name(name), desc)
 
 
-def machine_problems(src: str | None, dst: str | None) -> list[Problem]:
+def machine_problems(src: str, dst: str, subject: str = "the source") -> list[Problem]:
     """QEMU refuses a stream whose configuration names another machine type."""
-    if src is None or dst is None or src == dst:
+    if not src or not dst or src == dst:
         return []
     reason = (
-        f"the source runs machine type {src!r}, the destination {dst!r}: QEMU refuses the "
-        'stream ("Machine type received is ... and local is ..."); pin the destination to '
-        f"-M {src}"
+        f"{subject} is of machine type {src}, the destination's descriptions are of {dst}: "
+        f"QEMU loads a stream only into its own machine type (describe the destination with "
+        f"-M {src}; if its QEMU lacks that machine type, it cannot load it)"
     )
-    return [Problem(ERROR, "configuration", "", "machine-mismatch", reason)]
+    return [Problem(ERROR, "configuration", "machine", "machine-type", reason)]
 
 
 def missing_section(

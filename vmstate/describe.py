@@ -13,21 +13,7 @@ from __future__ import annotations
 import attrs
 
 from vmstate.description import Description, Hooks
-from vmstate.fields import (
-    Array,
-    Bitmap,
-    Buffer,
-    Field,
-    Kind,
-    QTailQ,
-    Scalar,
-    Seq,
-    Struct,
-    Unused,
-    Validate,
-    VArray,
-    VBuffer,
-)
+from vmstate.fields import Field, Kind
 
 __all__ = ["describe"]
 
@@ -94,99 +80,17 @@ def _field(rows: list[_Row], field: Field, depth: int) -> None:
     if field.since:
         notes.append(f"since v{field.since}")
     if field.exists is not None:
-        verb = "must hold" if isinstance(field.kind, Validate) else "exists"
+        verb = "must hold" if field.kind.validates else "exists"
         notes.append(f"{verb}: {field.exists.source}")
     _kind(rows, field.name, field.kind, depth, notes)
 
 
 def _kind(rows: list[_Row], name: str, kind: Kind, depth: int, notes: list[str]) -> None:
     """The row of *kind* under *name*, then the rows nested in it."""
-    notes = list(notes)
-    if isinstance(kind, Array | VArray) and kind.nullable:
-        notes.append("nullable (NULL is 1 byte)")
-    if isinstance(kind, VArray) and kind.count_type != "uint32":
-        notes.append(f"count_type {kind.count_type}")
-    rows.append(_Row(depth, name, _kind_text(kind), _size_text(kind), ", ".join(notes)))
-    match kind:
-        case Struct():
-            _description(rows, kind.description, depth + 1)
-        case Array() | VArray() | QTailQ():
-            _nested(rows, kind.element, depth + 1)
-        case Seq():
-            for i, element in enumerate(kind.elements):
-                _kind(rows, f"[{i}]", element, depth + 1, [])
-
-
-def _nested(rows: list[_Row], element: Kind, depth: int) -> None:
-    """What an element holds: a struct's fields; plain elements are named in the size."""
-    if isinstance(element, Struct):
-        _description(rows, element.description, depth)
-    elif not isinstance(element, Scalar | Buffer):
-        _kind(rows, "[]", element, depth, [])
-
-
-def _kind_text(kind: Kind) -> str:
-    match kind:
-        case Scalar():
-            return kind.info
-        case Buffer():
-            return "buffer" if kind.info == "buffer" else f"buffer ({kind.info})"
-        case VBuffer():
-            return "vbuffer"
-        case Bitmap():
-            return f"bitmap of {kind.nbits} bits"
-        case Unused():
-            return "padding"
-        case Validate():
-            return "validate"
-        case Struct():
-            text = f"{kind.info} {kind.description.name} v{kind.description.version_id}"
-            return text if kind.version is None else f"{text}, loaded at v{kind.version}"
-        case Array():
-            return f"array of {_element(kind.element)}"
-        case VArray():
-            return f"varray of {_element(kind.element)}"
-        case QTailQ():
-            return f"qtailq of {_element(kind.element)}"
-        case Seq():
-            return f"seq of {len(kind.elements)}"
-    return kind.info
-
-
-def _size_text(kind: Kind) -> str:
-    match kind:
-        case Array():
-            each = _element(kind.element)
-            total = kind.size
-            return f"{kind.count} x {each}" + ("" if total is None else f" = {_bytes(total)}")
-        case VArray():
-            times = "" if kind.multiply == 1 else f" x {kind.multiply}"
-            return f"{kind.count_field}{times} x {_element(kind.element)} <= {kind.max_count}"
-        case VBuffer():
-            return f"{kind.size_field} x {kind.multiply} <= {_bytes(kind.max_size)}"
-        case QTailQ():
-            return f"n x (1 + {_element(kind.element)}) + 1"
-        case Struct() if kind.version is not None:
-            size = attrs.evolve(kind.description, version_id=kind.version).fixed_size
-            return "varies" if size is None else _bytes(size)
-        case Seq():
-            sizes = [el.size for el in kind.elements]
-            text = " + ".join(_element(el) for el in kind.elements)
-            return text if None in sizes else f"{text} = {_bytes(sum(s or 0 for s in sizes))}"
-    return "varies" if kind.size is None else _bytes(kind.size)
-
-
-def _element(kind: Kind) -> str:
-    """An element as it is named inside another kind's size."""
-    match kind:
-        case Scalar():
-            return kind.info
-        case Struct():
-            return kind.description.name
-        case Buffer():
-            return f"buffer[{kind.size}]"
-    return f"({_kind_text(kind)}: {_size_text(kind)})"
-
-
-def _bytes(n: int) -> str:
-    return "1 byte" if n == 1 else f"{n} bytes"
+    text, size = kind.describe()
+    rows.append(_Row(depth, name, text, size, ", ".join([*notes, *kind.describe_notes()])))
+    for part in kind.described_parts():
+        if isinstance(part, Description):
+            _description(rows, part, depth + 1)
+        else:
+            _kind(rows, part[0], part[1], depth + 1, [])

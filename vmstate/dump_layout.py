@@ -29,8 +29,9 @@ from typing import Any
 import attrs
 
 from vmstate.compat import DescriptionSet
-from vmstate.description import SUBSECTION, Description, Subsection
+from vmstate.description import Description, Subsection
 from vmstate.fields import Array, Buffer, Field, Kind, Seq, Struct, Unused
+from vmstate.interpreter.engine import SUBSECTION
 from vmstate.predicates import opaque_condition
 
 FOOTER = 0x7E

@@ -23,6 +23,14 @@ def _excerpt(data: bytes | memoryview, offset: int, width: int = 8) -> str:
     return " ".join(parts)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def printable(text: object) -> str:
+    """*text* on one line: control characters (from names in the input) escaped."""
+    return str(text).translate(_CONTROL)
+
+
 def format_path(path: tuple[str | int, ...]) -> str:
     """Render ``("pci", "config", 3)`` as ``pci.config[3]``."""
     out = ""
@@ -31,7 +39,7 @@ def format_path(path: tuple[str | int, ...]) -> str:
             out += f"[{part}]"
         else:
             out += ("." if out else "") + part
-    return out or "<top>"
+    return printable(out) or "<top>"
 
 
 @attrs.frozen(auto_exc=True)
@@ -41,7 +49,7 @@ class VMStateError(Exception):
     message: str
 
     def __str__(self) -> str:
-        return self.message
+        return printable(self.message)
 
 
 @attrs.frozen(auto_exc=True)
@@ -56,7 +64,8 @@ class DescriptionError(VMStateError):
     location: str = ""
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.message}" if self.location else self.message
+        text = f"{self.location}: {self.message}" if self.location else self.message
+        return printable(text)
 
 
 @attrs.frozen(auto_exc=True)
@@ -64,9 +73,14 @@ class EncodeError(VMStateError):
     """State given to save does not fit its description."""
 
     path: tuple[str | int, ...] = ()
+    expected: str = ""
+    found: str = ""
 
     def __str__(self) -> str:
-        return f"{format_path(self.path)}: {self.message}"
+        text = f"{format_path(self.path)}: {self.message}"
+        if self.expected or self.found:
+            text += f" (expected {self.expected}, found {self.found})"
+        return printable(text)
 
     def within(self, *outer: str | int) -> EncodeError:
         return attrs.evolve(self, path=(*outer, *self.path))
@@ -92,7 +106,7 @@ class DecodeError(VMStateError):
             text += f" (expected {self.expected}, found {self.found})"
         if self.excerpt:
             text += f" [{self.excerpt}]"
-        return text
+        return printable(text)
 
     def within(self, *outer: str | int) -> DecodeError:
         """The same error seen from an enclosing field."""

@@ -1,4 +1,4 @@
-"""The host's PCI devices as sysfs shows them, and opening one the best way there is.
+"""The host's PCI devices as sysfs shows them, and opening one the way a command needs.
 
 Read-only and bounded: it lists ``/sys/bus/pci/devices``, reads small
 attribute files, and names devices from the pci.ids database when installed.
@@ -9,22 +9,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
-from vmstate.device_regions import Device, SysfsPciDevice, VfioDevice
-from vmstate.errors import UsageError
+from vmstate._lowlevel.vfio import VFIO_PCI_CONFIG_REGION_INDEX
+from vmstate.errors import DeviceError, UsageError
+from vmstate.pci.ids import pci_ids
+
+if TYPE_CHECKING:
+    from vmstate.device_regions import Device
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 SYSFS_MDEV = Path("/sys/bus/mdev/devices")
-PCI_IDS = (
-    Path("/usr/share/misc/pci.ids"),
-    Path("/usr/share/hwdata/pci.ids"),
-    Path("/usr/share/pci.ids"),
-)
-MAX_PCI_IDS = 8 << 20
 _BDF = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -84,7 +82,7 @@ def host_device(bdf: str, sysfs: Path = SYSFS_PCI) -> HostDevice:
         raise UsageError(f"no PCI device {bdf} on this host (see vmstate devices)")
     vendor, device = _read_hex(path / "vendor"), _read_hex(path / "device")
     group = _link_name(path / "iommu_group")
-    names = pci_names()
+    names = pci_ids()
     return HostDevice(
         bdf,
         vendor,
@@ -92,8 +90,8 @@ def host_device(bdf: str, sysfs: Path = SYSFS_PCI) -> HostDevice:
         _read_hex(path / "class"),
         _link_name(path / "driver"),
         int(group) if group is not None and group.isdigit() else None,
-        names.get((vendor, None)),
-        names.get((vendor, device)),
+        names.vendors.get(vendor),
+        names.devices.get((vendor, device)),
     )
 
 
@@ -104,39 +102,6 @@ def host_devices(sysfs: Path = SYSFS_PCI) -> Iterator[HostDevice]:
     for entry in sorted(sysfs.iterdir()):
         if normalize_bdf(entry.name) == entry.name:
             yield host_device(entry.name, sysfs)
-
-
-@cache
-def pci_names() -> dict[tuple[int, int | None], str]:
-    """Vendor and device names from pci.ids: (vendor, None) and (vendor, device) keys."""
-    for path in PCI_IDS:
-        if path.is_file() and path.stat().st_size <= MAX_PCI_IDS:
-            return _parse_pci_ids(path.read_text(errors="replace"))
-    return {}
-
-
-def _parse_pci_ids(text: str) -> dict[tuple[int, int | None], str]:
-    names: dict[tuple[int, int | None], str] = {}
-    vendor: int | None = None
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("C "):
-            break  # the class list follows the vendors
-        if not line.startswith("\t"):
-            code, _, name = line.partition("  ")
-            vendor = int(code, 16) if _is_hex4(code) else None
-            if vendor is not None:
-                names[(vendor, None)] = name.strip()
-        elif vendor is not None and not line.startswith("\t\t"):
-            code, _, name = line[1:].partition("  ")
-            if _is_hex4(code):
-                names[(vendor, int(code, 16))] = name.strip()
-    return names
-
-
-def _is_hex4(code: str) -> bool:
-    return len(code) == 4 and all(c in "0123456789abcdefABCDEF" for c in code)
 
 
 def normalize_name(text: str) -> str:
@@ -190,22 +155,48 @@ def driver_of(name: str) -> str | None:
     return mediated_device(name).driver if is_mdev(name) else host_device(name).driver
 
 
-def open_device(name: str) -> tuple[Device, str]:
-    """Open a PCI function through VFIO when it is bound to vfio-pci, else read-only
-    from sysfs; a mediated device always through VFIO.  Returns the device and how
-    it was opened, for messages."""
+def open_for_reading(name: str) -> tuple[Device, str]:
+    """Open a device so that reading it changes nothing; also how, for messages.
+
+    vfio-pci resets a PCI function when it is opened and restores the config it saved
+    when it is closed, so a function is read through sysfs, which does neither.  Only
+    where sysfs cannot give its whole config space (it gives non-root users 64 bytes)
+    is a function bound to vfio-pci opened through VFIO, and *how* says it was reset.
+    A mediated device is opened through VFIO: opening it resets nothing."""
+    from vmstate.device_regions import SysfsPciDevice, VfioDevice
+
     if is_mdev(name):
         mdev = mediated_device(name)
         return VfioDevice.open(name), f"through VFIO (mediated device {mdev.type_name})"
     host = host_device(name)
-    if host.driver == "vfio-pci":
-        return VfioDevice.open(name), "through VFIO"
-    how = f"read-only from sysfs (driver {host.driver})" if host.driver else "read-only from sysfs"
-    return SysfsPciDevice.open(name), how
+    device = SysfsPciDevice.open(name)
+    vfio_pci = host.driver == "vfio-pci"
+    if not vfio_pci or _whole_config_readable(device):
+        if vfio_pci:
+            return device, "read-only from sysfs (bound to vfio-pci, not opened: that resets it)"
+        bound = f"driver {host.driver}" if host.driver else "no driver"
+        return device, f"read-only from sysfs ({bound})"
+    device.close()
+    how = "through VFIO, which reset it (sysfs gives non-root users 64 bytes of config)"
+    return VfioDevice.open(name), how
+
+
+def _whole_config_readable(device: Device) -> bool:
+    config = VFIO_PCI_CONFIG_REGION_INDEX
+    try:
+        device.read(config, 0, min(256, device.region(config).size))
+    except DeviceError:
+        return False
+    return True
 
 
 def open_for_writing(name: str) -> Device:
-    """Open a device through VFIO; a PCI function another driver owns is not ours to write."""
+    """Open a device through VFIO; a PCI function another driver owns is not ours to write.
+
+    Closing it ends what was written for a PCI function (vfio-pci restores the config
+    it saved when it was opened); a mediated device keeps it."""
+    from vmstate.device_regions import VfioDevice
+
     if is_mdev(name):
         mediated_device(name)
         return VfioDevice.open(name)

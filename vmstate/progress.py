@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from vmstate.migration import Progress
+from vmstate.device_data import Progress
 
 _BAR = 30
 _LINE_STEP = 64 << 20  # plain output: a line per 64 MiB (and at the end)

@@ -1,12 +1,13 @@
-"""pytest plugin: the ``vmstate_snapshot`` fixture.
-
-A syrupy snapshot whose files show a serialized stream one field per line
-(``offset  hex  path = value``), so when one field changes the snapshot diff
-names that field.  Accepts QEMU streams with a vmdesc (ours included) as
-``bytes``, or ``(description, state)`` pairs::
+"""pytest plugin: the ``vmstate_snapshot`` fixture, a syrupy snapshot of a stream one
+field per line (:mod:`vmstate.snapshot_extension`)::
 
     def test_device(vmstate_snapshot):
         assert open("dev.vms", "rb").read() == vmstate_snapshot
+
+pytest loads this plugin in every session of an environment where vmstate is
+installed, so it imports nothing at load time, and without syrupy (a plain
+``pip install vmstate``, not ``vmstate[pytest]``) it stays quiet: only a test that
+asks for the fixture learns what to install.
 """
 
 from __future__ import annotations
@@ -14,30 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from syrupy.assertion import SnapshotAssertion
-from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
-
-from vmstate.description import Description
-from vmstate.render import render_state, render_stream
-
-
-class VMStateSnapshotExtension(SingleFileSnapshotExtension):
-    """One ``.vmstate.txt`` file per snapshot, rendered field by field."""
-
-    file_extension = "vmstate.txt"
-    _write_mode = WriteMode.TEXT
-
-    def serialize(self, data: Any, **kwargs: Any) -> str:
-        if isinstance(data, bytes | bytearray | memoryview):
-            return render_stream(bytes(data))
-        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Description):
-            return render_state(data[0], data[1])
-        raise TypeError(
-            f"vmstate_snapshot takes stream bytes or (Description, state), not {type(data).__name__}"
-        )
 
 
 @pytest.fixture
-def vmstate_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
+def vmstate_snapshot(request: pytest.FixtureRequest) -> Any:
     """syrupy's ``snapshot`` rendering vmstate streams one field per line."""
-    return snapshot.use_extension(VMStateSnapshotExtension)
+    try:
+        from vmstate.snapshot_extension import VMStateSnapshotExtension
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.partition(".")[0] != "syrupy":
+            raise
+        pytest.fail(
+            "the vmstate_snapshot fixture needs syrupy: pip install 'vmstate[pytest]'",
+            pytrace=False,
+        )
+
+    return request.getfixturevalue("snapshot").use_extension(VMStateSnapshotExtension)

@@ -24,11 +24,11 @@ from collections.abc import Iterator
 from typing import Final
 
 import attrs
-import cffi
 
+from vmstate._lowlevel._state_ctl_ffi import ffi
+from vmstate.device_data import Sink, Source, read_exactly, write_all
 from vmstate.device_regions import Device, RegionInfo
 from vmstate.errors import DeviceError, LimitError, UsageError
-from vmstate.migration import Sink, Source, read_exactly, write_all
 
 __all__ = [
     "ACTION_GET_BUFFER",
@@ -50,29 +50,7 @@ __all__ = [
     "RegionState",
 ]
 
-ffi: Final = cffi.FFI()
-ffi.cdef(
-    """
-    struct vfio_device_state_ctl {
-        uint32_t version;
-        uint32_t device_state;
-        uint32_t caps;
-        struct {
-            uint32_t action;
-            uint64_t size;
-        } device_config;
-        struct {
-            uint32_t action;
-            uint64_t size;
-            uint64_t pos;
-        } device_memory;
-        struct {
-            uint64_t start_addr;
-            uint64_t page_nr;
-        } system_memory;
-    };
-    """
-)
+#: declared in vmstate._lowlevel.build_ffi
 CONTROL: Final = "struct vfio_device_state_ctl"
 
 #: region type and subtypes of the proposal (type 2 is VFIO_REGION_TYPE_CCW in mainline)
@@ -174,6 +152,14 @@ class DeviceStateRegions:
             if bitmap is None or not bitmap.readable or bitmap.size < _WORD:
                 raise blocked("it logs dirty system memory but has no readable bitmap region")
         return cls(device, control, config, bitmap, caps)
+
+    @classmethod
+    def find(cls, device: Device) -> DeviceStateRegions | None:
+        """:meth:`open`, or None when the device has no fit regions (none has in Linux)."""
+        try:
+            return cls.open(device)
+        except DeviceError:
+            return None
 
     def set_state(self, state: RegionState) -> None:
         if state not in tuple(RegionState):

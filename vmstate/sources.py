@@ -2,7 +2,8 @@
 
 - a QEMU ``-dump-vmstate`` JSON (``.json`` or ``.json.gz``): sections by device type;
 - a stream's vmdesc JSON (as ``analyze --dump desc`` prints it), or a migration
-  stream itself: sections by id string, exactly as the source sent them;
+  stream itself (bare or in a libvirt save image): sections by id string, exactly
+  as the source sent them;
 - a description file (``.toml``) or a directory of them: sections by name.
 """
 
@@ -19,6 +20,8 @@ from vmstate.compat import DUMP, VMDESC, DescriptionSet
 from vmstate.description_file import load_description_file
 from vmstate.dump_layout import DumpLayouts
 from vmstate.errors import DescriptionError, UsageError
+from vmstate.inputs import open_stream
+from vmstate.libvirt_save import is_save_image
 from vmstate.qemu_dump import MACHINE_KEY, load_qemu_dump
 from vmstate.stream import (
     MAGIC,
@@ -46,9 +49,9 @@ def load_description_set(path: str | Path) -> DescriptionSet:
         desc = load_description_file(source)
         return DescriptionSet({desc.name: desc}, origin=str(source))
     head = _head(source)
-    if head[:4] == MAGIC.to_bytes(4, "big"):
+    if head[:4] == MAGIC.to_bytes(4, "big") or is_save_image(head):
         vmdesc, machine = _stream_vmdesc(source)
-        return attrs.evolve(_from_vmdesc(vmdesc, str(source)), machine=machine)
+        return attrs.evolve(_from_vmdesc(vmdesc, str(source)), machine=machine or "")
     data = _json(source)
     if isinstance(data, dict) and MACHINE_KEY in data:
         dump = load_qemu_dump(source)
@@ -98,7 +101,7 @@ def load_decoder(path: str | Path) -> Decoder:
 def _head(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
-            return f.read(4)
+            return f.read(16)
     except OSError as e:
         raise UsageError(f"{path}: {e.strerror}") from None
 
@@ -115,9 +118,8 @@ def _json(path: Path) -> Any:
 
 def _stream_vmdesc(path: Path) -> tuple[dict[str, Any], str | None]:
     """A stream's vmdesc and the machine type its configuration section names."""
-    from vmstate.analyze import open_stream
-
-    with open_stream(path) as buf:
+    with open_stream(path) as opened:
+        buf = opened.data
         at = find_vmdesc(buf)
         if at is None:
             raise UsageError(f"{path}: the stream has no vmdesc to describe its sections")

@@ -22,7 +22,6 @@ from typing import Any, BinaryIO
 import attrs
 
 from vmstate import fields as F
-from vmstate._wire import DEFAULT_LIMITS, Limits, need
 from vmstate.description import Description, Subsection
 from vmstate.errors import (
     DecodeError,
@@ -32,6 +31,7 @@ from vmstate.errors import (
     LimitError,
     TruncatedError,
 )
+from vmstate.interpreter.context import DEFAULT_LIMITS, Limits, need
 from vmstate.stream_ram import PAGE_SIZES, PageSink, RamBlock, RamSettings, RamWalker, printable
 from vmstate.vmdesc import resolver_from_vmdesc, vmdesc_entry
 

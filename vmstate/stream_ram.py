@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import attrs
 
-from vmstate._wire import need
 from vmstate.errors import DecodeError, IncompatibleError, LimitError
+from vmstate.interpreter.context import need
 
 RAM_ZERO = 0x02
 RAM_MEM_SIZE = 0x04

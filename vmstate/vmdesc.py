@@ -15,15 +15,13 @@ Export goes the other way: given a description and a state, the entry QEMU's
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 
-from vmstate._wire import Ctx, Frame, need
 from vmstate.description import Description, Subsection
-from vmstate.errors import DecodeError, DescriptionError, EncodeError
+from vmstate.errors import DescriptionError
 from vmstate.fields import (
-    NULLPTR_MARKER,
     SCALAR_TYPES,
     Array,
     Bitmap,
@@ -40,6 +38,8 @@ from vmstate.fields import (
     VBuffer,
     scalar_kind,
 )
+from vmstate.interpreter.context import Ctx, Frame
+from vmstate.kinds.nullptr import NullPointer
 from vmstate.predicates import is_opaque, opaque_condition
 
 MAX_DEPTH = 64
@@ -62,31 +62,6 @@ def state_name(qemu_name: str) -> str:
 def qemu_name(name: str) -> str:
     """QEMU's name of the field whose state key is *name*."""
     return name.replace(SLASH, "/")
-
-
-@attrs.frozen
-class NullPointer(Kind):
-    """A NULL element of an array of pointers: QEMU writes the byte ``'0'``
-    (vmstate_info_nullptr) and, since 8.2, a vmdesc entry typed ``nullptr``."""
-
-    info: ClassVar[str] = "nullptr"
-    size: int = attrs.field(default=1, init=False)  # type: ignore[misc]
-
-    def load(self, buf: bytes, pos: int, frame: Frame, name: str) -> tuple[Any, int]:
-        need(buf, pos, 1, "null pointer marker")
-        if buf[pos] != NULLPTR_MARKER:
-            raise DecodeError(
-                "null pointer marker missing",
-                offset=pos,
-                expected=f"{NULLPTR_MARKER:#x}",
-                found=f"{buf[pos]:#x}",
-            )
-        return None, pos + 1
-
-    def save(self, out: bytearray, value: Any, frame: Frame, name: str) -> None:
-        if value is not None:
-            raise EncodeError(f"a NULL pointer element holds None, not {type(value).__name__}")
-        out.append(NULLPTR_MARKER)
 
 
 @attrs.frozen
@@ -333,10 +308,10 @@ def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
     if isinstance(kind, Struct) and kind.info == "struct":
         inner = vmdesc_entry(kind.description, value, held=_held(frame, name))
         out = bytearray()
-        kind.save(out, value, frame, name)
+        kind.save(out, value, frame, name, None)
         return {"type": "struct", "struct": inner, "size": len(out)}
     out = bytearray()
-    kind.save(out, value, frame, name)
+    kind.save(out, value, frame, name, None)
     if isinstance(kind, Struct):
         return {
             "type": kind.info,

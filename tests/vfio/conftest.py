@@ -10,13 +10,14 @@ twin's outcome, so `pytest -m vfio` lists the real-VFIO tests' own results.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tool
+from conftest import IN_CI, require_tool
 from peers.apt import PeerError
-from vm import harness
+from vm import guest_qemu, harness
 
 IN_GUEST = os.environ.get("VMSTATE_IN_GUEST") == "1"
 HERE = Path(__file__).resolve().parent
@@ -25,9 +26,10 @@ HERE = Path(__file__).resolve().parent
 class GuestSession:
     """One guest boot per pytest session, shared by every stand-in."""
 
-    def __init__(self, config: pytest.Config, node_ids: list[str]) -> None:
+    def __init__(self, config: pytest.Config, node_ids: list[str], needs_qemu: bool) -> None:
         self.config = config
         self.node_ids = node_ids
+        self.needs_qemu = needs_qemu
         self._run: harness.GuestRun | BaseException | None = None
         self._console_shown_by: str | None = None
 
@@ -39,7 +41,8 @@ class GuestSession:
                 timeout = float(os.environ.get("VMSTATE_VM_TIMEOUT", harness.DEFAULT_TIMEOUT))
                 self._run = harness.run_guest(
                     artifacts, self.node_ids, rootdir=self.config.rootpath,
-                    inifile=self.config.inipath, require=require_tool, timeout=timeout)
+                    inifile=self.config.inipath, require=require_tool, timeout=timeout,
+                    extra_env=self._qemu_env())
             except PeerError as e:
                 self._run = pytest.fail.Exception(
                     f"preparing or booting the guest failed: {e}", pytrace=False)
@@ -49,6 +52,16 @@ class GuestSession:
             raise self._run
         return self._run
 
+    def _qemu_env(self) -> dict[str, str]:
+        """QEMU 10.0 for the guest when a selected test needs it; a missing tool or a
+        failed download is that test's problem only (see vm.guest_qemu)."""
+        if not self.needs_qemu:
+            return {}
+        try:
+            return guest_qemu.host_env(require_tool)
+        except (pytest.skip.Exception, pytest.fail.Exception) as e:
+            return {guest_qemu.PROBLEM_ENV: str(e.msg)}
+
     def console(self, nodeid: str) -> str:
         """The console tail for the first report that needs it, a pointer for the others."""
         run = self.run()
@@ -57,6 +70,20 @@ class GuestSession:
             return (f"--- guest serial console, last {harness.CONSOLE_TAIL} lines "
                     f"(boot and test run took {run.seconds:.0f} s) ---\n{run.console_tail()}")
         return f"(guest serial console: see the report of {self._console_shown_by})"
+
+
+def report(outcome: harness.GuestOutcome, in_ci: bool, console: Callable[[], str]) -> None:
+    """End the host's stand-in as its guest twin ended.  Under CI a skip in the guest is
+    a failure, as a missing tool is on the host: the guest exists to run these tests."""
+    if outcome.outcome == "skipped" and in_ci:
+        pytest.fail(f"skipped in the guest under CI: {outcome.message}", pytrace=False)
+    if outcome.outcome == "skipped":
+        pytest.skip(f"in the guest: {outcome.message}")
+    if outcome.outcome == "xfailed":
+        pytest.xfail(f"in the guest: {outcome.message}")
+    if outcome.outcome == "failed":
+        pytest.fail("\n".join([f"in the guest: {outcome.message}", outcome.details, console()]),
+                    pytrace=False)
 
 
 _SESSION = pytest.StashKey[GuestSession]()
@@ -81,13 +108,7 @@ class GuestTest(pytest.Item):
                 "the guest reported no result for this test"
                 + (f" ({run.problem})" if run.problem else ""),
                 *others, session.console(self.nodeid)]), pytrace=False)
-        if outcome.outcome == "skipped":
-            pytest.skip(f"in the guest: {outcome.message}")
-        if outcome.outcome == "xfailed":
-            pytest.xfail(f"in the guest: {outcome.message}")
-        if outcome.outcome == "failed":
-            pytest.fail("\n".join([f"in the guest: {outcome.message}", outcome.details,
-                                   session.console(self.nodeid)]), pytrace=False)
+        report(outcome, IN_CI, lambda: session.console(self.nodeid))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, self._location[1], self._location[2]
@@ -98,6 +119,7 @@ if not IN_GUEST:
     @pytest.hookimpl(trylast=True)  # after -m/-k deselection: boot for the selected only
     def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
         node_ids = []
+        needs_qemu = False
         for index, item in enumerate(items):
             if item.path.is_relative_to(HERE) and item.get_closest_marker("vfio"):
                 twin = GuestTest.from_parent(item.parent, name=item.name,
@@ -105,5 +127,6 @@ if not IN_GUEST:
                 twin.add_marker("vfio")
                 items[index] = twin
                 node_ids.append(item.nodeid)
+                needs_qemu |= guest_qemu.FIXTURE in getattr(item, "fixturenames", ())
         if node_ids:
-            config.stash[_SESSION] = GuestSession(config, node_ids)
+            config.stash[_SESSION] = GuestSession(config, node_ids, needs_qemu)

@@ -23,10 +23,12 @@ from vfio.test_mtty_migration import (
     set_uart,
     uart,
 )
-from vmstate import vfio_state
+from vmstate._lowlevel import ioctl, vfio
 from vmstate.cli import main
+from vmstate.device_load import load
 from vmstate.device_regions import VfioDevice
 from vmstate.migration import DeviceState, DeviceStateMachine
+from vmstate.saved_file import read_file
 
 pytestmark = pytest.mark.vfio
 
@@ -94,9 +96,9 @@ def test_save_show_and_load_an_mtty_through_the_command_line(
 
 def damaged(data: bytes, at: int, value: bytes) -> bytes:
     """*data* with *value* written at byte *at* of its device data."""
-    saved = vfio_state.read_file(data)
-    assert saved.payload is not None
-    start, _ = saved.payload.chunks[0]
+    saved = read_file(data)
+    assert saved.data is not None
+    start, _ = saved.data.payload.chunks[0]
     out = bytearray(data)
     out[start + at : start + at + len(value)] = value
     return bytes(out)
@@ -136,9 +138,9 @@ def test_a_chunk_size_beyond_the_file_is_refused(mtty_pair: None, tmp_path: Path
     prepare()
     good = tmp_path / "good.vms"
     assert main(["save", SOURCE, "-o", str(good)]) == 0
-    saved = vfio_state.read_file(good.read_bytes())
-    assert saved.payload is not None
-    start, size = saved.payload.chunks[-1]
+    saved = read_file(good.read_bytes())
+    assert saved.data is not None
+    start, size = saved.data.payload.chunks[-1]
     data = bytearray(good.read_bytes())
     data[start - 8 : start] = (size + (1 << 20)).to_bytes(8, "big")
     bad = tmp_path / "bad.vms"
@@ -146,3 +148,30 @@ def test_a_chunk_size_beyond_the_file_is_refused(mtty_pair: None, tmp_path: Path
     assert main(["load", str(bad), DESTINATION]) == 1
     assert state_of(DESTINATION) not in (DeviceState.RESUMING, DeviceState.ERROR)
     assert scratch(DESTINATION) == 0x33
+
+
+class StateLoggingVfio(VfioDevice):
+    """A real VFIO device that asks the kernel its migration state at each config write."""
+
+    states: list[DeviceState]
+
+    def write(self, index: int, offset: int, data: bytes) -> None:
+        if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX:
+            self.states.append(DeviceState(ioctl.get_mig_state(self.fd).device_state))
+        super().write(index, offset, data)
+
+
+def test_the_config_is_restored_while_the_device_is_stopped(
+    mtty_pair: None, tmp_path: Path
+) -> None:
+    """As QEMU restores a VFIO device: its config before it runs again."""
+    prepare()
+    path = tmp_path / "mtty.vms"
+    assert main(["save", SOURCE, "-o", str(path)]) == 0
+    with contextlib.closing(StateLoggingVfio.open(DESTINATION)) as destination:
+        assert isinstance(destination, StateLoggingVfio)
+        destination.states = []
+        load(destination, path.read_bytes())
+        assert destination.states and set(destination.states) == {DeviceState.STOP}
+        assert DeviceStateMachine(destination).state() == DeviceState.RUNNING
+        assert_programmed(destination)

@@ -19,23 +19,22 @@ from pathlib import Path
 
 import pytest
 
+from vfio.test_vfio_device import promised
+from vmstate.device_data import load_device_data, save_device_data
 from vmstate.device_regions import VfioDevice
 from vmstate.errors import DeviceError, UsageError
 from vmstate.migration import (
     DeviceState,
     DeviceStateMachine,
     MigrationCaps,
-    load_device_data,
     plan,
     probe,
-    save_device_data,
     stop_copy_size,
 )
 
 pytestmark = pytest.mark.vfio
 
 S = DeviceState
-IN_GUEST = os.environ.get("VMSTATE_IN_GUEST") == "1"
 MDEVS = Path("/sys/bus/mdev/devices")
 VFIO_PCI = Path("/sys/bus/pci/drivers/vfio-pci")
 SOURCE = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"
@@ -54,10 +53,7 @@ FIFO_AT, COUNT_AT, DLAB_AT, DIVISOR_AT = 8, 26, 27, 30
 
 def _available(path: Path, what: str) -> None:
     if not path.exists():
-        message = f"{path} is missing ({what})"
-        if IN_GUEST:
-            pytest.fail(f"{message}, yet VMSTATE_IN_GUEST=1")
-        pytest.skip(f"{message}; these tests run in the QEMU test guest (tests/vm)")
+        promised(f"{path} is missing ({what})")
 
 
 @pytest.fixture

@@ -411,10 +411,12 @@ def guest_pytest_args(junit: str) -> list[str]:
             "-o", "junit_logging=all"]
 
 
-def guest_command(node_ids: Sequence[str], rootdir: Path, inifile: Path | None) -> list[str]:
+def guest_command(node_ids: Sequence[str], rootdir: Path, inifile: Path | None,
+                  extra_env: Mapping[str, str] | None = None) -> list[str]:
     """The guest's pytest run: this interpreter on this checkout, the selected vfio tests.
 
-    It is given the files of *node_ids* and, through guest_plugin, the IDs themselves.
+    It is given the files of *node_ids* and, through guest_plugin, the IDs themselves;
+    *extra_env* is what the host prepared for them (see guest_qemu).
     """
     source = Path(vmstate.__file__).resolve().parents[1]
     env = {
@@ -429,6 +431,7 @@ def guest_command(node_ids: Sequence[str], rootdir: Path, inifile: Path | None) 
     }
     if "CI" in os.environ:
         env["CI"] = os.environ["CI"]  # a missing tool fails in the guest as on the host
+    env.update(extra_env or {})
     args = ["-m", "pytest", *guest_pytest_args(f"{GUEST_RESULTS}/junit.xml"),
             "--rootdir", str(rootdir)]
     if inifile is not None:
@@ -477,13 +480,14 @@ def qemu_command(qemu: str, artifacts: Artifacts, results: Path) -> list[str]:
 
 def run_guest(artifacts: Artifacts, node_ids: Sequence[str], *, rootdir: Path,
               inifile: Path | None, require: Require,
-              timeout: float = DEFAULT_TIMEOUT) -> GuestRun:
+              timeout: float = DEFAULT_TIMEOUT,
+              extra_env: Mapping[str, str] | None = None) -> GuestRun:
     """Boot the guest once, run *node_ids* in it and read back their outcomes."""
     qemu = require("qemu-system-x86_64")
     _check_visible([rootdir, Path(sys.executable), Path(vmstate.__file__).resolve()])
     with tempfile.TemporaryDirectory(prefix="vmstate-vm-") as tmp:
         results = Path(tmp)
-        command = guest_command(node_ids, rootdir, inifile)
+        command = guest_command(node_ids, rootdir, inifile, extra_env)
         (results / "run.sh").write_text(f"cd {GUEST_SCRATCH} && exec {shlex.join(command)}\n")
         (results / "selected.txt").write_text("".join(f"{n}\n" for n in node_ids))
         console_path = results / "console.log"

@@ -17,7 +17,7 @@ from typing import Any, Final
 import attrs
 
 from vmstate._lowlevel import vfio
-from vmstate._lowlevel.vfio import ffi
+from vmstate._lowlevel._vfio_ffi import ffi
 from vmstate.errors import DeviceError
 
 #: largest info buffer (fixed struct + capability chain) the kernel may ask for

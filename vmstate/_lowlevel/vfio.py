@@ -1,97 +1,15 @@
-"""Struct layouts and constants of the Linux VFIO user API (include/uapi/linux/vfio.h).
+"""Constants of the Linux VFIO user API (include/uapi/linux/vfio.h).
 
-cffi in ABI mode: the layouts are declared here, so installing needs no C compiler
-and no kernel header.  The constants are written out rather than read from the
-system header because Debian 12's 6.1 header lacks the PRE_COPY, MIG_DATA_SIZE and
-PRECOPY_INFO additions; tests/test_lowlevel.py checks both against the header
-wherever it has them.
+The struct layouts are cffi declarations in :mod:`vmstate._lowlevel.build_ffi`
+(imported by :mod:`vmstate._lowlevel.ioctl` only, already parsed).  The constants are
+written out rather than read from the system header because Debian 12's 6.1 header
+lacks the PRE_COPY, MIG_DATA_SIZE and PRECOPY_INFO additions; tests/test_lowlevel.py
+checks both against the header wherever it has them.
 """
 
 from __future__ import annotations
 
 from typing import Final
-
-import cffi
-
-ffi: Final = cffi.FFI()
-ffi.cdef(
-    """
-    struct vfio_info_cap_header {
-        uint16_t id;
-        uint16_t version;
-        uint32_t next;
-    };
-    struct vfio_group_status {
-        uint32_t argsz;
-        uint32_t flags;
-    };
-    struct vfio_device_info {
-        uint32_t argsz;
-        uint32_t flags;
-        uint32_t num_regions;
-        uint32_t num_irqs;
-        uint32_t cap_offset;
-    };
-    struct vfio_region_info {
-        uint32_t argsz;
-        uint32_t flags;
-        uint32_t index;
-        uint32_t cap_offset;
-        uint64_t size;
-        uint64_t offset;
-    };
-    struct vfio_region_sparse_mmap_area {
-        uint64_t offset;
-        uint64_t size;
-    };
-    struct vfio_region_info_cap_sparse_mmap {
-        struct vfio_info_cap_header header;
-        uint32_t nr_areas;
-        uint32_t reserved;
-        struct vfio_region_sparse_mmap_area areas[];
-    };
-    struct vfio_region_info_cap_type {
-        struct vfio_info_cap_header header;
-        uint32_t type;
-        uint32_t subtype;
-    };
-    struct vfio_irq_info {
-        uint32_t argsz;
-        uint32_t flags;
-        uint32_t index;
-        uint32_t count;
-    };
-    struct vfio_irq_set {
-        uint32_t argsz;
-        uint32_t flags;
-        uint32_t index;
-        uint32_t start;
-        uint32_t count;
-        uint8_t data[];
-    };
-    struct vfio_device_feature {
-        uint32_t argsz;
-        uint32_t flags;
-        uint8_t data[];
-    };
-    struct vfio_device_feature_migration {
-        uint64_t flags;
-    };
-    struct vfio_device_feature_mig_state {
-        uint32_t device_state;
-        int32_t data_fd;
-    };
-    struct vfio_device_feature_mig_data_size {
-        uint64_t stop_copy_length;
-    };
-    struct vfio_precopy_info {
-        uint32_t argsz;
-        uint32_t flags;
-        uint64_t initial_bytes;
-        uint64_t dirty_bytes;
-    };
-    """
-)
 
 VFIO_API_VERSION: Final = 0
 VFIO_TYPE: Final = ord(";")

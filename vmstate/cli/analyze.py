@@ -1,4 +1,5 @@
-"""``vmstate analyze FILE``: decode every device section of a QEMU migration stream."""
+"""``vmstate analyze FILE``: decode every device section of a QEMU migration stream
+(bare, or in a libvirt save image, raw or compressed)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import json
 import sys
 from typing import Any
 
-from vmstate import analyze, stream
+from vmstate import analyze, pci_vfio, qemu_vfio, registry, stream, vfio_section
 from vmstate.errors import UsageError
+from vmstate.inputs import StreamInput, open_stream
 from vmstate.sources import Decoder, load_decoder
-from vmstate.state_json import state_to_json
 
 
 def register(sub: Any) -> None:
@@ -18,9 +19,14 @@ def register(sub: Any) -> None:
         "analyze",
         help="decode a QEMU migration stream",
         description="Decode every device section of a QEMU migration stream using its vmdesc "
-        "(or description files given with --descriptions).",
+        "(or description files given with --descriptions). The stream may be in a libvirt save "
+        "image (virsh save, managedsave), raw or compressed.",
     )
-    p.add_argument("file", help="migration stream (e.g. written by QMP migrate exec:cat > FILE)")
+    p.add_argument(
+        "file",
+        help="migration stream (e.g. written by QMP migrate exec:cat > FILE), libvirt save "
+        "image, or - for standard input",
+    )
     p.add_argument(
         "--format",
         choices=("summary", "json", "qemu"),
@@ -41,6 +47,12 @@ def register(sub: Any) -> None:
         "vmdesc, or the source QEMU's -dump-vmstate (fitted to each section's bytes)",
     )
     p.add_argument(
+        "--device-data",
+        metavar="FORMAT",
+        help="decode the device data of VFIO devices with this description "
+        "(e.g. mtty-migration-data); the stream does not say which format it is",
+    )
+    p.add_argument(
         "--verify-roundtrip",
         action="store_true",
         help="re-encode every device section from its decoded state; exit 0 only if all are byte-identical",
@@ -54,7 +66,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with analyze.open_stream(args.file) as buf:
+    with open_stream(args.file) as opened:
+        buf = opened.data
         if args.dump == "desc":
             at = stream.find_vmdesc(buf)
             if at is None:
@@ -64,10 +77,15 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(stream.parse_vmdesc(buf, at), indent=4))
             return 0
         decoder = load_decoder(args.descriptions) if args.descriptions else Decoder()
+        data_format = registry.get(args.device_data) if args.device_data else None
         extractor = analyze.RamExtractor(args.extract_ram) if args.extract_ram else None
         try:
             parsed = stream.parse(
-                buf, decoder.resolver, page_sink=extractor, fitter=decoder.layouts
+                buf,
+                decoder.resolver,
+                page_sink=extractor,
+                raw=vfio_section.raw_sections,
+                fitter=decoder.layouts,
             )
         except BaseException:
             if extractor is not None:
@@ -77,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
             for path in extractor.finish(parsed.ram_blocks):
                 print(f"{path}: {path.stat().st_size} bytes")
             return 0
+        vfio = qemu_vfio.gather(parsed, buf, data_format)
         if args.verify_roundtrip:
             checked, mismatches = analyze.verify_roundtrip(parsed, buf)
+            vfio_checked, vfio_mismatches = qemu_vfio.verify(vfio, buf)
+            checked, mismatches = checked + vfio_checked, mismatches + vfio_mismatches
             for m in mismatches:
                 print(
                     f"{m.section.idstr} (section {m.section.section_id}): re-encoding differs at offset "
@@ -96,14 +117,15 @@ def run(args: argparse.Namespace) -> int:
                 f"{s.idstr} ({s.section_id})": {
                     "instance_id": s.instance_id,
                     "version_id": s.version_id,
-                    "state": state_to_json(s.description, s.state),
+                    "state": s.description.to_json(s.state),
                 }
                 for s in parsed.device_sections()
                 if s.description is not None and s.state is not None
             }
+            out.update({f"{d.idstr} (vfio)": _vfio_json(d) for d in vfio})
             print(json.dumps(out, indent=2))
         else:
-            _summary(parsed)
+            _summary(opened, parsed, vfio)
             if decoder.layouts is not None:
                 fitted = decoder.layouts.fitted.values()
                 read = sum(f.described for f in fitted)
@@ -114,13 +136,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vfio_json(device: qemu_vfio.VfioSections) -> dict[str, Any]:
+    """A VFIO device's sections: its config state and device data, decoded."""
+    out: dict[str, Any] = {
+        "sections": [s.section_id for s in device.sections],
+        "layout": device.layout(),
+    }
+    if device.config is not None:
+        qemu = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
+        out["config"] = {"description": qemu.name, "state": qemu.to_json(device.config)}
+    data: dict[str, Any] = {"size": device.data_size, "chunks": len(device.chunks)}
+    if device.data is not None and device.data_format is not None:
+        data["format"] = device.data_format.name
+        data["state"] = device.data_format.to_json(device.data)
+    out["device_data"] = data
+    return out
+
+
 def _print_sections(sections: dict[str, Any]) -> None:
     """One section per line: readable, and fast (json's C encoder has no indent)."""
     lines = [f"    {json.dumps(key)}: {json.dumps(value)}" for key, value in sections.items()]
     sys.stdout.write("{\n" + ",\n".join(lines) + "\n}\n")
 
 
-def _summary(parsed: stream.Stream) -> None:
+def _summary(
+    opened: StreamInput, parsed: stream.Stream, vfio: tuple[qemu_vfio.VfioSections, ...]
+) -> None:
+    if opened.save_image is not None:
+        image = opened.save_image
+        print(f"{image.summary()}; the stream starts at offset {image.stream_offset:#x}")
     print(
         f"QEMU migration stream v{parsed.version}, {parsed.size} bytes, machine {parsed.machine or '?'}"
     )
@@ -138,3 +182,9 @@ def _summary(parsed: stream.Stream) -> None:
         print(
             f"  {s.section_id:4d}  {s.idstr}  instance {s.instance_id}  v{s.version_id}  {s.end - s.start} bytes at {s.start:#x}"
         )
+    for d in vfio:
+        config = "config state VFIOPCIDevice" if d.config is not None else "no config state"
+        data = f"device data {d.data_size} bytes in {len(d.chunks)} chunks"
+        if d.data_format is not None:
+            data += f" as {d.data_format.name}" if d.data is not None else " (too large to decode)"
+        print(f"  vfio  {d.idstr}  sections {d.layout()}: {config}, {data}")

@@ -8,7 +8,8 @@ from typing import Any
 
 import attrs
 
-from vmstate.compat import ERROR, Problem, compare
+from vmstate import registry
+from vmstate.compat import DUMP, ERROR, Problem, compare
 from vmstate.errors import UsageError
 from vmstate.pci_host import normalize_name
 from vmstate.sources import load_description_set
@@ -28,11 +29,16 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--src",
         metavar="SET",
-        help="source descriptions: -dump-vmstate JSON, vmdesc, stream, .toml or a directory",
+        help="source descriptions: -dump-vmstate JSON, vmdesc, stream, libvirt save image, "
+        ".toml or a directory; with --stream, the source QEMU's -dump-vmstate (it tells which "
+        "sections are devices the destination must have)",
     )
     p.add_argument("--dst", metavar="SET", help="destination descriptions (same forms as --src)")
     p.add_argument(
-        "--stream", metavar="FILE", help="a saved migration stream to dry-run against --dst"
+        "--stream",
+        metavar="FILE",
+        help="a saved migration stream or libvirt save image (virsh save, managedsave; raw or "
+        "compressed) to dry-run against --dst: will it load, will it restore?",
     )
     p.add_argument(
         "--state",
@@ -41,6 +47,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--device", metavar="BDF|UUID", help="the target of --state; nothing is written to it"
+    )
+    p.add_argument(
+        "--device-data",
+        metavar="FORMAT",
+        help="with --stream: check VFIO devices' device data against this description "
+        "(e.g. mtty-migration-data)",
     )
     p.add_argument(
         "--bidirectional", action="store_true", help="also check migrating back from --dst to --src"
@@ -67,14 +79,22 @@ def run(args: argparse.Namespace) -> int:
     waivers = Waivers() if args.no_shipped_waivers else shipped_waivers()
     for path in args.waivers:
         waivers = waivers + load_waivers(path)
+    if args.device_data and not args.stream:
+        raise UsageError("--device-data goes with --stream")
     if args.state or args.device:
         if not (args.state and args.device) or args.src or args.dst or args.stream:
             raise UsageError("--state and --device go together, without --src, --dst or --stream")
         problems = check_state(args.state, normalize_name(args.device))
     elif args.stream:
-        if not args.dst or args.src:
-            raise UsageError("--stream needs --dst (and no --src)")
-        problems = check_stream(args.stream, load_description_set(args.dst), waivers)
+        if not args.dst:
+            raise UsageError("--stream needs --dst")
+        src = load_description_set(args.src) if args.src else None
+        if src is not None and src.kind != DUMP:
+            raise UsageError("with --stream, --src is the source QEMU's -dump-vmstate JSON")
+        data_format = registry.get(args.device_data) if args.device_data else None
+        problems = check_stream(
+            args.stream, load_description_set(args.dst), waivers, data_format, src=src
+        )
     else:
         if not (args.src and args.dst):
             raise UsageError("give --src and --dst, --stream and --dst, or --state and --device")

@@ -1,62 +1,140 @@
-"""``vmstate decode-config FILE|BDF``: a config space decoded, like lspci -vv but as data too."""
+"""``vmstate decode-config SOURCE``: a config space decoded as ``lspci -vvv`` shows it, or as data."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
+import sys
 from pathlib import Path
 from typing import Any
 
-from vmstate import pci_device_state
-from vmstate.analyze import open_stream
-from vmstate.errors import UsageError
-from vmstate.pci_host import normalize_bdf, open_device
-from vmstate.pci_vfio import decode_config
-from vmstate.stream import MAGIC
+from vmstate import pci_vfio
+from vmstate.device_regions import VfioDevice
+from vmstate.errors import DecodeError, UsageError
+from vmstate.inputs import open_stream
+from vmstate.pci.decode import decode_config
+from vmstate.pci.ids import pci_ids
+from vmstate.pci.inputs import SAVED_MAGIC, ConfigInput, from_path, from_sysfs
+from vmstate.pci.model import ConfigSpace, PciAddress
+from vmstate.pci.render import render_text
+from vmstate.pci_host import SYSFS_PCI, normalize_bdf, open_for_reading
+from vmstate.saved_file import read_file
+from vmstate.stream import Input
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "decode-config",
-        help="decode a PCI config space: header, BARs, capabilities",
-        description="Decode the config space of a device (BDF), of a raw config file "
-        "(64, 256 or 4096 bytes), or saved in a vmstate file.",
+        help="decode a PCI config space as lspci -vvv shows it",
+        description="Decode PCI config space as `lspci -vvv` prints it (or as data with --json). "
+        "SOURCE is this host's device by address (BDF); a file of raw config bytes (64, 256 "
+        "or 4096); a sysfs device folder or its config file; /proc/bus/pci/BB/DD.F; - or "
+        "/dev/stdin or a pipe; `lspci -x`/`-xxx`/`-xxxx` text (every function in it, or the "
+        "one --slot names); or a file written by vmstate save.  Without root the kernel "
+        "shows only the 64-byte header: that is decoded, with a note.",
     )
-    p.add_argument("source", metavar="FILE|BDF")
+    p.add_argument("source", metavar="SOURCE")
     p.add_argument("--json", action="store_true", help="print the decoded config as JSON")
+    p.add_argument(
+        "-s",
+        "--slot",
+        metavar="BDF",
+        help="of the functions in an lspci dump, decode only this one ([DDDD:]BB:DD.F)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config, sizes = _config(args.source)
-    space = decode_config(config, sizes)
+    inputs = _inputs(args.source)
+    if args.slot is not None:
+        wanted = PciAddress.parse(args.slot)
+        if wanted is None:
+            raise UsageError(f"--slot {args.slot!r}: not a PCI address like 00:01.0")
+        inputs = tuple(i for i in inputs if i.address == wanted)
+        if not inputs:
+            raise UsageError(f"{args.source}: has no function {wanted}")
+    spaces = [(i, _decode(i)) for i in inputs]
+    for source, _ in spaces:
+        if source.note is not None:
+            print(f"vmstate: note: {source.origin}: {source.note}", file=sys.stderr)
     if args.json:
-        print(json.dumps(space.to_json(), indent=2))
+        out = [_json(source, space) for source, space in spaces]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
     else:
-        print(space.render_text(), end="")
+        texts = [render_text(space, source.address, irq=source.irq) for source, space in spaces]
+        print("\n".join(texts), end="")
     return 0
 
 
-def _config(source: str) -> tuple[bytes, dict[int, int] | None]:
+def _decode(source: ConfigInput) -> ConfigSpace:
+    try:
+        return decode_config(source.data, source.bar_sizes)
+    except DecodeError as e:
+        raise e.within(source.origin) from None
+
+
+def _inputs(source: str) -> tuple[ConfigInput, ...]:
     bdf = normalize_bdf(source)
     path = Path(source)
     if bdf is not None and not path.exists():
-        device, _ = open_device(bdf)
-        with device:
-            return pci_device_state.read_config(device), pci_device_state.bar_sizes(device)
-    if not path.is_file():
-        raise UsageError(f"{source}: neither a file nor a PCI address")
-    with open_stream(path) as buf:
-        if bytes(buf[:4]) == MAGIC.to_bytes(4, "big"):
-            section = pci_device_state.find_section(buf)
-            assert section.state is not None
-            state = section.state
-            return state["config"] + state.get("extended_config", b""), _saved_sizes(state)
-        return bytes(buf), None
+        return (_host_function(bdf),)
+    if source != "-":
+        if not path.exists():
+            raise UsageError(f"{source}: neither a file nor a PCI address")
+        if stat.S_ISREG(os.stat(source).st_mode) and _head(source) == SAVED_MAGIC:
+            with open_stream(path) as opened:  # a saved file can be large: mapped, not read
+                return (_saved(opened.data, source),)
+    return from_path(source, _saved)
 
 
-def _saved_sizes(state: dict[str, Any]) -> dict[int, int]:
+def _head(source: str) -> bytes:
+    with open(source, "rb") as f:
+        return f.read(4)
+
+
+def _host_function(bdf: str) -> ConfigInput:
+    """This host's function as sysfs shows it; through VFIO, which resets it, only where
+    sysfs cannot give the whole config space (see pci_host.open_for_reading)."""
+    address = PciAddress.parse(bdf)
+    device, _ = open_for_reading(bdf)
+    with device:
+        if not isinstance(device, VfioDevice):
+            return from_sysfs(SYSFS_PCI / bdf)
+        return ConfigInput(pci_vfio.read_config(device), bdf, address, pci_vfio.bar_sizes(device))
+
+
+def _saved(buf: Input, origin: str) -> ConfigInput:
+    state = read_file(buf).config.state
+    config = state["config"] + state.get("extended_config", b"")
     sizes = {i: bar["size"] for i, bar in enumerate(state["bars"]) if bar["size"]}
     if state.get("rom", {}).get("size"):
         sizes[6] = state["rom"]["size"]
-    return sizes
+    return ConfigInput(bytes(config), origin, None, sizes)
+
+
+def _json(source: ConfigInput, space: ConfigSpace) -> dict[str, Any]:
+    ids = pci_ids()
+    h, c = space.header, space.header.class_code
+    subsystem = None
+    if h.endpoint is not None and h.endpoint.subsystem_vendor_id not in (0, 0xFFFF):
+        e = h.endpoint
+        subsystem = ids.subsystem_name(
+            h.vendor_id, h.device_id, e.subsystem_vendor_id, e.subsystem_id
+        )
+    out: dict[str, Any] = {
+        "address": str(source.address) if source.address is not None else None,
+        "irq": source.irq,
+        "names": {
+            "vendor": ids.vendors.get(h.vendor_id),
+            "device": ids.devices.get((h.vendor_id, h.device_id)),
+            "subsystem": subsystem,
+            "class": ids.class_name(c.base, c.sub),
+            "prog_if": ids.prog_if_name(c.base, c.sub, c.prog_if),
+        },
+        **space.to_json(),
+    }
+    if source.note is not None:
+        out["note"] = source.note
+    return out

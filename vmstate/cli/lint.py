@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vmstate.description_file import Problem, check_description_file
+from vmstate.description_file import Diagnostic, check_description_file
 from vmstate.errors import UsageError
 
 
@@ -76,7 +76,7 @@ def _expand(paths: list[str]) -> list[Path]:
     return files
 
 
-def _to_json(p: Problem) -> dict[str, Any]:
+def _to_json(p: Diagnostic) -> dict[str, Any]:
     return {
         "file": p.source,
         "line": p.line,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from vmstate import vfio_state
-from vmstate.pci_host import driver_of, normalize_name, open_device, title
+from vmstate._files import writes_stdout
+from vmstate.device_save import save
+from vmstate.pci_host import driver_of, normalize_name, open_for_reading, title
 from vmstate.progress import reporter
 
 
@@ -14,12 +16,22 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "save",
         help="save a device's config state, and its device data when it can migrate",
-        description="Save a device's state: through VFIO when it is bound to vfio-pci (or is a "
-        "mediated device), else read-only from sysfs (config space and BAR sizes). A device "
-        "with VFIO migration also gives its device data, in the same file.",
+        description="Save a device's state. A PCI function is read from sysfs: opening it "
+        "through VFIO would reset it first (vfio-pci resets a function when it is opened), so "
+        "its config is saved as it is, with the MSI-X table where it can be read (root, "
+        "memory decoding on, D0); only without root, where sysfs gives 64 bytes of config, "
+        "is a function bound to vfio-pci opened through VFIO, and the output says it was "
+        "reset. A mediated device is opened through VFIO, and gives its device data in the "
+        "same file when it has VFIO migration.",
     )
     p.add_argument("name", metavar="BDF|UUID", help="a PCI address or a mediated device's UUID")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="written atomically")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="written atomically; - or /dev/stdout writes to standard output",
+    )
     p.add_argument(
         "--qemu",
         action="store_true",
@@ -30,9 +42,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     name = normalize_name(args.name)
-    device, how = open_device(name)
+    device, how = open_for_reading(name)
     with device:
-        saved = vfio_state.save(
+        saved = save(
             device,
             args.output,
             driver=driver_of(name),
@@ -44,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         if saved.data_size is not None
         else f"no device data ({saved.reason})"
     )
+    report = sys.stderr if writes_stdout(args.output) else sys.stdout
     print(
-        f"saved {name} ({title(name)}) {how}: config state, {data}; {saved.size} bytes to {args.output}"
+        f"saved {name} ({title(name)}) {how}: config state, {data}; "
+        f"{saved.size} bytes to {args.output}",
+        file=report,
     )
     return 0

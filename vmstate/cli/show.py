@@ -5,18 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vmstate import pci_device_state, registry, vfio_state
-from vmstate.analyze import open_stream
-from vmstate.pci_vfio import decode_config
+from vmstate import pci_vfio, registry
+from vmstate.errors import DecodeError
+from vmstate.inputs import open_stream
+from vmstate.pci.decode import decode_config
+from vmstate.pci.render import render_text
 from vmstate.render import render_tree
-from vmstate.stream import (
-    Input,
-    Resolver,
-    Section,
-    find_vmdesc,
-    parse,
-    resolver_from,
-)
+from vmstate.saved_file import SavedFile, read_file
+from vmstate.stream import Input, Resolver, Section, find_vmdesc, parse, resolver_from
 
 
 def register(sub: Any) -> None:
@@ -36,18 +32,46 @@ def run(args: argparse.Namespace) -> int:
 
 def show_file(path: str) -> int:
     """Print every section of *path*: decoded trees, and vfio sections unframed."""
-    with open_stream(path) as buf:
-        parsed = parse(buf, _resolver(buf), raw=vfio_state.raw_sections)
-        print(f"{path}: QEMU-format stream, {parsed.size} bytes, {len(parsed.sections)} sections")
-        saved = None
-        for section in parsed.sections:
-            if section.state is not None:
-                _show(section)
-            elif section.idstr.endswith("/vfio"):
-                if saved is None:
-                    saved = vfio_state.read_file(buf)
-                _show_vfio(section, buf, saved)
+    with open_stream(path) as opened:
+        buf = opened.data
+        if opened.save_image is not None:
+            print(f"{path}: {opened.save_image.summary()}")
+        try:
+            saved = read_file(buf)
+        except DecodeError as error:
+            _show_stream(path, buf, error)
+            return 0
+        _show_saved(path, saved)
     return 0
+
+
+def _show_saved(path: str, saved: SavedFile) -> None:
+    parsed = saved.stream
+    print(f"{path}: QEMU-format stream, {parsed.size} bytes, {len(parsed.sections)} sections")
+    for section in parsed.sections:
+        if section.state is not None:
+            _show(section)
+        elif saved.data is not None and section == saved.data.section:
+            _show_vfio(saved)
+        elif saved.qemu_config is not None:  # QEMU's VFIOPCIDevice state on its own
+            qemu = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
+            print(f"\n{section.idstr}: {qemu.name}, {section.end - section.start} bytes")
+            for line in render_tree(qemu, saved.qemu_config, "  "):
+                print(line)
+
+
+def _show_stream(path: str, buf: Input, error: DecodeError) -> None:
+    """Any other stream with a vmdesc; *error* is why it is no saved file, raised when
+    it looks like one after all."""
+    try:
+        parsed = parse(buf, _resolver(buf))
+    except DecodeError:
+        raise error from None
+    if any(s.idstr.endswith(f"/{pci_vfio.DESCRIPTION_NAME}") for s in parsed.sections):
+        raise error
+    print(f"{path}: QEMU-format stream, {parsed.size} bytes, {len(parsed.sections)} sections")
+    for section in parsed.device_sections():
+        _show(section)
 
 
 def _resolver(buf: Input) -> Resolver | None:
@@ -64,30 +88,29 @@ def _show(section: Section) -> None:
     print(
         f"\n{section.idstr}: {desc.name} v{section.version_id}, {section.end - section.start} bytes"
     )
-    if desc.name == pci_device_state.DESCRIPTION_NAME:
+    if desc.name == pci_vfio.DESCRIPTION_NAME:
         config = state["config"] + state.get("extended_config", b"")
         sizes = {i: b["size"] for i, b in enumerate(state["bars"]) if b["size"]}
-        for line in decode_config(config, sizes).render_text().splitlines():
+        for line in render_text(decode_config(config, sizes)).splitlines():
             print(f"  | {line}")
     for line in render_tree(desc, state, "  "):
         print(line)
 
 
-def _show_vfio(section: Section, buf: Input, saved: vfio_state.SavedFile) -> None:
-    payload = vfio_state.walk_vfio(buf, section.start)
+def _show_vfio(saved: SavedFile) -> None:
+    assert saved.data is not None
+    section, payload = saved.data.section, saved.data.payload
     print(f"\n{section.idstr}: QEMU vfio section, {section.end - section.start} bytes")
-    if payload.config is not None:
+    if payload.config is not None and payload.config_state is not None:
         start, end = payload.config
-        qemu = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
-        held = pci_device_state.qemu_held(bytes(buf[start + 4 : start + 4 + 256]))
-        state, _ = qemu.load_from(buf, start, qemu.version_id, held=held)
+        qemu = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
         print(f"  DEV_CONFIG_STATE: {qemu.name}, {end - start} bytes")
-        for line in render_tree(qemu, state, "    "):
+        for line in render_tree(qemu, payload.config_state, "    "):
             print(line)
     print(
         f"  DEV_DATA_STATE: {len(payload.chunks)} chunks, {payload.data_size} bytes of device data"
     )
-    if saved.data is not None and saved.data_format is not None:
-        print(f"  device data as {saved.data_format.name}:")
-        for line in render_tree(saved.data_format, saved.data, "    "):
+    if saved.data.decoded is not None and saved.data.format is not None:
+        print(f"  device data as {saved.data.format.name}:")
+        for line in render_tree(saved.data.format, saved.data.decoded, "    "):
             print(line)

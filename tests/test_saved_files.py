@@ -1,6 +1,6 @@
-"""A device's whole state in one file (vmstate.vfio_state), on an emulated device
-that has both PCI config semantics (device_regions.EmulatedPciDevice) and
-migration v2 (migration.EmulatedMigrationDevice): config state, QEMU's vfio
+"""A device's whole state in one file (saved_file, device_save, device_load), on an
+emulated device that has both PCI config semantics (testing.pci.EmulatedPciDevice) and
+migration v2 (testing.migration.EmulatedMigrationDevice): config state, QEMU's vfio
 section framing, device data streamed in chunks, loads checked before writing."""
 
 from __future__ import annotations
@@ -11,14 +11,23 @@ from typing import Any
 
 import pytest
 
-from vmstate import pci_device_state, registry, stream, vfio_state
+from vmstate import pci_vfio, registry, saved_file, stream
 from vmstate.cli.show import show_file
-from vmstate.device_regions import EmulatedPciDevice, e1000e_like
+from vmstate.device_load import load
+from vmstate.device_save import save
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, LimitError, VMStateError
-from vmstate.migration import DeviceState, EmulatedMigrationDevice
-from vmstate.stream import DeviceState as Section
+from vmstate.migration import DeviceState
+from vmstate.saved_file import read_file
 from vmstate.stream import StreamWriter
-from vmstate.vfio_state import DEV_DATA_STATE, END_OF_STATE
+from vmstate.testing.migration import EmulatedMigrationDevice
+from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
+from vmstate.vfio_section import (
+    DEV_CONFIG_STATE,
+    DEV_DATA_STATE,
+    DEV_SETUP_STATE,
+    END_OF_STATE,
+    walk_vfio,
+)
 
 
 class MigratablePci(EmulatedPciDevice):
@@ -62,18 +71,18 @@ def test_save_streams_device_data_in_qemus_vfio_framing(tmp_path: Path) -> None:
     src = programmed()
     path = tmp_path / "dev.vms"
     reports: list[tuple[int, int | None]] = []
-    saved = vfio_state.save(src, path, progress=lambda done, total: reports.append((done, total)))
+    saved = save(src, path, progress=lambda done, total: reports.append((done, total)))
     assert saved.data_size == 24 + (3 << 20)
     assert reports[-1] == (saved.data_size, saved.data_size)
     data = path.read_bytes()
-    found = vfio_state.read_file(data)
-    assert found.payload is not None and found.meta is not None
+    found = read_file(data)
+    assert found.data is not None and found.meta is not None
     assert found.meta["data_size"] == saved.data_size and found.meta["protocol"] == 2
-    assert len(found.payload.chunks) >= 3  # bounded chunks, not one 3 MiB blob
-    assert max(size for _, size in found.payload.chunks) <= 1 << 20
-    assert found.payload.config is not None
-    start, end = found.payload.config
-    assert data[start - 8 : start] == vfio_state.DEV_CONFIG_STATE.to_bytes(8, "big")
+    assert len(found.data.payload.chunks) >= 3  # bounded chunks, not one 3 MiB blob
+    assert max(size for _, size in found.data.payload.chunks) <= 1 << 20
+    assert found.data.payload.config is not None
+    start, end = found.data.payload.config
+    assert data[start - 8 : start] == DEV_CONFIG_STATE.to_bytes(8, "big")
     assert data[end : end + 8] == END_OF_STATE.to_bytes(8, "big")
     assert data[end + 24 : end + 32] == DEV_DATA_STATE.to_bytes(8, "big")
     assert state_of(src) == DeviceState.RUNNING
@@ -82,16 +91,16 @@ def test_save_streams_device_data_in_qemus_vfio_framing(tmp_path: Path) -> None:
 def test_load_restores_data_then_config(tmp_path: Path) -> None:
     src, dst = programmed(), MigratablePci("dst", seed=7, size=3 << 20)
     path = tmp_path / "dev.vms"
-    vfio_state.save(src, path)
-    vfio_state.load(dst, path.read_bytes())
+    save(src, path)
+    load(dst, path.read_bytes())
     arcs = [(a.source, a.target) for a in dst.migration.arcs]
     assert (DeviceState.STOP, DeviceState.RESUMING) in arcs
     assert arcs.index((DeviceState.STOP, DeviceState.RESUMING)) < arcs.index(
         (DeviceState.RESUMING, DeviceState.STOP)
     )
     assert state_of(dst) == DeviceState.RUNNING
-    assert pci_device_state.read_state(dst)["bars"][0]["address"] == 0xFEBC0000
-    assert pci_device_state.read_state(dst)["command"] == 0x0506
+    assert pci_vfio.read_state(dst)["bars"][0]["address"] == 0xFEBC0000
+    assert pci_vfio.read_state(dst)["command"] == 0x0506
 
 
 def test_corrupt_device_data_is_refused_by_the_driver_and_nothing_else_changes(
@@ -99,26 +108,26 @@ def test_corrupt_device_data_is_refused_by_the_driver_and_nothing_else_changes(
 ) -> None:
     src, dst = programmed(), MigratablePci("dst", seed=7, size=3 << 20)
     path = tmp_path / "dev.vms"
-    vfio_state.save(src, path)
+    save(src, path)
     data = bytearray(path.read_bytes())
-    found = vfio_state.read_file(bytes(data))
-    assert found.payload is not None
-    at, _ = found.payload.chunks[1]
+    found = read_file(bytes(data))
+    assert found.data is not None
+    at, _ = found.data.payload.chunks[1]
     data[at + 100] ^= 0xFF  # inside the data: only the driver can tell
     config_before = dst.read(7, 0, 4096)
     with pytest.raises(VMStateError) as info:
-        vfio_state.load(dst, bytes(data))
+        load(dst, bytes(data))
     assert "was left in RESUMING and was reset" in str(info.value)
     assert state_of(dst) not in (DeviceState.RESUMING, DeviceState.ERROR)
     assert dst.read(7, 0, 4096) == config_before, "config is applied only after the data took"
 
 
 def test_config_is_checked_before_any_device_data_moves(tmp_path: Path) -> None:
-    from vmstate.device_regions import EmulatedPciBuilder
+    from vmstate.testing.pci import EmulatedPciBuilder
 
     src = programmed()
     path = tmp_path / "dev.vms"
-    vfio_state.save(src, path)
+    save(src, path)
 
     class Other(MigratablePci):
         def __init__(self) -> None:
@@ -134,20 +143,20 @@ def test_config_is_checked_before_any_device_data_moves(tmp_path: Path) -> None:
 
     other = Other()
     with pytest.raises(IncompatibleError, match="vendor_id does not equal"):
-        vfio_state.load(other, path.read_bytes())
+        load(other, path.read_bytes())
     assert other.migration.arcs == [], "no state change may be requested before the checks pass"
 
 
 def test_a_device_without_migration_still_saves_its_config(tmp_path: Path) -> None:
     plain = MigratablePci("plain", flags=None)
-    saved = vfio_state.save(plain, tmp_path / "plain.vms")
+    saved = save(plain, tmp_path / "plain.vms")
     assert saved.data_size is None
     assert (
         saved.reason
         == "its driver has no VFIO migration v2 (VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY)"
     )
-    found = vfio_state.read_file((tmp_path / "plain.vms").read_bytes())
-    assert found.payload is None
+    found = read_file((tmp_path / "plain.vms").read_bytes())
+    assert found.data is None
     with pytest.raises(DeviceError, match="does not support migration"):
         from vmstate import migration
 
@@ -156,42 +165,42 @@ def test_a_device_without_migration_still_saves_its_config(tmp_path: Path) -> No
 
 def test_file_with_device_data_needs_a_migration_capable_destination(tmp_path: Path) -> None:
     path = tmp_path / "dev.vms"
-    vfio_state.save(programmed(), path)
+    save(programmed(), path)
     with pytest.raises(IncompatibleError, match="cannot take it"):
-        vfio_state.load(MigratablePci("dst", flags=None), path.read_bytes())
+        load(MigratablePci("dst", flags=None), path.read_bytes())
 
 
 def test_framing_errors_name_offsets(tmp_path: Path) -> None:
     path = tmp_path / "dev.vms"
-    vfio_state.save(programmed(size=4096), path)
+    save(programmed(size=4096), path)
     data = path.read_bytes()
-    found = vfio_state.read_file(data)
-    assert found.payload is not None
-    at, size = found.payload.chunks[0]
+    found = read_file(data)
+    assert found.data is not None
+    at, size = found.data.payload.chunks[0]
     huge = bytearray(data)
     huge[at - 8 : at] = (1 << 40).to_bytes(8, "big")
     with pytest.raises(LimitError) as info:
-        vfio_state.read_file(bytes(huge))
+        read_file(bytes(huge))
     assert info.value.offset == at - 8
     tag = bytearray(data)
-    end = found.payload.end
+    end = found.data.payload.end
     tag[end - 8 : end] = (0xFFFFFFFFEF100009).to_bytes(8, "big")
     with pytest.raises(DecodeError):
-        vfio_state.read_file(bytes(tag))
+        read_file(bytes(tag))
     meta_lie = bytearray(data)
     section = next(
         s
         for s in stream.parse(
             data,
             raw=lambda i: (
-                None if not i.endswith("/vfio") else (lambda b, p: vfio_state.walk_vfio(b, p).end)
+                None if not i.endswith("/vfio") else (lambda b, p: walk_vfio(b, p).end)
             ),
         ).device_sections()
-        if s.idstr.endswith(vfio_state.META_NAME)
+        if s.idstr.endswith(saved_file.META_NAME)
     )
     meta_lie[section.end - 16 : section.end - 8] = (size + 1).to_bytes(8, "big")  # data_size
     with pytest.raises(IncompatibleError, match="device data size differs"):
-        vfio_state.read_file(bytes(meta_lie))
+        read_file(bytes(meta_lie))
 
 
 MTTY_PORT = struct.Struct("<8s16sBBB??xHBBBx")
@@ -218,14 +227,14 @@ def mtty_data(magic: int = 0x7E9D09898C3E2C4E, major: int = 1, ports: int = 2) -
 def mtty_file(tmp_path: Path, data: bytes) -> Path:
     """A saved file as vmstate save writes one for an mtty device."""
     dev = e1000e_like("83b8f4f2-509f-382f-3c1e-e6bfe0fa1001")
-    state = pci_device_state.read_state(dev)
+    state = pci_vfio.read_state(dev)
     path = tmp_path / "mtty.vms"
     with open(path, "wb") as out:
         writer = StreamWriter(out, "vmstate")
-        writer.device(Section(f"{dev.name}/vfio-pci-config", pci_device_state.description(), state))
+        writer.device(stream.DeviceState(f"{dev.name}/vfio-pci-config", pci_vfio.description(), state))
 
         def payload(f: Any) -> int:
-            f.write(vfio_state.DEV_SETUP_STATE.to_bytes(8, "big") + END_OF_STATE.to_bytes(8, "big"))
+            f.write(DEV_SETUP_STATE.to_bytes(8, "big") + END_OF_STATE.to_bytes(8, "big"))
             f.write(
                 DEV_DATA_STATE.to_bytes(8, "big")
                 + len(data).to_bytes(8, "big")
@@ -245,7 +254,7 @@ def mtty_file(tmp_path: Path, data: bytes) -> Path:
             "dirty_pages": 0,
         }
         writer.device(
-            Section(f"{dev.name}/vfio-device-state", registry.get("vfio-device-state"), meta)
+            stream.DeviceState(f"{dev.name}/vfio-device-state", registry.get("vfio-device-state"), meta)
         )
         writer.finish()
     return path
@@ -255,12 +264,14 @@ def test_mtty_data_decodes_field_by_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = mtty_file(tmp_path, mtty_data())
-    found = vfio_state.read_file(path.read_bytes())
-    assert found.data is not None and found.data_format is not None
-    assert found.data["magic"] == 0x7E9D09898C3E2C4E
-    assert found.data["nr_ports"] == 2
-    assert found.data["ports"][0]["uart_reg"] == [0x41, 0x05, 0xC1, 0x1B, 0x08, 0x60, 0, 0x5A]
-    assert found.data["ports"][1]["divisor"] == 12
+    found = read_file(path.read_bytes())
+    assert found.data is not None and found.data.format is not None
+    decoded = found.data.decoded
+    assert decoded is not None
+    assert decoded["magic"] == 0x7E9D09898C3E2C4E
+    assert decoded["nr_ports"] == 2
+    assert decoded["ports"][0]["uart_reg"] == [0x41, 0x05, 0xC1, 0x1B, 0x08, 0x60, 0, 0x5A]
+    assert decoded["ports"][1]["divisor"] == 12
     show_file(str(path))
     out = capsys.readouterr().out
     assert (
@@ -284,7 +295,7 @@ def test_corrupt_mtty_data_is_refused_before_the_device(
 ) -> None:
     path = mtty_file(tmp_path, data)
     with pytest.raises(DecodeError) as info:
-        vfio_state.read_file(path.read_bytes())
+        read_file(path.read_bytes())
     assert message in str(info.value)
     assert info.value.path[0].endswith("/vfio")
     raw = path.read_bytes()
@@ -335,18 +346,18 @@ def test_region_protocol_device_config_data_travels_in_the_file(tmp_path: Path) 
     dirty = frozenset(0x100000 + page * 4096 for page in (1, 2, 40))
     src = RegionProtocolPci("src", snapshot, dirty=dirty)
     path = tmp_path / "regions.vms"
-    saved = vfio_state.save(src, path, dirty_range=(0x100000, 64))  # type: ignore[arg-type]
+    saved = save(src, path, dirty_range=(0x100000, 64))  # type: ignore[arg-type]
     assert saved.data_size == len(snapshot) and saved.reason == ""
-    found = vfio_state.read_file(path.read_bytes())
-    assert found.payload is None and found.meta is not None
-    assert found.meta["protocol"] == vfio_state.PROTOCOL_REGIONS
+    found = read_file(path.read_bytes())
+    assert found.data is None and found.meta is not None
+    assert found.meta["protocol"] == saved_file.PROTOCOL_REGIONS
     assert found.meta["flags"] == CAP_SYSTEM_MEMORY
     assert found.meta["vfio-device-state/region-config"]["data"] == snapshot
     bitmap = found.meta["vfio-device-state/dirty-bitmap"]
     assert (bitmap["start_addr"], bitmap["page_nr"]) == (0x100000, 64)
     assert int.from_bytes(bitmap["bitmap"], "little") == (1 << 1) | (1 << 2) | (1 << 40)
     dst = RegionProtocolPci("dst", b"")
-    vfio_state.load(dst, path.read_bytes())  # type: ignore[arg-type]
+    load(dst, path.read_bytes())  # type: ignore[arg-type]
     assert dst.state.loaded == snapshot
     with pytest.raises(IncompatibleError, match="has no device-state regions"):
-        vfio_state.load(MigratablePci("plain", flags=None), path.read_bytes())
+        load(MigratablePci("plain", flags=None), path.read_bytes())

@@ -1,10 +1,12 @@
-"""Saving a PCI device's config state and loading it into another, on emulated
-devices (vmstate.device_regions.EmulatedPciDevice, with PCI write semantics)
-and, read-only, on this host's real devices through sysfs."""
+"""A PCI function's config state (vmstate.pci_vfio) saved and loaded into another, on
+emulated devices (vmstate.testing.pci, with PCI write semantics) and, read-only, on
+this host's real devices through sysfs."""
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +15,18 @@ from typing import Any
 import pytest
 from conftest import IN_CI
 
-from vmstate import analyze, pci_device_state, registry, stream
+from vmstate import pci_vfio, registry, stream
 from vmstate.cli import main
-from vmstate.device_regions import EmulatedPciDevice, e1000e_like
+from vmstate.device_load import load, plan_load
+from vmstate.device_regions import Device
+from vmstate.device_save import write_state
 from vmstate.errors import DecodeError, IncompatibleError, TruncatedError, VMStateError
-from vmstate.pci_device_state import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
+from vmstate.inputs import open_stream
+from vmstate.pci.ids import pci_ids
+from vmstate.pci_vfio import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
+from vmstate.saved_file import read_file
 from vmstate.stream import DeviceState, write
+from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
 
 QEMU = Path(__file__).parent / "data" / "qemu"
 MSIX_BAR = 3
@@ -45,15 +53,26 @@ def programmed(name: str = "src") -> EmulatedPciDevice:
     return dev
 
 
+def saved(dev: Device, *, qemu: bool = False) -> bytes:
+    """The file vmstate save writes for *dev*, in memory."""
+    out = io.BytesIO()
+    write_state(dev, out, qemu=qemu)
+    return out.getvalue()
+
+
+def refusals(dst: Device, data: bytes) -> list[DecodeError]:
+    return [r.error for r in plan_load(dst, read_file(data)).refusals]
+
+
 def snapshot_of(dev: EmulatedPciDevice) -> dict[int, bytes]:
     return {r.index: dev.read(r.index, 0, r.size) for r in dev.regions()}
 
 
 def test_save_and_load_into_a_second_device() -> None:
     src, dst = programmed(), e1000e_like("dst")
-    data = pci_device_state.save(src)
-    pci_device_state.load(dst, data)
-    assert pci_device_state.read_state(dst) == pci_device_state.read_state(src)
+    data = saved(src)
+    load(dst, data)
+    assert pci_vfio.read_state(dst) == pci_vfio.read_state(src)
     assert dst.read(CONFIG, 0, 4096) == src.read(CONFIG, 0, 4096)
     assert dst.read(MSIX_BAR, 0, 80) == src.read(MSIX_BAR, 0, 80)
 
@@ -61,8 +80,8 @@ def test_save_and_load_into_a_second_device() -> None:
 def test_dry_run_writes_nothing() -> None:
     src, dst = programmed(), e1000e_like("dst")
     before = snapshot_of(dst)
-    checked = pci_device_state.load(dst, pci_device_state.save(src), dry_run=True)
-    assert checked.state["command"] == 0x0507
+    plan = load(dst, saved(src), dry_run=True)
+    assert plan.saved.config.state["command"] == 0x0507
     assert snapshot_of(dst) == before
 
 
@@ -93,7 +112,7 @@ def recording() -> Recording:
 
 def test_apply_order_is_safe() -> None:
     dst = recording()
-    pci_device_state.load(dst, pci_device_state.save(programmed()))
+    load(dst, saved(programmed()))
     config = [(offset, data) for index, offset, data in dst.log if index == CONFIG]
     commands = [data for offset, data in config if offset == 0x04]
     # decoding and bus mastering off with a bitwise mask, the other bits (INTx disable) kept;
@@ -122,11 +141,11 @@ def test_apply_order_is_safe() -> None:
 
 def rewritten(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
     """The saved file with its state changed and re-encoded (valid framing, other content)."""
-    section = pci_device_state.find_section(data)
-    state = dict(section.state or {})
+    section = read_file(data).config
+    state = dict(section.state)
     change(state)
     desc = registry.get(DESCRIPTION_NAME)
-    return write([DeviceState(section.idstr, desc, state)], "vmstate")
+    return write([DeviceState(section.section.idstr, desc, state)], "vmstate")
 
 
 def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -199,12 +218,12 @@ def test_rejections_write_nothing(
 ) -> None:
     src, dst = programmed(), programmed("dst")
     dst.write(CONFIG, 0x04, struct.pack("<H", 0x0006))
-    data = rewritten(pci_device_state.save(src), change)
+    data = rewritten(saved(src), change)
     before = snapshot_of(dst)
     with pytest.raises(IncompatibleError) as info:
-        pci_device_state.load(dst, data)
+        load(dst, data)
     assert snapshot_of(dst) == before, "a rejected load must not write"
-    problems = pci_device_state.problems_with(dst, data)
+    problems = refusals(dst, data)
     first = problems[0]
     assert info.value.path == first.path and info.value.message.startswith(first.message)
     err = next(p for p in problems if message in p.message)
@@ -216,7 +235,7 @@ def test_rejections_write_nothing(
 
 
 def test_load_into_a_device_of_another_type_lists_every_difference() -> None:
-    from vmstate.device_regions import EmulatedPciBuilder
+    from vmstate.testing.pci import EmulatedPciBuilder
 
     other = (
         EmulatedPciBuilder(config_size=256)
@@ -230,43 +249,43 @@ def test_load_into_a_device_of_another_type_lists_every_difference() -> None:
         .bar(0, 0x1000)
         .build("virtio")
     )
-    data = pci_device_state.save(programmed())
+    data = saved(programmed())
     before = snapshot_of(other)
-    problems = pci_device_state.problems_with(other, data)
+    problems = refusals(other, data)
     assert str(problems[0]).startswith("vfio-pci-config.config_size at offset ")
     text = "\n".join(map(str, problems))
     assert "vendor id: source 0x8086, destination 0x1af4" in text
     with pytest.raises(IncompatibleError):
-        pci_device_state.load(other, data)
+        load(other, data)
     assert snapshot_of(other) == before
 
 
 def test_truncated_oversized_and_newer_files_are_refused() -> None:
-    data = pci_device_state.save(programmed())
+    data = saved(programmed())
     dst = programmed("dst")
     before = snapshot_of(dst)
     vmdesc = stream.find_vmdesc(data)
     assert vmdesc is not None
     for cut in (10, 100, 300, 3000, vmdesc - 20):
         with pytest.raises(DecodeError) as info:
-            pci_device_state.load(dst, data[:cut])
+            load(dst, data[:cut])
         assert isinstance(info.value, TruncatedError | DecodeError)
         assert info.value.path
     body = data[:vmdesc]
     with pytest.raises(DecodeError, match="unexpected bytes after EOF"):
-        pci_device_state.load(dst, body + b"\x00garbage")
+        load(dst, body + b"\x00garbage")
     newer = bytearray(data)
     header = newer.index(b"/vfio-pci-config") + len(b"/vfio-pci-config")
     newer[header + 4 : header + 8] = (3).to_bytes(4, "big")  # section version 3
     with pytest.raises(
         IncompatibleError, match="incoming version_id 3 is too new for local version_id 2"
     ):
-        pci_device_state.load(dst, bytes(newer))
+        load(dst, bytes(newer))
     assert snapshot_of(dst) == before
 
 
 def test_config_state_of_a_256_byte_device_does_not_fit_a_4096_one() -> None:
-    from vmstate.device_regions import EmulatedPciBuilder
+    from vmstate.testing.pci import EmulatedPciBuilder
 
     small = (
         EmulatedPciBuilder(config_size=256)
@@ -274,15 +293,16 @@ def test_config_state_of_a_256_byte_device_does_not_fit_a_4096_one() -> None:
         .build("small")
     )
     with pytest.raises(IncompatibleError) as info:
-        pci_device_state.load(programmed("dst"), pci_device_state.save(small))
+        load(programmed("dst"), saved(small))
     assert info.value.path == (DESCRIPTION_NAME, "config_size")
     assert (info.value.expected, info.value.found) == ("0x1000", "0x100")
 
 
 def test_qemu_layout_matches_qemus_own_bytes() -> None:
     """VFIOPCIDevice decodes and re-encodes QEMU's PCIDevice+msix of a real e1000e."""
-    desc = registry.get(pci_device_state.QEMU_DESCRIPTION_NAME)
-    with analyze.open_stream(QEMU / "q35-e1000e-virtio.mig") as buf:
+    desc = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
+    with open_stream(QEMU / "q35-e1000e-virtio.mig") as opened:
+        buf = opened.data
         parsed = stream.parse(buf)
         section = next(s for s in parsed.device_sections() if s.idstr.endswith("/e1000e"))
         held = {"msix_present": True, "pdev[0]": {"express": True}, "pdev[1]": {"msix_bytes": 81}}
@@ -298,9 +318,11 @@ def test_qemu_layout_matches_qemus_own_bytes() -> None:
 
 def test_qemu_state_of_an_emulated_device() -> None:
     src = programmed()
-    state = pci_device_state.read_state(src)
-    qemu = pci_device_state.qemu_state(state)
-    held = pci_device_state.qemu_held(state["config"])
+    state = pci_vfio.read_state(src)
+    express = pci_vfio.qemu_express(src.region(CONFIG).size)
+    assert express  # a 4096-byte config region
+    qemu = pci_vfio.qemu_state(state, express)
+    held = pci_vfio.qemu_held(state["config"], express)
     assert qemu["pdev[0]"]["config[1]"] == src.read(CONFIG, 0, 4096)
     assert qemu["pdev[1]"]["msix"][:80] == src.read(MSIX_BAR, 0, 80)
     data = registry.get("VFIOPCIDevice").save(qemu, held=held)
@@ -346,12 +368,11 @@ def test_save_and_show_every_host_device(
     vendor, device = (int((sysfs / n).read_text(), 16) for n in ("vendor", "device"))
     assert main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert f"Device {vendor:04x}:{device:04x}" in shown
+    assert pci_ids().device_name(vendor, device) in shown
     assert f"vendor_id: {vendor:#x}" in shown and f"device_id: {device:#x}" in shown
     config = (sysfs / "config").read_bytes()
-    with analyze.open_stream(out) as buf:
-        state = pci_device_state.find_section(buf).state
-    assert state is not None
+    with open_stream(out) as opened:
+        state = read_file(opened.data).config.state
     assert state["config"] + state.get("extended_config", b"") == config
     resources = (sysfs / "resource").read_text().splitlines()
     for index in range(6):
@@ -373,21 +394,39 @@ def test_load_refuses_devices_not_bound_to_vfio(
     require_root()
     out = tmp_path / "dev.vms"
     assert main(["save", bdf, "-o", str(out)]) == 0
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        main(["load", str(out), bdf])
+        main(["load", str(out), bdf, "--", "true"])
     assert info.value.code == 2
     assert "not vfio-pci: loads go through VFIO only" in capsys.readouterr().err
 
 
+def test_a_load_into_a_pci_function_needs_a_command_to_hold_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """vfio-pci undoes a standalone load when vmstate exits: refused, before any file
+    is read or device opened, with the way to do it."""
+    with pytest.raises(SystemExit) as info:
+        main(["load", "/nonexistent.vms", "0000:00:02.0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "a load would be undone when vmstate exits" in err
+    assert "vmstate load /nonexistent.vms 0000:00:02.0 -- COMMAND" in err
+    with pytest.raises(SystemExit) as info:
+        main(["load", "--dry-run", "/nonexistent.vms", "0000:00:02.0", "--", "true"])
+    assert info.value.code == 2
+    assert "nothing to hold" in capsys.readouterr().err
+
+
 def test_errors_are_vmstate_errors() -> None:
     with pytest.raises(VMStateError):
-        pci_device_state.load(e1000e_like("x"), b"QEVM")
+        load(e1000e_like("x"), b"QEVM")
 
 
 def test_a_different_serial_number_does_not_block_a_load() -> None:
     """Two devices of one type differ in their Device Serial Number (QEMU's e1000e
     derives it from the MAC): the serial is not identity, the capability is."""
-    from vmstate.device_regions import EmulatedPciBuilder
+    from vmstate.testing.pci import EmulatedPciBuilder
 
     def nic(name: str, serial: int) -> EmulatedPciDevice:
         builder = EmulatedPciBuilder(config_size=4096).header(
@@ -399,8 +438,96 @@ def test_a_different_serial_number_does_not_block_a_load() -> None:
 
     src, dst = nic("src", 0x525400FFFE123456), nic("dst", 0x525400FFFE123457)
     # QEMU's masks do check the serial; the load leaves those bytes out on purpose
-    from vmstate.pci_vfio import build_masks
+    from vmstate.pci.masks import build_masks
 
     assert build_masks(dst.read(CONFIG, 0, 4096)).checked[0x104:0x10C] == b"\xff" * 8
-    pci_device_state.load(dst, pci_device_state.save(src))
+    load(dst, saved(src))
     assert dst.read(CONFIG, 0x104, 8) == struct.pack("<Q", 0x525400FFFE123457)
+
+
+# -- a PCI function read through sysfs, MSI-X table included --------------------------
+
+
+def fake_sysfs(tmp_path: Path, config: bytes, table: bytes) -> Path:
+    """A sysfs device directory as the kernel lays one out, for an e1000e-like function
+    whose BAR3 (``resource3``) holds *table*."""
+    bdf = "0000:00:05.0"
+    device = tmp_path / bdf
+    device.mkdir()
+    (device / "config").write_bytes(config)
+    lines = []
+    for index, size in enumerate((0x20000, 0x20000, 0x20, 0x4000, 0, 0, 0)):
+        start = 0xFE000000 + index * 0x100000
+        flags = 0x101 if index == 2 else 0x40200  # I/O, else memory
+        lines.append(f"{start:#018x} {start + size - 1 if size else 0:#018x} {flags:#018x}")
+    (device / "resource").write_text("\n".join(lines) + "\n" + "0x0 0x0 0x0\n" * 6)
+    for index in (0, 1, 3):
+        (device / f"resource{index}").write_bytes(table if index == 3 else bytes(0x20000))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("command", "pmcsr", "readable"),
+    [(0x0106, 0x0000, True), (0x0104, 0x0000, False), (0x0106, 0x0003, False)],
+    ids=["decoding-D0", "no-memory-decoding", "D3hot"],
+)
+def test_sysfs_reads_the_msix_table_only_where_the_function_answers(
+    tmp_path: Path, command: int, pmcsr: int, readable: bool
+) -> None:
+    src = programmed()
+    src.write(CONFIG, 0x04, struct.pack("<H", command))
+    config = bytearray(src.read(CONFIG, 0, 4096))
+    config[0xCC:0xCE] = struct.pack("<H", pmcsr)  # PMCSR: power state
+    table = src.read(MSIX_BAR, 0, 0x4000)
+    from vmstate.device_regions import SysfsPciDevice
+
+    with SysfsPciDevice.open("0000:00:05.0", fake_sysfs(tmp_path, bytes(config), table)) as dev:
+        state = pci_vfio.read_state(dev)
+    assert state["msix_saved"] is readable
+    if readable:
+        entries = state["vfio-pci-config/msix-table"]["table"]
+        assert [e["data"] for e in entries] == [0x4020 + v for v in range(5)]
+
+
+def test_without_its_msix_table_a_state_loads_only_if_msix_was_off() -> None:
+    """An idle vfio-pci function sits in D3hot: sysfs cannot read its table, but then its
+    MSI-X is off and the table carries nothing.  An enabled MSI-X without it is refused."""
+    src = programmed()
+    state = pci_vfio.read_state(src)
+    del state["vfio-pci-config/msix-table"]
+    state["msix_saved"] = False
+    desc = registry.get(DESCRIPTION_NAME)
+    enabled = write([DeviceState("src/vfio-pci-config", desc, state)], "vmstate")
+    dst = programmed("dst")
+    with pytest.raises(IncompatibleError, match="MSI-X was enabled but its table was not saved"):
+        load(dst, enabled)
+    config = bytearray(state["config"])
+    config[0xA3] &= 0x7F  # MSI-X control: enable off
+    state["config"] = bytes(config)
+    disabled = write([DeviceState("src/vfio-pci-config", desc, state)], "vmstate")
+    table = dst.read(MSIX_BAR, 0, 80)
+    load(dst, disabled)
+    assert dst.read(CONFIG, 0xA2, 2) == struct.pack("<H", 0x0004), "the saved control, off"
+    assert dst.read(MSIX_BAR, 0, 80) == table, "the destination's table is left alone"
+
+
+def test_save_to_a_device_node_writes_through_it(tmp_path: Path) -> None:
+    """``vmstate save BDF -o /dev/full`` as root replaced the node with a regular file."""
+    require_root()
+    bdf = host_bdfs()[0]
+    full = tmp_path / "full"
+    os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    assert main(["save", bdf, "-o", str(full)]) == 1  # ENOSPC, reported
+    assert stat.S_ISCHR(full.stat().st_mode)
+
+
+def test_save_to_stdout_keeps_the_report_off_it(
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    require_root()
+    bdf = host_bdfs()[0]
+    assert main(["save", bdf, "-o", "-"]) == 0
+    out, err = capfdbinary.readouterr()
+    vendor = int((Path("/sys/bus/pci/devices") / bdf / "vendor").read_text(), 16)
+    assert read_file(out).config.state["vendor_id"] == vendor
+    assert err.decode().startswith(f"saved {bdf} (")

@@ -1,0 +1,1 @@
+"""The one interpreter of descriptions: limits and frames, compiled plans, the engine, spans."""

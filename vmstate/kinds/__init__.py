@@ -1,0 +1,1 @@
+"""Field kinds, one module per family; each kind implements the protocol of ``base``."""

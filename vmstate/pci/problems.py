@@ -1,0 +1,35 @@
+"""What is wrong with a config space, as data: decoders collect, never raise."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a config space, or between two; ``code`` is stable for programs."""
+
+    code: str
+    offset: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.offset:03x}] {self.message}"
+
+
+@attrs.frozen
+class Difference(Problem):
+    """A problem between two spaces: what differs, as data (each side's value as text)."""
+
+    source: str = ""
+    destination: str = ""
+
+
+class Problems:
+    """Collects problems while decoding; the decoders append, never raise."""
+
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+
+    def add(self, code: str, offset: int, message: str) -> None:
+        self.items.append(Problem(code, offset, message))
