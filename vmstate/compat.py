@@ -21,8 +21,18 @@ from collections.abc import Iterator, Mapping
 
 import attrs
 
+from vmstate.compat_fields import (
+    Cursor,
+    absorb,
+    element_size,
+    first_name,
+    info_of,
+    is_padding,
+    struct_name,
+    struct_of,
+)
 from vmstate.description import Description
-from vmstate.fields import Array, Buffer, Field, Kind, QTailQ, Seq, Struct, Unused, VArray, VBuffer
+from vmstate.fields import Array, Field, Kind, QTailQ, Seq, Struct, VArray, VBuffer
 from vmstate.predicates import Condition, is_opaque
 from vmstate.waivers import NO_WAIVERS, Waivers
 
@@ -285,8 +295,8 @@ class _Comparison:
         self, s: Description, d: Description, path: str, read_version: int
     ) -> Iterator[Problem]:
         """The field lists; the destination reads fields up to *read_version*."""
-        src = _Cursor(s.fields)
-        dst = _Cursor(d.fields)
+        src = Cursor(s.fields)
+        dst = Cursor(d.fields)
         while (sf := src.peek()) is not None:
             df = dst.peek()
             if df is None:
@@ -307,13 +317,13 @@ class _Comparison:
                 src.advance()
                 dst.advance()
                 continue
-            if (first := _first_name(df)) is not None and self.matches(
-                _struct_name(df), sf.name, first
+            if (first := first_name(df)) is not None and self.matches(
+                struct_name(df), sf.name, first
             ):
                 dst.descend()  # the destination moved fields into a substruct; the wire is the same
                 continue
-            if (first := _first_name(sf)) is not None and self.matches(
-                _struct_name(sf), first, df.name
+            if (first := first_name(sf)) is not None and self.matches(
+                struct_name(sf), first, df.name
             ):
                 src.descend()  # the source had them in a substruct the destination dropped
                 continue
@@ -330,8 +340,8 @@ class _Comparison:
                 )
                 src.advance()
                 continue
-            if _is_padding(sf) or _is_padding(df):
-                problem = _absorb(src, dst, self.counts_known)
+            if is_padding(sf) or is_padding(df):
+                problem = absorb(src, dst, self.counts_known)
                 if problem is not None:
                     yield self.problem(
                         ERROR,
@@ -402,7 +412,7 @@ class _Comparison:
             )
         if self.tests_known and _tests_differ(sf.exists, df.exists):
             yield self.problem(ERROR, path, "exists-changed", _exists_reason(sf, df))
-        s_struct, d_struct = _struct_of(sf.kind), _struct_of(df.kind)
+        s_struct, d_struct = struct_of(sf.kind), struct_of(df.kind)
         if s_struct is not None:
             if d_struct is None:
                 yield self.problem(
@@ -419,18 +429,18 @@ class _Comparison:
             )
             return
         else:
-            s_size, d_size = _element_size(sf.kind), _element_size(df.kind)
+            s_size, d_size = element_size(sf.kind), element_size(df.kind)
             # a dump's size 0 is QEMU's "custom" (virtio, msix): only a vmdesc knows it
             if s_size != d_size and (self.tests_known or 0 not in (s_size, d_size)):
                 yield self.problem(
                     ERROR, path, "size-changed", f"size mismatch: {s_size} -> {d_size}"
                 )
-            elif self.types_known and _info(sf.kind) != _info(df.kind):
+            elif self.types_known and info_of(sf.kind) != info_of(df.kind):
                 yield self.problem(
                     WARNING,
                     path,
                     "kind-changed",
-                    f"kind changed from {_info(sf.kind)} to {_info(df.kind)}",
+                    f"kind changed from {info_of(sf.kind)} to {info_of(df.kind)}",
                 )
         yield from self.counts(sf.kind, df.kind, path)
 
@@ -475,148 +485,6 @@ class _Comparison:
                     "bound-shrunk",
                     f"the destination takes at most {d.max_size} bytes, the source may send {s.max_size}",
                 )
-
-
-class _Cursor:
-    """A position in a field list that can step into a substruct and back out."""
-
-    def __init__(self, fields: tuple[Field, ...]) -> None:
-        self.stack: list[tuple[tuple[Field, ...], int]] = [(fields, 0)]
-
-    def peek(self) -> Field | None:
-        while self.stack:
-            fields, i = self.stack[-1]
-            if i < len(fields):
-                return fields[i]
-            self.stack.pop()
-            if self.stack:
-                outer, j = self.stack[-1]
-                self.stack[-1] = (outer, j + 1)
-        return None
-
-    def advance(self) -> None:
-        fields, i = self.stack[-1]
-        self.stack[-1] = (fields, i + 1)
-
-    def descend(self) -> None:
-        fields, i = self.stack[-1]
-        nested = _struct_of(fields[i].kind)
-        assert nested is not None
-        self.stack.append((nested.fields, 0))
-
-    def clone(self) -> _Cursor:
-        copy = _Cursor(())
-        copy.stack = list(self.stack)
-        return copy
-
-    def rest(self) -> list[Field]:
-        out = []
-        while (f := self.peek()) is not None:
-            out.append(f)
-            self.advance()
-        return out
-
-
-def _absorb(src: _Cursor, dst: _Cursor, counts_known: bool) -> str | None:
-    """``unused`` padding on one side standing for fields of the same total size on the other.
-
-    Of the runs of fields whose sizes add up to the padding's, the one after
-    which both sides go on with the same field name wins.  Without array
-    lengths (a dump before QEMU 10.0) a field stands for any whole number of its
-    elements.  Returns the name of the field where the sizes stop adding up, or None."""
-    pad_side, other = (dst, src) if _is_padding(_peeked(dst)) else (src, dst)
-    pad = _peeked(pad_side)
-    pad_side.advance()
-    total = _total_size(pad.kind) or 0
-    trial = other.clone()
-    sizes: list[int] = []
-    chosen: _Cursor | None = None
-    while (f := trial.peek()) is not None:
-        sizes.append(_total_size(f.kind) or 0)
-        trial.advance()
-        if sum(sizes) > total:
-            break
-        if _fits(sizes, total, counts_known):
-            chosen = chosen or trial.clone()
-            if _next_name(pad_side) == _next_name(trial):
-                chosen = trial.clone()
-                break
-    if chosen is None:
-        return f.name if f is not None else "<end>"
-    other.stack = chosen.stack
-    return None
-
-
-def _fits(sizes: list[int], total: int, counts_known: bool) -> bool:
-    """Whether fields of *sizes* bytes fill *total* bytes, each taken once, or (lengths
-    unknown) each any positive number of times."""
-    rest = total - sum(sizes)
-    if counts_known or rest == 0:
-        return rest == 0
-    reachable = [True] + [False] * rest  # rest <= a padding's size: small
-    for amount in range(1, rest + 1):
-        reachable[amount] = any(0 < s <= amount and reachable[amount - s] for s in sizes)
-    return reachable[rest]
-
-
-def _peeked(cursor: _Cursor) -> Field:
-    field = cursor.peek()
-    assert field is not None
-    return field
-
-
-def _next_name(cursor: _Cursor) -> str | None:
-    field = cursor.peek()
-    return field.name if field is not None else None
-
-
-def _element(kind: Kind) -> Kind | None:
-    """The kind of one element (the first, for a vmdesc Seq); the kind itself if not a list."""
-    if isinstance(kind, Array | VArray):
-        return kind.element
-    if isinstance(kind, Seq):
-        return kind.elements[0] if kind.elements else None
-    return kind
-
-
-def _struct_of(kind: Kind) -> Description | None:
-    element = _element(kind)
-    return element.description if isinstance(element, Struct) else None
-
-
-def _is_padding(field: Field) -> bool:
-    """QEMU's VMSTATE_UNUSED, as described or as a vmdesc records it."""
-    return isinstance(field.kind, Unused) or (
-        isinstance(field.kind, Buffer) and field.kind.info == "unused_buffer"
-    )
-
-
-def _struct_name(field: Field) -> str:
-    nested = _struct_of(field.kind)
-    return nested.name if nested is not None else ""
-
-
-def _first_name(field: Field) -> str | None:
-    nested = _struct_of(field.kind)
-    return nested.fields[0].name if nested is not None and nested.fields else None
-
-
-def _element_size(kind: Kind) -> int | None:
-    element = _element(kind)
-    return element.size if element is not None else 0
-
-
-def _total_size(kind: Kind) -> int | None:
-    """Bytes of a field: an array's elements together, where its length is known."""
-    size = _element_size(kind)
-    if isinstance(kind, Array) and size is not None:
-        return size * kind.count
-    return size
-
-
-def _info(kind: Kind) -> str:
-    element = _element(kind)
-    return element.info if element is not None else ""
 
 
 def _tests_differ(a: Condition | None, b: Condition | None) -> bool:

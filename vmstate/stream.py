@@ -21,8 +21,7 @@ from typing import Any, BinaryIO
 
 import attrs
 
-from vmstate import fields as F
-from vmstate.description import Description, Subsection
+from vmstate.description import Description
 from vmstate.errors import (
     DecodeError,
     DescriptionError,
@@ -32,6 +31,14 @@ from vmstate.errors import (
     TruncatedError,
 )
 from vmstate.interpreter.context import DEFAULT_LIMITS, Limits, need
+from vmstate.stream_config import (
+    COMMANDS,
+    CONFIGURATION_DESCRIPTION,
+    PACKAGED,
+    POSTCOPY_ADVISE,
+    Command,
+    capabilities_of,
+)
 from vmstate.stream_ram import PAGE_SIZES, PageSink, RamBlock, RamSettings, RamWalker, printable
 from vmstate.vmdesc import resolver_from_vmdesc, vmdesc_entry
 
@@ -48,25 +55,6 @@ CONFIGURATION = 0x07
 COMMAND = 0x08
 FOOTER = 0x7E
 
-#: QEMU 10.0's commands (savevm.c mig_cmd_args): number -> (name, data length or None
-#: when it varies).  QEMU refuses any other number, and a known one of another length.
-COMMANDS: dict[int, tuple[str, int | None]] = {
-    1: ("OPEN_RETURN_PATH", 0),
-    2: ("PING", 4),
-    3: ("POSTCOPY_ADVISE", None),
-    4: ("POSTCOPY_LISTEN", 0),
-    5: ("POSTCOPY_RUN", 0),
-    6: ("POSTCOPY_RAM_DISCARD", None),
-    7: ("PACKAGED", 4),
-    8: ("ENABLE_COLO", 0),
-    9: ("POSTCOPY_RESUME", 0),
-    10: ("RECV_BITMAP", None),
-    11: ("SWITCHOVER_START", 0),
-}
-POSTCOPY_ADVISE = 3
-PACKAGED = 7
-SWITCHOVER_START = 11
-
 MAX_VMDESC = 64 << 20
 MAX_SECTIONS = 1 << 16
 MAX_COMMANDS = 1 << 16
@@ -75,37 +63,6 @@ _U8 = struct.Struct(">B")
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 _BE64 = struct.Struct(">Q")
-
-_capability = Description("capability", 1, 1, [F.uint8("len"), F.vbuffer("name", "len", 255)])
-#: savevm.c's vmstate_configuration (loaded at version 0, as QEMU does)
-CONFIGURATION_DESCRIPTION = Description(
-    "configuration",
-    1,
-    0,
-    [F.uint32("len"), F.vbuffer("name", "len", 255)],
-    [
-        Subsection(
-            Description("configuration/target-page-bits", 1, 1, [F.uint32("target_page_bits")]),
-            needed="present(target_page_bits)",
-        ),
-        Subsection(
-            Description(
-                "configuration/capabilities",
-                1,
-                1,
-                [
-                    F.uint32("caps_count", since=1),
-                    F.varray("capabilities", _capability, "caps_count", 64, since=1),
-                ],
-            ),
-            needed="present(caps_count)",
-        ),
-        Subsection(
-            Description("configuration/uuid", 1, 1, [F.array("uuid", "uint8", 16, since=1)]),
-            needed="present(uuid)",
-        ),
-    ],
-)
 
 
 @attrs.frozen
@@ -126,19 +83,6 @@ class Section:
     end: int
     state: dict[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
     description: Description | None = attrs.field(default=None, eq=False, repr=False)
-
-
-@attrs.frozen
-class Command:
-    """A COMMAND record: its number, where it starts and its data."""
-
-    number: int
-    offset: int
-    data: bytes
-
-    @property
-    def name(self) -> str:
-        return COMMANDS[self.number][0]
 
 
 @attrs.frozen
@@ -171,12 +115,6 @@ class Stream:
 
     def device_sections(self) -> tuple[Section, ...]:
         return tuple(s for s in self.sections if s.state is not None)
-
-
-def capabilities_of(configuration: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """The capability names in a decoded configuration section."""
-    caps = (configuration or {}).get("configuration/capabilities", {}).get("capabilities", [])
-    return tuple(bytes(c["name"]).decode("utf-8", "replace") for c in caps)
 
 
 #: a whole stream in memory or mapped from its file
