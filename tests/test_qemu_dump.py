@@ -36,8 +36,9 @@ MACHINES = {"q35": "pc-q35-", "pc": "pc-i440fx-"}
 
 @pytest.fixture(scope="session")
 def dump_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Full dumps: the ones saved in tests/data/qemu, else made now with QEMU."""
-    saved = sorted((DATA / "qemu").glob("dump-*.json*"))
+    """Full dumps: the ones saved in tests/data/qemu (QEMU 7.2) and tests/data/qemu-10.0,
+    else made now with QEMU."""
+    saved = [p for d in ("qemu", "qemu-10.0") for p in sorted((DATA / d).glob("dump-*.json*"))]
     if saved:
         return saved
     qemu = require_tool("qemu-system-x86_64")
@@ -64,6 +65,17 @@ def dumps(dump_files: list[Path]) -> list[QemuDump]:
 def _raw(path: Path) -> Any:
     data = path.read_bytes()
     return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+
+
+def test_qemu_10_dumps_state_array_lengths() -> None:
+    """What broke `check` on QEMU 10.0: "num" beside "size"; it reads as an array."""
+    dump = load_qemu_dump(DATA / "qemu-10.0" / "dump-pc-q35-10.0.json")
+    assert dump.counts_known and dump.unknown_keys == frozenset()
+    e1000e = dump.device("e1000e").description
+    mac = next(f for f in e1000e.fields if f.name == "core.mac")
+    assert isinstance(mac.kind, Array) and (mac.kind.count, mac.kind.element.size) == (32768, 4)
+    redir = dump.device("usb-redir").description  # the first entry 7.2's reader refused
+    assert any(isinstance(f.kind, Array) for d in redir.walk() for f in d.fields)
 
 
 def test_every_description_exports_back_equal(
@@ -138,17 +150,21 @@ def _state(data: st.DataObject, desc: Description, version: int, decide: dict[st
                 continue
         elif field.since > version:
             continue
-        kind = field.kind
-        if isinstance(kind, Struct):
-            nested = kind.description
-            state[field.name] = _state(data, nested, nested.version_id, decide)
-        else:
-            assert isinstance(kind, Buffer)
-            state[field.name] = _bytes(data, kind.size)
+        state[field.name] = _value(data, field.kind, decide)
     for sub in desc.subsections:
         if data.draw(st.booleans(), label=sub.name):
             state[sub.name] = _state(data, sub.description, sub.description.version_id, decide)
     return state
+
+
+def _value(data: st.DataObject, kind: Any, decide: dict[str, bool]) -> Any:
+    if isinstance(kind, Array):  # QEMU 10.0's "num": one drawn element, repeated
+        return [_value(data, kind.element, decide)] * kind.count
+    if isinstance(kind, Struct):
+        nested = kind.description
+        return _state(data, nested, nested.version_id, decide)
+    assert isinstance(kind, Buffer)
+    return _bytes(data, kind.size)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
