@@ -4,6 +4,7 @@ bytes, checked against what QEMU's own vmdesc says of the same bytes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,46 @@ def test_a_stream_without_footers_needs_a_description_that_decodes(
     )
     err = capsys.readouterr().err
     assert err.startswith("vmstate: error: ") and "no description for section" in err
+
+
+def test_check_reads_a_stream_without_vmdesc_with_the_source_dump(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check --stream on a vmdesc-less stream: --src (the source QEMU's dump) reads it,
+    and the sections it reads are compared with the destination's."""
+    novmdesc = str(QEMU10 / "q35-10.0-novmdesc.mig")
+    dump = QEMU10 / "dump-pc-q35-10.0.json"
+    with pytest.raises(SystemExit) as usage:
+        main(["check", "--stream", novmdesc, "--dst", str(dump)])
+    assert usage.value.code == 2
+    assert "give the source QEMU's -dump-vmstate with --src" in capsys.readouterr().err
+    args = ["check", "--stream", novmdesc, "--src", str(dump), "--json"]
+    assert main([*args, "--dst", str(dump)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    unread = {p["section"] for p in report["problems"] if p["rule"] == "section-unread"}
+    assert unread == {
+        "timer",
+        "slirp",
+        "cpu_common",
+        "cpu",
+        "apic",
+        "PCIBUS",
+        "i2c_bus",
+        "acpi_build",
+        "globalstate",
+        "0000:00:1f.2/ich9_ahci",
+        "0000:00:02.0/e1000e",
+    }
+    changed = json.loads(dump.read_text())
+    counter = next(
+        f for f in changed["hpet"]["Description"]["Fields"] if f["field"] == "hpet_counter"
+    )
+    counter["size"] = 4
+    (tmp_path / "dst.json").write_text(json.dumps(changed))
+    assert main([*args, "--dst", str(tmp_path / "dst.json")]) == 1
+    errors = [
+        p for p in json.loads(capsys.readouterr().out)["problems"] if p["severity"] == "error"
+    ]
+    assert [(p["section"], p["path"], p["rule"]) for p in errors] == [
+        ("hpet", "hpet.hpet_counter", "size-changed")
+    ]

@@ -18,6 +18,7 @@ import attrs
 
 from vmstate import qemu_vfio
 from vmstate.compat import (
+    DUMP,
     ERROR,
     VMDESC,
     WARNING,
@@ -29,9 +30,10 @@ from vmstate.compat import (
     missing_section,
 )
 from vmstate.description import Description
-from vmstate.errors import DecodeError, format_path
+from vmstate.dump_layout import DumpLayouts
+from vmstate.errors import DecodeError, UsageError, format_path
 from vmstate.inputs import StreamInput, open_stream
-from vmstate.stream import Input, Section, Stream, parse
+from vmstate.stream import Input, Section, Stream, find_vmdesc, parse
 from vmstate.vfio_section import raw_sections
 from vmstate.waivers import NO_WAIVERS, Waivers
 
@@ -46,12 +48,29 @@ def check_stream(
     """Every reason the stream in *path* (bare or in a libvirt save image) would not load
     into *dst*.  *device_data* is the format of VFIO devices' device data (see
     qemu_vfio); *src*, the source QEMU's dump, tells which sections are device types, so
-    that one the destination's dump lacks is known to be missing there."""
+    that one the destination's dump lacks is known to be missing there, and reads a
+    stream without vmdesc (see vmstate.dump_layout)."""
     with open_stream(path) as opened:
         buf = opened.data
-        parsed = parse(buf, raw=raw_sections)
+        layouts = None
+        if find_vmdesc(buf) is None:
+            if src is None or src.kind != DUMP:
+                raise UsageError(
+                    f"{path}: the stream has no vmdesc; give the source QEMU's -dump-vmstate "
+                    "with --src to read its sections"
+                )
+            layouts = DumpLayouts(src)
+        parsed = parse(buf, raw=raw_sections, fitter=layouts)
         problems = _stream_problems(opened, parsed, dst)
         for section in parsed.device_sections():
+            fitted = layouts.fitted.get((section.idstr, section.instance_id)) if layouts else None
+            if fitted is not None and not fitted.described:
+                reason = (
+                    "the stream has no vmdesc and the source's dump gives no single layout of "
+                    "this section: it is not compared"
+                )
+                problems.append(Problem(WARNING, section.idstr, "", "section-unread", reason))
+                continue
             problems.extend(_section(section, buf, dst, waivers, src))
         problems.extend(qemu_vfio.problems(parsed, buf, device_data))
     machine = dst.machine or parsed.machine or ""
