@@ -309,3 +309,76 @@ def test_nullptr_pieces_decode_as_qemus_analyzer_reads_them(
     assert isinstance(kind, PiecedSeq) and isinstance(kind.elements[1], NullPointer)
     assert main(["analyze", str(path), "--verify-roundtrip"]) == 0
     assert vmdesc_entry(section.description, section.state)["fields"] == NULLPTR_FIELDS
+
+
+# -- a postcopy stream: the device sections inside a PACKAGED command ----------------
+
+
+def _command(number: int, data: bytes = b"") -> bytes:
+    return b"\x08" + number.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+def _postcopy_stream(package_size_delta: int = 0) -> bytes:
+    """The layout savevm.c's postcopy_start gives a stream: the RAM set up, then one
+    PACKAGED command holding POSTCOPY_LISTEN, the device sections and POSTCOPY_RUN, then
+    the RAM's last part and EOF, with no vmdesc (savevm.c writes none in postcopy)."""
+    ram = (
+        b"\x01"
+        + (1).to_bytes(4, "big")
+        + b"\x03ram"
+        + (0).to_bytes(4, "big")
+        + (4).to_bytes(4, "big")
+    )
+    ram += ((1 << 12) | 0x04).to_bytes(8, "big") + b"\x03mem" + (1 << 12).to_bytes(8, "big")
+    ram += (0x10).to_bytes(8, "big") + b"\x7e" + (1).to_bytes(4, "big")
+    name = b"0000:00:02.0/dev"
+    device = (
+        b"\x04"
+        + (2).to_bytes(4, "big")
+        + bytes([len(name)])
+        + name
+        + (0).to_bytes(4, "big")
+        + (1).to_bytes(4, "big")
+        + b"\x12\x34"
+        + b"\x7e"
+        + (2).to_bytes(4, "big")
+    )
+    package = _command(4) + device + _command(5)
+    size = (len(package) + package_size_delta).to_bytes(4, "big")
+    tail = (
+        b"\x03"
+        + (1).to_bytes(4, "big")
+        + (0x10).to_bytes(8, "big")
+        + b"\x7e"
+        + (1).to_bytes(4, "big")
+    )
+    return (
+        b"QEVM\0\0\0\x03"
+        + _command(1)
+        + _command(3, (4096).to_bytes(8, "big") * 2)
+        + ram
+        + _command(7, size)
+        + package
+        + tail
+        + b"\x00"
+    )
+
+
+def test_postcopy_packages_are_read_in_place() -> None:
+    from vmstate.description import Description
+    from vmstate.errors import DecodeError
+    from vmstate.fields import uint16
+
+    dev = stream.resolver_from({"dev": Description("dev", 1, 1, [uint16("v")])})
+    found = stream.parse(_postcopy_stream(), dev)
+    assert found.command_names() == (
+        "OPEN_RETURN_PATH",
+        "POSTCOPY_ADVISE",
+        "PACKAGED",
+        "POSTCOPY_LISTEN",
+        "POSTCOPY_RUN",
+    )
+    (section,) = found.device_sections()
+    assert section.state == {"v": 0x1234} and found.vmdesc is None
+    with pytest.raises(DecodeError, match="runs past the end of its package"):
+        stream.parse(_postcopy_stream(package_size_delta=-3), dev)
