@@ -181,3 +181,15 @@ def test_the_property_test_reaches_merged_runs_and_nested_structs() -> None:
     assert any(isinstance(step, Run) for step in plan(desc, 1).steps)
     assert not any(isinstance(step, Run) for step in plan(desc, 1, fast=False).steps)
     assert math.isnan(struct.unpack(">d", struct.pack(">d", math.nan))[0])
+
+
+def test_a_field_may_have_a_slash_in_its_name_as_in_qemu() -> None:
+    """QEMU's virtio-gpu has a field named "virtio-gpu/blob": state keeps it under
+    that name, analyzer output shows it, and only a subsection of the same name clashes."""
+    sub = Description("gpu/more", 1, 1, [F.uint8("x")])
+    desc = Description("gpu", 1, 1, [F.uint8("gpu/blob")], [Subsection(sub)])
+    state = {"gpu/blob": 7, "gpu/more": {"x": 1}}
+    assert desc.load(desc.save(state)) == state
+    assert desc.qemu_value(state) == {"gpu/blob": "0x07", "gpu/more": {"x": "0x01"}}
+    with pytest.raises(DescriptionError, match="has the name of a subsection"):
+        Description("gpu", 1, 1, [F.uint8("gpu/more")], [Subsection(sub)])

@@ -49,7 +49,6 @@ from vmstate.description import Description, Subsection
 from vmstate.errors import DescriptionError
 from vmstate.fields import Array, Buffer, Field, Kind, Struct, Unused
 from vmstate.predicates import opaque_condition
-from vmstate.vmdesc import state_name
 
 __all__ = [
     "DumpedBytes",
@@ -307,9 +306,7 @@ def _field(
         if not 0 <= num <= MAX_NUM:
             raise DescriptionError(f"num {num} out of range 0..{MAX_NUM}", location=where)
         kind = Array(kind, num)
-    name = state_name(
-        qemu_name if counts[qemu_name] == 1 or not kind.stored else f"{qemu_name}[{k}]"
-    )
+    name = qemu_name if counts[qemu_name] == 1 or not kind.stored else f"{qemu_name}[{k}]"
     exists = opaque_condition(f"{owner}/{name}") if _get(obj, "field_exists", bool, where) else None
     try:
         return Field(name, kind, since, exists)

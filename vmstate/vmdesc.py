@@ -49,21 +49,6 @@ MAX_ENTRIES = 1 << 20
 #: the keys QEMU may write on one entry of an array
 ARRAY_LEN = "array_len"
 INDEX = "index"
-#: stands for "/" in field names: QEMU allows it (virtio-gpu's "virtio-gpu/blob"), but
-#: state keys containing "/" are subsections
-SLASH = "\u2215"
-
-
-def state_name(qemu_name: str) -> str:
-    """The state key of QEMU's field *qemu_name*."""
-    return qemu_name.replace("/", SLASH)
-
-
-def qemu_name(name: str) -> str:
-    """QEMU's name of the field whose state key is *name*."""
-    return name.replace(SLASH, "/")
-
-
 @attrs.frozen
 class Piece:
     """One vmdesc entry of an array: how many elements it stands for and which
@@ -130,9 +115,9 @@ def description_from_vmdesc(
             run += 1
         at = f"{where}.{fname}"
         if run - i == 1 and INDEX not in raw_fields[i]:
-            fields.append(Field(state_name(fname), _entry_kind(raw_fields[i], at, depth)))
+            fields.append(Field(fname, _entry_kind(raw_fields[i], at, depth)))
         else:
-            fields.append(Field(state_name(fname), _pieces(raw_fields[i:run], at, depth)))
+            fields.append(Field(fname, _pieces(raw_fields[i:run], at, depth)))
         i = run
     subs = entry.get("subsections", [])
     if not isinstance(subs, list):
@@ -254,7 +239,7 @@ def vmdesc_entry(
                 continue
         elif field.since > version:
             continue
-        name = qemu_name(field.name if counts[field.name] == 1 else f"{field.name}[{k}]")
+        name = field.name if counts[field.name] == 1 else f"{field.name}[{k}]"
         value = state.get(field.name) if field.kind.stored else None
         fields.extend(_entries(name, field, value, frame))
     out: dict[str, Any] = {"vmsd_name": desc.name, "version": version, "fields": fields}

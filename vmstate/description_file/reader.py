@@ -353,8 +353,6 @@ class _Reader:
                 self.problem(path, "missing key 'name'", "missing-key")
                 return None
             name = "unused"
-        if "/" in name:
-            self.problem((*path, "name"), f"field name {name!r} contains '/'", "bad-value")
         if spec.since < 0:
             self.problem((*path, "since"), "since must be at least 0", "bad-value")
         if head is not None and spec.since > head.version_id:
