@@ -193,3 +193,18 @@ def test_a_field_may_have_a_slash_in_its_name_as_in_qemu() -> None:
     assert desc.qemu_value(state) == {"gpu/blob": "0x07", "gpu/more": {"x": "0x01"}}
     with pytest.raises(DescriptionError, match="has the name of a subsection"):
         Description("gpu", 1, 1, [F.uint8("gpu/more")], [Subsection(sub)])
+
+
+def test_a_one_element_array_exports_no_array_len_as_qemu_writes_none() -> None:
+    """QEMU's vmsd_desc_field_start writes array_len or index only when an array
+    has more than one element (migration/vmstate.c, 7.2 and 10.0 alike)."""
+    from vmstate.vmdesc import vmdesc_entry
+
+    desc = Description("d", 1, 1, [F.array("one", "uint16", 1), F.array("two", "uint16", 2),
+                                   F.array("pts", POINT, 1)])
+    state = {"one": [7], "two": [1, 2], "pts": [{"x": 1, "y": 2, "z": 3}]}
+    fields = vmdesc_entry(desc, state)["fields"]
+    assert fields[0] == {"name": "one", "type": "uint16", "size": 2}
+    assert fields[1] == {"name": "two", "array_len": 2, "type": "uint16", "size": 2}
+    assert "array_len" not in fields[2] and "index" not in fields[2]
+    assert fields[2]["type"] == "struct" and fields[2]["size"] == 8

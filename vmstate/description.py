@@ -163,6 +163,39 @@ class Description:
         """*state* as QEMU's ``analyze-migration.py -d state`` prints it."""
         return {name: part.qemu_value(value) for name, part, value in self.parts(state)}
 
+    def vmdesc_entry(self, span: Span, version: int | None = None) -> dict[str, Any]:
+        """What QEMU writes to vmdesc for this description, given the span of an
+        instance (from :meth:`save_traced` or :meth:`trace`): field by field, with
+        QEMU's ``[k]`` suffix on names that repeat, then each subsection sent."""
+        if version is None:
+            version = self.version_id if span.version is None else span.version
+        counts: dict[str, int] = {}
+        for field in self.fields:
+            counts[field.name] = counts.get(field.name, 0) + 1
+        parts = [p for p in span.children if p.kind is not None and not isinstance(p.kind, Description)]
+        subsections = [p.kind.vmdesc_entry(p) for p in span.children
+                       if isinstance(p.kind, Description)]
+        seen: dict[str, int] = {}
+        fields: list[dict[str, Any]] = []
+        at = 0
+        for field in self.fields:
+            k = seen.get(field.name, 0)  # QEMU numbers a repeated name by its place in the list
+            seen[field.name] = k + 1
+            if field.exists is None and field.since > version:
+                continue
+            if at >= len(parts) or parts[at].name != field.name:
+                continue  # its exists-test did not hold: not on the wire
+            part = parts[at]
+            at += 1
+            if part.kind.validates:
+                continue
+            wire_name = field.name if counts[field.name] == 1 else f"{field.name}[{k}]"
+            fields.extend(part.kind.vmdesc_entries(wire_name, part, field.exists is not None))
+        out: dict[str, Any] = {"vmsd_name": self.name, "version": version, "fields": fields}
+        if subsections:
+            out["subsections"] = subsections
+        return out
+
     def subsection(self, name: str) -> Subsection:
         for sub in self.subsections:
             if sub.name == name:
@@ -256,7 +289,7 @@ class Description:
             raise e.within(self.name).with_excerpt(buf) from None
         except RecursionError:
             raise LimitError("description nests too deeply", offset=pos) from None
-        return Span(self.name, self, state, pos, end, parts, note=f"v{version}")
+        return Span(self.name, self, state, pos, end, parts, version=version)
 
     # -- save -------------------------------------------------------------
 
@@ -299,4 +332,4 @@ class Description:
         except RecursionError:
             raise EncodeError("state nests too deeply", path=(self.name,)) from None
         return bytes(out), Span(self.name, self, dict(state), 0, len(out), parts,
-                                note=f"v{version}")
+                                version=version)

@@ -40,7 +40,7 @@ from vmstate.stream_config import (
     capabilities_of,
 )
 from vmstate.stream_ram import PAGE_SIZES, PageSink, RamBlock, RamSettings, RamWalker, printable
-from vmstate.vmdesc import resolver_from_vmdesc, vmdesc_entry
+from vmstate.vmdesc import resolver_from_vmdesc
 
 MAGIC = 0x5145564D  # "QEVM"
 VERSION = 3
@@ -549,12 +549,12 @@ class StreamWriter:
         """A section encoded from a description and state."""
         version = dev.description.version_id
         try:
-            payload = dev.description.save(dev.state, held=dev.held)
+            payload, span = dev.description.save_traced(dev.state, held=dev.held)
         except EncodeError as e:
             raise e.within(dev.idstr) from None
         section_id = self._header(dev.idstr, dev.instance_id, version)
         self.out.write(payload + bytes([FOOTER]) + _BE32.pack(section_id))
-        entry = vmdesc_entry(dev.description, dev.state, version, held=dev.held)
+        entry = dev.description.vmdesc_entry(span)
         self.vmdesc.append({"name": dev.idstr, "instance_id": dev.instance_id, **entry})
 
     def raw(

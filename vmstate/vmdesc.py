@@ -24,23 +24,16 @@ from vmstate.errors import DescriptionError
 from vmstate.fields import (
     SCALAR_TYPES,
     Array,
-    Bitmap,
     Buffer,
     Field,
     Kind,
-    QTailQ,
-    Scalar,
     Seq,
     Struct,
-    Unused,
-    Validate,
-    VArray,
-    VBuffer,
     scalar_kind,
 )
-from vmstate.interpreter.context import Ctx, Frame
+from vmstate.interpreter.spans import Span
 from vmstate.kinds.nullptr import NullPointer
-from vmstate.predicates import is_opaque, opaque_condition
+from vmstate.predicates import opaque_condition
 
 MAX_DEPTH = 64
 #: types whose nested description vmdesc writes inline, in the field's own object
@@ -68,6 +61,20 @@ class PiecedSeq(Seq):
     def __attrs_post_init__(self) -> None:
         if sum(p.count for p in self.pieces) != len(self.elements):
             raise DescriptionError("the pieces of an array do not add up to its elements")
+
+    def vmdesc_entries(self, name: str, span: Span, exists: bool) -> list[dict[str, Any]]:
+        """The pieces as QEMU wrote them: each with its own key, and the value of its
+        first element."""
+        out = []
+        at = 0
+        for piece in self.pieces:
+            head: dict[str, Any] = {"name": name}
+            if piece.key is not None:
+                head[piece.key] = piece.count if piece.key == ARRAY_LEN else at
+            element = span.children[at]
+            out.append({**head, **element.kind.vmdesc_value(element)})
+            at += piece.count
+        return out
 
 
 def _get(obj: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
@@ -218,117 +225,5 @@ def vmdesc_entry(
     held: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What QEMU writes to vmdesc for *desc* saved from *state* (*held* as for save)."""
-    version = desc.version_id if version_id is None else version_id
-    ctx = Ctx()
-    frame = Frame(dict(state), version, held, ctx)
-    counts: dict[str, int] = {}
-    for field in desc.fields:
-        counts[field.name] = counts.get(field.name, 0) + 1
-    seen: dict[str, int] = {}
-    fields: list[dict[str, Any]] = []
-    for field in desc.fields:
-        k = seen.get(field.name, 0)
-        seen[field.name] = k + 1
-        if isinstance(field.kind, Validate):
-            continue
-        if field.exists is not None:
-            if is_opaque(field.exists):
-                if field.kind.stored and field.name not in state:
-                    continue
-            elif not field.exists(frame):
-                continue
-        elif field.since > version:
-            continue
-        name = field.name if counts[field.name] == 1 else f"{field.name}[{k}]"
-        value = state.get(field.name) if field.kind.stored else None
-        fields.extend(_entries(name, field, value, frame))
-    out: dict[str, Any] = {"vmsd_name": desc.name, "version": version, "fields": fields}
-    subs = []
-    for sub in desc.subsections:
-        if sub.name in state:
-            sub_held = held.get(sub.name) if held is not None else None
-            subs.append(vmdesc_entry(sub.description, state[sub.name], held=sub_held))
-    if subs:
-        out["subsections"] = subs
-    return out
-
-
-def _entries(name: str, field: Field, value: Any, frame: Frame) -> list[dict[str, Any]]:
-    kind = field.kind
-    if isinstance(kind, PiecedSeq):
-        out = []
-        at = 0
-        for piece in kind.pieces:
-            head: dict[str, Any] = {"name": name}
-            if piece.key is not None:
-                head[piece.key] = piece.count if piece.key == ARRAY_LEN else at
-            out.append({**head, **_one(kind.elements[at], value[at], frame, name)})
-            at += piece.count
-        return out
-    if isinstance(kind, Array | VArray | Seq):
-        elements = kind.elements if isinstance(kind, Seq) else (kind.element,) * len(value or ())
-        if not value:
-            return []
-        compress = (
-            isinstance(kind, Array | VArray)
-            and _compressible(kind.element)
-            and not kind.nullable
-            and field.exists is None
-        )
-        if compress:
-            entry = {
-                "name": name,
-                ARRAY_LEN: len(value),
-                **_one(elements[0], value[0], frame, name),
-            }
-            return [entry]
-        return [
-            {"name": name, INDEX: i, **_one(el, v, frame, name)}
-            for i, (el, v) in enumerate(zip(elements, value, strict=True))
-        ]
-    return [{"name": name, **_one(kind, value, frame, name)}]
-
-
-def _one(kind: Kind, value: Any, frame: Frame, name: str) -> dict[str, Any]:
-    if isinstance(kind, Struct) and kind.info == "struct":
-        inner = vmdesc_entry(kind.description, value, held=_held(frame, name))
-        out = bytearray()
-        kind.save(out, value, frame, name, None)
-        return {"type": "struct", "struct": inner, "size": len(out)}
-    out = bytearray()
-    kind.save(out, value, frame, name, None)
-    if isinstance(kind, Struct):
-        return {
-            "type": kind.info,
-            **vmdesc_entry(kind.description, value, kind.version, held=_held(frame, name)),
-            "size": len(out),
-        }
-    return {"type": _type_name(kind), "size": len(out)}
-
-
-def _held(frame: Frame, name: str) -> Mapping[str, Any] | None:
-    return frame.held.get(name) if frame.held is not None else None
-
-
-def _type_name(kind: Kind) -> str:
-    if isinstance(kind, Scalar | Buffer | VBuffer):
-        return kind.info
-    if isinstance(kind, Unused):
-        return "unused_buffer"
-    if isinstance(kind, Bitmap):
-        return "bitmap"
-    if isinstance(kind, QTailQ):
-        return "qtailq"
-    if isinstance(kind, NullPointer):
-        return kind.info
-    return "unknown"
-
-
-def _compressible(kind: Kind) -> bool:
-    """QEMU's vmsd_can_compress: no exists-tests anywhere inside, no subsections."""
-    if isinstance(kind, Struct):
-        desc = kind.description
-        return not desc.subsections and all(
-            f.exists is None and _compressible(f.kind) for f in desc.fields
-        )
-    return True
+    _, span = desc.save_traced(state, version_id, held=held)
+    return desc.vmdesc_entry(span)

@@ -197,7 +197,8 @@ def _load_subsections(
             raise e.within(sub.name) from None
         frame.values[sub.name] = value
         if spans is not None:
-            spans.append(Span(sub.name, sub.description, value, header, pos, parts))
+            spans.append(Span(sub.name, sub.description, value, header, pos, parts,
+                              version=version))
     return pos
 
 
@@ -272,7 +273,8 @@ def save(
         except EncodeError as e:
             raise e.within(sub.name) from None
         if spans is not None:
-            spans.append(Span(sub.name, sub.description, state[sub.name], header, len(out), parts))
+            spans.append(Span(sub.name, sub.description, state[sub.name], header, len(out), parts,
+                              version=sub.description.version_id))
     if desc.hooks.post_save:
         _run_save_hook(desc.hooks.post_save, state)
 

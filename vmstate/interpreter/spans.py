@@ -16,7 +16,7 @@ from typing import Any
 class Span:
     """One value (or framing bytes) at ``start``..``end`` of the input or output."""
 
-    __slots__ = ("children", "end", "kind", "name", "note", "start", "value")
+    __slots__ = ("children", "end", "kind", "name", "note", "start", "value", "version")
 
     def __init__(
         self,
@@ -27,6 +27,7 @@ class Span:
         end: int,
         children: list[Span] | None = None,
         note: str = "",
+        version: int | None = None,
     ) -> None:
         #: field name, element index, or subsection name
         self.name = name
@@ -36,8 +37,10 @@ class Span:
         self.start = start
         self.end = end
         self.children = children or []
-        #: what framing bytes are ("subsection header", "NULL", ...)
+        #: what framing bytes are ("-- subsection v1", "NULL", ...)
         self.note = note
+        #: for a description's span (a whole section, a subsection): its version on the wire
+        self.version = version
 
     @property
     def size(self) -> int:

@@ -108,6 +108,26 @@ class _List(Kind):
         for kind in self.element_kinds(1):
             yield from kind.nested()
 
+    def vmdesc_entries(self, name: str, span: Span, exists: bool) -> list[dict[str, Any]]:
+        """One entry per element (with ``index`` when there are several, as QEMU
+        writes an array it cannot compress), or one with ``array_len`` for alike
+        elements (:meth:`compresses`)."""
+        elements = span.children
+        if len(elements) == 1:
+            return [{"name": name, **_element_value(elements[0])}]
+        if elements and self.compresses(exists):
+            return [{"name": name, "array_len": len(elements), **_element_value(elements[0])}]
+        return [{"name": name, "index": i, **_element_value(el)} for i, el in enumerate(elements)]
+
+    def compresses(self, exists: bool) -> bool:
+        return False
+
+
+def _element_value(span: Span) -> dict[str, Any]:
+    if span.kind is None:  # a NULL pointer (QEMU's vmstate_info_nullptr)
+        return {"type": "nullptr", "size": span.size}
+    return span.kind.vmdesc_value(span)
+
 
 class _Elements(_List):
     """A run of ``n`` elements of one kind: arrays and variable arrays."""
@@ -194,6 +214,9 @@ class _Elements(_List):
 
     def describe_notes(self) -> list[str]:
         return ["nullable (NULL is 1 byte)"] if self.nullable else []
+
+    def compresses(self, exists: bool) -> bool:
+        return not exists and not self.nullable and self.element.vmdesc_compressible()
 
 
 @functools.lru_cache(maxsize=1024)

@@ -234,6 +234,21 @@ class Kind(abc.ABC):
         kind, size = self.describe()
         return f"({kind}: {size})"
 
+    # -- vmdesc (the JSON QEMU appends to a stream) ---------------------------
+
+    def vmdesc_entries(self, name: str, span: Span, exists: bool) -> list[dict[str, Any]]:
+        """The entries QEMU's ``vmstate_save_state`` writes to vmdesc for a field of
+        this kind whose bytes are at *span*; *exists*: the field has an exists-test."""
+        return [{"name": name, **self.vmdesc_value(span)}]
+
+    def vmdesc_value(self, span: Span) -> dict[str, Any]:
+        """The type, size (and a struct's nested entry) of one value at *span*."""
+        return {"type": self.info, "size": span.size}
+
+    def vmdesc_compressible(self) -> bool:
+        """QEMU's ``vmsd_can_compress``: an array of these is written as one entry."""
+        return True
+
     # -- description files -----------------------------------------------------
 
     #: the attrs class of its description-file table (the TOML keys), with ``type``
@@ -311,6 +326,8 @@ class DescriptionLike(Protocol):
     def from_json(self, data: Any) -> Any: ...
 
     def qemu_value(self, state: Any) -> Any: ...
+
+    def vmdesc_entry(self, span: Span, version: int | None = None) -> dict[str, Any]: ...
 
 
 class ResolvedRefs(Protocol):

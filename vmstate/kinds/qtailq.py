@@ -85,6 +85,9 @@ class QTailQ(_List):
     def described_parts(self) -> list[Any]:
         return self.element.element_rows()
 
+    def vmdesc_entries(self, name: str, span: Span, exists: bool) -> list[dict[str, Any]]:
+        return [{"name": name, "type": self.info, "size": span.size}]
+
     def describe(self) -> tuple[str, str]:
         each = self.element.element_text()
         return f"qtailq of {each}", f"n x (1 + {each}) + 1"

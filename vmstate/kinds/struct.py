@@ -16,6 +16,7 @@ from vmstate.errors import EncodeError
 from vmstate.interpreter import engine
 from vmstate.interpreter.context import Ctx, Frame
 from vmstate.interpreter.plan import plan
+from vmstate.interpreter.spans import Span
 from vmstate.kinds.base import (
     DescriptionLike,
     Kind,
@@ -87,6 +88,17 @@ class Struct(Kind):
             self.save(out, value, Frame({}, self.load_version, None, Ctx()), "", None)
             return out.hex(" ")
         return self.description.qemu_value(value)
+
+    def vmdesc_value(self, span: Span) -> dict[str, Any]:
+        inner = self.description.vmdesc_entry(span, self.load_version)
+        if self.info == "struct":
+            return {"type": "struct", "struct": inner, "size": span.size}
+        return {"type": self.info, **inner, "size": span.size}
+
+    def vmdesc_compressible(self) -> bool:
+        desc = self.description
+        return not desc.subsections and all(
+            f.exists is None and f.kind.vmdesc_compressible() for f in desc.fields)
 
     def describe(self) -> tuple[str, str]:
         desc = self.description
