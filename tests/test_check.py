@@ -14,8 +14,9 @@ from conftest import IN_CI
 
 from vmstate import fields as F
 from vmstate.cli import main
-from vmstate.compat import DUMP, ERROR, WARNING, DescriptionSet, Problem, compare
+from vmstate.compat import DUMP, DescriptionSet, compare
 from vmstate.description import Description, Subsection
+from vmstate.findings import ERROR, WARNING, Finding
 from vmstate.sources import load_description_set
 from vmstate.waivers import NO_WAIVERS, Waivers, load_waivers
 
@@ -24,11 +25,11 @@ CHECKER = QEMU / "static-checker"
 QEMU_WAIVERS = Path(__file__).parent.parent / "descriptions" / "waivers" / "qemu.toml"
 
 
-def rules(problems: list[Problem]) -> set[tuple[str, str]]:
+def rules(problems: list[Finding]) -> set[tuple[str, str]]:
     return {(p.section, p.rule) for p in problems}
 
 
-def one(src: Description, dst: Description, waivers: Waivers = NO_WAIVERS) -> list[Problem]:
+def one(src: Description, dst: Description, waivers: Waivers = NO_WAIVERS) -> list[Finding]:
     return compare(DescriptionSet({"dev": src}), DescriptionSet({"dev": dst}), waivers)
 
 

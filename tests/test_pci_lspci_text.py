@@ -40,7 +40,7 @@ CAPTURED = sorted((DATA / "pci").glob("*.bin"))
 #: lines lspci prints that we do not, on purpose, by capture
 KNOWN: dict[str, tuple[str, ...]] = {
     # capability 0x48 points to 0x20, inside the header: lspci decodes the header bytes
-    # there as capabilities; we stop at the pointer and say so in a Problem line
+    # there as capabilities; we stop at the pointer and say so in a ConfigProblem line
     "bad-cap-into-header": (
         "\tCapabilities: [20] Capability ID 0x60 [fe70]",
         "\tCapabilities: [fc] Null",

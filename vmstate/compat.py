@@ -32,34 +32,14 @@ from vmstate.compat_fields import (
     struct_of,
 )
 from vmstate.description import Description
-from vmstate.fields import Array, Field, Kind, QTailQ, Seq, Struct, VArray, VBuffer
+from vmstate.fields import Field, Kind
+from vmstate.findings import ERROR, WARNING, Finding
 from vmstate.predicates import Condition, is_opaque
 from vmstate.waivers import NO_WAIVERS, Waivers
 
-ERROR = "error"
-WARNING = "warning"
 FILES = "files"
 DUMP = "dump"
 VMDESC = "vmdesc"
-_LISTS = (Array, VArray, Seq, QTailQ)
-
-
-@attrs.frozen
-class Problem:
-    """One incompatibility: where, which rule, and a one-line reason."""
-
-    severity: str
-    section: str
-    path: str
-    rule: str
-    reason: str
-
-    def to_json(self) -> dict[str, str]:
-        return attrs.asdict(self)
-
-    def __str__(self) -> str:
-        where = f"{self.section}: {self.path}" if self.path else self.section
-        return f"{self.severity}: {where}: {self.reason} [{self.rule}]"
 
 
 @attrs.frozen
@@ -112,9 +92,9 @@ class DescriptionSet:
 
 def compare(
     src: DescriptionSet, dst: DescriptionSet, waivers: Waivers = NO_WAIVERS
-) -> list[Problem]:
+) -> list[Finding]:
     """Every problem migrating from *src* to *dst*, waived ones removed."""
-    problems: list[Problem] = list(machine_problems(src.machine, dst.machine))
+    problems: list[Finding] = list(machine_problems(src.machine, dst.machine))
     for name, desc in src.sections.items():
         if name in src.unmigratable:
             continue
@@ -123,7 +103,7 @@ def compare(
             problems.append(missing_section(name, desc, src, dst))
         elif target is None or target[0] in dst.unmigratable:
             reason = "the destination has this device but cannot migrate it"
-            problems.append(Problem(ERROR, name, "", "section-unmigratable", reason))
+            problems.append(Finding(ERROR, name, "", "section-unmigratable", reason))
         else:
             comparison = _Comparison(name, waivers, src, dst)
             if name in src.versions or target[0] in dst.versions:
@@ -155,7 +135,7 @@ def find_section(
     return dst.find(waivers.section_name(name), desc)
 
 
-def machine_problems(src: str, dst: str, subject: str = "the source") -> list[Problem]:
+def machine_problems(src: str, dst: str, subject: str = "the source") -> list[Finding]:
     """QEMU refuses a stream whose configuration names another machine type."""
     if not src or not dst or src == dst:
         return []
@@ -164,12 +144,12 @@ def machine_problems(src: str, dst: str, subject: str = "the source") -> list[Pr
         f"QEMU loads a stream only into its own machine type (describe the destination with "
         f"-M {src}; if its QEMU lacks that machine type, it cannot load it)"
     )
-    return [Problem(ERROR, "configuration", "machine", "machine-type", reason)]
+    return [Finding(ERROR, "configuration", "machine", "machine-type", reason)]
 
 
 def missing_section(
     name: str, desc: Description | None, src: DescriptionSet, dst: DescriptionSet
-) -> Problem:
+) -> Finding:
     """The problem of section *name* (described *desc*) having no description in *dst*.
 
     A dump lists device classes, not every section a stream carries (``timer``,
@@ -187,17 +167,17 @@ def missing_section(
             "the destination QEMU has no device class of this name or description: a VM "
             "with this device cannot migrate there"
         )
-        return Problem(WARNING, name, "", "device-class-missing", reason)
+        return Finding(WARNING, name, "", "device-class-missing", reason)
     if dst.kind == DUMP:
         if desc is not None and is_device_section(name, desc) and not dst.describes(desc.name):
             reason = (
                 f"no device class of the destination QEMU is described {desc.name!r}: it "
                 'cannot load this device (QEMU: "Unknown savevm section or instance")'
             )
-            return Problem(ERROR, name, "", "section-missing", reason)
+            return Finding(ERROR, name, "", "section-missing", reason)
         reason = "not described by the destination's dump (-dump-vmstate lists device classes only)"
-        return Problem(WARNING, name, "", "section-undescribed", reason)
-    return Problem(ERROR, name, "", "section-missing", "section does not exist in the destination")
+        return Finding(WARNING, name, "", "section-undescribed", reason)
+    return Finding(ERROR, name, "", "section-missing", "section does not exist in the destination")
 
 
 def is_device_section(name: str, desc: Description) -> bool:
@@ -225,10 +205,10 @@ class _Comparison:
         self.counts_known = src.counts_known and dst.counts_known
         self.dst_kind = dst.kind
 
-    def problem(self, severity: str, path: str, rule: str, reason: str) -> Problem:
-        return Problem(severity, self.section, path, rule, reason)
+    def problem(self, severity: str, path: str, rule: str, reason: str) -> Finding:
+        return Finding(severity, self.section, path, rule, reason)
 
-    def versions(self, s: tuple[int, int], d: tuple[int, int], path: str) -> Iterator[Problem]:
+    def versions(self, s: tuple[int, int], d: tuple[int, int], path: str) -> Iterator[Finding]:
         """QEMU's rule: the source's version within the destination's [minimum, version]."""
         if s[0] > d[0]:
             yield self.problem(
@@ -247,7 +227,7 @@ class _Comparison:
 
     def descriptions(
         self, s: Description, d: Description, path: str, nested: bool = False
-    ) -> Iterator[Problem]:
+    ) -> Iterator[Finding]:
         """Compare two descriptions.  A section's or subsection's version is on the wire
         and the destination loads at it; a *nested* struct's is not: each side uses its
         own, so versions are not compared and the destination reads at its own."""
@@ -266,7 +246,7 @@ class _Comparison:
         yield from self.fields(s, d, path, d.version_id if nested else s.version_id)
         yield from self.subsections(s, d, path)
 
-    def subsections(self, s: Description, d: Description, path: str) -> Iterator[Problem]:
+    def subsections(self, s: Description, d: Description, path: str) -> Iterator[Finding]:
         by_name = {sub.name: sub for sub in d.subsections}
         for sub in s.subsections:
             other = by_name.get(sub.name)
@@ -293,7 +273,7 @@ class _Comparison:
 
     def fields(
         self, s: Description, d: Description, path: str, read_version: int
-    ) -> Iterator[Problem]:
+    ) -> Iterator[Finding]:
         """The field lists; the destination reads fields up to *read_version*."""
         src = Cursor(s.fields)
         dst = Cursor(d.fields)
@@ -381,19 +361,19 @@ class _Comparison:
         a dump that states array lengths (QEMU 10.0+) only its variable parts can be such
         an array: a struct or custom field without ``num`` (a scalar is always sent)."""
         kind = field.kind
-        if isinstance(kind, VArray | VBuffer | QTailQ):
+        if kind.variable:
             return True
         if not self.sent_only:
             return False
         if self.dst_kind != DUMP or not self.counts_known:
             return True
-        return isinstance(kind, Struct) or kind.size == 0
+        return kind.struct_description() is not None or kind.size == 0
 
-    def maybe_not_sent(self, df: Field, path: str) -> Iterator[Problem]:
+    def maybe_not_sent(self, df: Field, path: str) -> Iterator[Finding]:
         """Two streams show what each source sent, not what a destination expects: a
         field only the destination's stream has is an array the source sent empty, or
         one the source does not have at all."""
-        if self.dst_kind == VMDESC and not isinstance(df.kind, VArray | VBuffer | QTailQ):
+        if self.dst_kind == VMDESC and not df.kind.variable:
             yield self.problem(
                 WARNING,
                 f"{path}.{df.name}",
@@ -405,7 +385,7 @@ class _Comparison:
     def matches(self, desc_name: str, s: str, d: str) -> bool:
         return s == d or self.waivers.renamed(self.section, s, d, desc_name)
 
-    def field(self, sf: Field, df: Field, path: str, version: int) -> Iterator[Problem]:
+    def field(self, sf: Field, df: Field, path: str, version: int) -> Iterator[Finding]:
         if sf.since > df.since:
             yield self.problem(
                 ERROR, path, "field-version", f"field version {sf.since} > {df.since}"
@@ -444,47 +424,15 @@ class _Comparison:
                 )
         yield from self.counts(sf.kind, df.kind, path)
 
-    def counts(self, s: Kind, d: Kind, path: str) -> Iterator[Problem]:
-        if isinstance(s, Array) and isinstance(d, Array) and s.count != d.count:
-            yield self.problem(
-                ERROR, path, "array-count", f"array of {s.count} elements became {d.count}"
-            )
-        if not self.types_known:
-            return  # a -dump-vmstate side does not say which fields are variable arrays
-        if type(s) is not type(d) and isinstance(s, _LISTS) != isinstance(d, _LISTS):
+    def counts(self, s: Kind, d: Kind, path: str) -> Iterator[Finding]:
+        """Counts and bounds (each kind says what of another it cannot take), and a
+        list that became a single value or the reverse."""
+        for rule, reason in s.compare_shape(d):
+            yield self.problem(ERROR, path, rule, reason)
+        if self.types_known and type(s) is not type(d) and s.is_list != d.is_list:
             yield self.problem(
                 ERROR, path, "array-kind", f"{type(s).__name__} became {type(d).__name__}"
             )
-        if isinstance(s, VArray) and isinstance(d, VArray):
-            if s.count_field != d.count_field or s.multiply != d.multiply:
-                yield self.problem(
-                    ERROR,
-                    path,
-                    "array-count",
-                    f"count {s.count_field} x{s.multiply} became {d.count_field} x{d.multiply}",
-                )
-            if d.max_count < s.max_count:
-                yield self.problem(
-                    ERROR,
-                    path,
-                    "bound-shrunk",
-                    f"the destination takes at most {d.max_count} elements, the source may send {s.max_count}",
-                )
-        if isinstance(s, VBuffer) and isinstance(d, VBuffer):
-            if s.size_field != d.size_field or s.multiply != d.multiply:
-                yield self.problem(
-                    ERROR,
-                    path,
-                    "buffer-size",
-                    f"size {s.size_field} x{s.multiply} became {d.size_field} x{d.multiply}",
-                )
-            if d.max_size < s.max_size:
-                yield self.problem(
-                    ERROR,
-                    path,
-                    "bound-shrunk",
-                    f"the destination takes at most {d.max_size} bytes, the source may send {s.max_size}",
-                )
 
 
 def _tests_differ(a: Condition | None, b: Condition | None) -> bool:

@@ -4,8 +4,8 @@ fields of the same total size (what ``vmstate-static-checker.py`` calls absorbin
 
 from __future__ import annotations
 
-from vmstate.description import Description
-from vmstate.fields import Array, Buffer, Field, Kind, Seq, Struct, Unused, VArray
+from vmstate.fields import Field, Kind
+from vmstate.kinds.base import DescriptionLike
 
 
 class Cursor:
@@ -101,25 +101,13 @@ def next_name(cursor: Cursor) -> str | None:
     return field.name if field is not None else None
 
 
-def element_of(kind: Kind) -> Kind | None:
-    """The kind of one element (the first, for a vmdesc Seq); the kind itself if not a list."""
-    if isinstance(kind, Array | VArray):
-        return kind.element
-    if isinstance(kind, Seq):
-        return kind.elements[0] if kind.elements else None
-    return kind
-
-
-def struct_of(kind: Kind) -> Description | None:
-    element = element_of(kind)
-    return element.description if isinstance(element, Struct) else None
+def struct_of(kind: Kind) -> DescriptionLike | None:
+    return kind.element_description()
 
 
 def is_padding(field: Field) -> bool:
     """QEMU's VMSTATE_UNUSED, as described or as a vmdesc records it."""
-    return isinstance(field.kind, Unused) or (
-        isinstance(field.kind, Buffer) and field.kind.info == "unused_buffer"
-    )
+    return field.kind.padding
 
 
 def struct_name(field: Field) -> str:
@@ -133,18 +121,15 @@ def first_name(field: Field) -> str | None:
 
 
 def element_size(kind: Kind) -> int | None:
-    element = element_of(kind)
+    element = kind.one_element()
     return element.size if element is not None else 0
 
 
 def total_size(kind: Kind) -> int | None:
     """Bytes of a field: an array's elements together, where its length is known."""
-    size = element_size(kind)
-    if isinstance(kind, Array) and size is not None:
-        return size * kind.count
-    return size
+    return kind.total_size()
 
 
 def info_of(kind: Kind) -> str:
-    element = element_of(kind)
+    element = kind.one_element()
     return element.info if element is not None else ""

@@ -361,9 +361,7 @@ def _build(desc: Description, version: int, moves: list[_Move]) -> Description:
 
 
 def _struct_of(kind: Kind) -> Description | None:
-    if isinstance(kind, Array):
-        kind = kind.element
-    return kind.description if isinstance(kind, Struct) else None
+    return kind.element_description()  # type: ignore[return-value]
 
 
 def _fixed(kind: Kind) -> int | None:

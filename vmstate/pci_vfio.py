@@ -28,7 +28,7 @@ from vmstate.pci.compat import check_compatible
 from vmstate.pci.decode import decode_config
 from vmstate.pci.masks import build_masks
 from vmstate.pci.model import Bar, ConfigSpace
-from vmstate.pci.problems import Difference, Problem
+from vmstate.pci.problems import ConfigProblem, Difference
 from vmstate.pci.registers import CAP_PM, EXT_DSN
 
 if TYPE_CHECKING:  # the bindings load only where a device is opened
@@ -364,7 +364,7 @@ def _msix_control(state: Mapping[str, Any]) -> int:
     return int(struct.unpack_from("<H", config, base + 2)[0])
 
 
-def _config_problem(problem: Problem, base: int) -> IncompatibleError:
+def _config_problem(problem: ConfigProblem, base: int) -> IncompatibleError:
     """A config-space problem as a load error at file offset *base* + its offset."""
     if isinstance(problem, Difference):
         expected, found = problem.destination, problem.source

@@ -40,7 +40,7 @@ import gzip
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -82,6 +82,10 @@ class DumpedBytes(Buffer):
 
     qemu_name: str = attrs.field(kw_only=True)
 
+    def dump_field(self, name: str, head: dict[str, Any], extra: Mapping[str, Any],
+                   nested: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        return {"field": self.qemu_name, **head, **extra, "size": self.size}
+
 
 @attrs.frozen
 class DumpedStruct(Struct):
@@ -89,6 +93,11 @@ class DumpedStruct(Struct):
 
     host_size: int = attrs.field(kw_only=True)
     qemu_name: str = attrs.field(kw_only=True)
+
+    def dump_field(self, name: str, head: dict[str, Any], extra: Mapping[str, Any],
+                   nested: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        return {"field": self.qemu_name, **head, **extra, "size": self.host_size,
+                "Description": nested(self.description)}
 
 
 @attrs.frozen
@@ -180,7 +189,7 @@ def parse_qemu_dump(obj: Any, source: str = "<dump>") -> QemuDump:
         if name != MACHINE_KEY
     ]
     counts = any(
-        isinstance(f.kind, Array)
+        f.kind.is_list
         for dev in devices
         for d in dev.description.walk()
         for f in d.fields
@@ -368,25 +377,12 @@ def _description_json(
 def _field_json(
     field: Field, owner: str, path: JsonPath, extra: Mapping[JsonPath, Mapping[str, Any]]
 ) -> dict[str, Any]:
-    kind = field.kind
     head: dict[str, Any] = {"version_id": field.since, "field_exists": field.exists is not None}
-    if isinstance(kind, Array):
-        head["num"] = kind.count
-        kind = kind.element
-    head.update(extra.get(path, {}))
-    if isinstance(kind, DumpedStruct):
-        return {
-            "field": kind.qemu_name,
-            **head,
-            "size": kind.host_size,
-            "Description": _description_json(kind.description, (*path, "Description"), extra),
-        }
-    if isinstance(kind, DumpedBytes):
-        return {"field": kind.qemu_name, **head, "size": kind.size}
-    if isinstance(kind, Unused):
-        return {"field": field.name, **head, "size": kind.size}
-    raise DescriptionError(
-        f"field {field.name!r} is a {kind.info} field: only fields imported from a dump have "
-        "the C sizes a dump shows",
-        location=owner,
-    )
+
+    def nested(desc: Any) -> dict[str, Any]:
+        return _description_json(desc, (*path, "Description"), extra)
+
+    try:
+        return field.kind.dump_field(field.name, head, extra.get(path, {}), nested)
+    except DescriptionError as e:
+        raise DescriptionError(e.message, location=owner) from None

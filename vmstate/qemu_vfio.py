@@ -24,9 +24,9 @@ import attrs
 
 from vmstate import pci_vfio, registry, vfio_section
 from vmstate.analyze import Mismatch, compare_section
-from vmstate.compat import ERROR, WARNING, Problem
 from vmstate.description import Description
 from vmstate.errors import DecodeError, EncodeError, format_path
+from vmstate.findings import ERROR, WARNING, Finding
 from vmstate.stream import Input, Section, Stream
 from vmstate.vfio_section import (
     DEV_CONFIG_STATE,
@@ -106,21 +106,21 @@ def decode(
     return VfioSections(idstr, sections, payloads, configs, data_format, data)
 
 
-def problems(stream: Stream, buf: Input, data_format: Description | None) -> list[Problem]:
+def problems(stream: Stream, buf: Input, data_format: Description | None) -> list[Finding]:
     """Why a destination would refuse a VFIO device's state, before it sees any: its
     device data against *data_format* (parsing the stream checked the framing)."""
     found = []
     for idstr, sections in _by_device(stream):
         if data_format is None:
             reason = "its device data is not checked: name its format (--device-data)"
-            found.append(Problem(WARNING, idstr, "", "device-data-unchecked", reason))
+            found.append(Finding(WARNING, idstr, "", "device-data-unchecked", reason))
             continue
         try:
             decode(idstr, sections, buf, data_format)
         except DecodeError as e:
             reason = f"{e.message} at offset {e.offset:#x} (expected {e.expected}, found {e.found})"
             path = e.path[1:] if e.path[:1] == (idstr,) else e.path
-            found.append(Problem(ERROR, idstr, format_path(path), "device-data", reason))
+            found.append(Finding(ERROR, idstr, format_path(path), "device-data", reason))
     return found
 
 

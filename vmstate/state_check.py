@@ -10,21 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmstate.compat import ERROR, Problem
 from vmstate.device_load import plan_load
 from vmstate.errors import DecodeError, format_path
+from vmstate.findings import ERROR, Finding
 from vmstate.pci_host import open_for_reading
 from vmstate.saved_file import read_file, snapshot
 
 
-def _problem(section: str, e: DecodeError, rule: str) -> Problem:
+def _problem(section: str, e: DecodeError, rule: str) -> Finding:
     reason = e.message
     if e.expected or e.found:
         reason += f" (expected {e.expected}, found {e.found})"
-    return Problem(ERROR, section, f"{format_path(e.path)} @ {e.offset:#x}", rule, reason)
+    return Finding(ERROR, section, f"{format_path(e.path)} @ {e.offset:#x}", rule, reason)
 
 
-def check_state(path: str | Path, name: str) -> list[Problem]:
+def check_state(path: str | Path, name: str) -> list[Finding]:
     """Every reason the state saved in *path* would not load into device *name*, read
     the way that does not reset it (see :func:`vmstate.pci_host.open_for_reading`)."""
     device, _ = open_for_reading(name)

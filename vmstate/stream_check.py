@@ -19,11 +19,8 @@ import attrs
 from vmstate import qemu_vfio
 from vmstate.compat import (
     DUMP,
-    ERROR,
     VMDESC,
-    WARNING,
     DescriptionSet,
-    Problem,
     compare,
     find_section,
     machine_problems,
@@ -32,6 +29,7 @@ from vmstate.compat import (
 from vmstate.description import Description
 from vmstate.dump_layout import DumpLayouts
 from vmstate.errors import DecodeError, UsageError, format_path
+from vmstate.findings import ERROR, WARNING, Finding
 from vmstate.inputs import StreamInput, open_stream
 from vmstate.stream import Input, Section, Stream, find_vmdesc, parse
 from vmstate.vfio_section import raw_sections
@@ -44,7 +42,7 @@ def check_stream(
     waivers: Waivers = NO_WAIVERS,
     device_data: Description | None = None,
     src: DescriptionSet | None = None,
-) -> list[Problem]:
+) -> list[Finding]:
     """Every reason the stream in *path* (bare or in a libvirt save image) would not load
     into *dst*.  *device_data* is the format of VFIO devices' device data (see
     qemu_vfio); *src*, the source QEMU's dump, tells which sections are device types, so
@@ -69,7 +67,7 @@ def check_stream(
                     "the stream has no vmdesc and the source's dump gives no single layout of "
                     "this section: it is not compared"
                 )
-                problems.append(Problem(WARNING, section.idstr, "", "section-unread", reason))
+                problems.append(Finding(WARNING, section.idstr, "", "section-unread", reason))
                 continue
             problems.extend(_section(section, buf, dst, waivers, src))
         problems.extend(qemu_vfio.problems(parsed, buf, device_data))
@@ -77,7 +75,7 @@ def check_stream(
     return [p for p in problems if not waivers.accepts(p, machine)]
 
 
-def _stream_problems(opened: StreamInput, parsed: Stream, dst: DescriptionSet) -> list[Problem]:
+def _stream_problems(opened: StreamInput, parsed: Stream, dst: DescriptionSet) -> list[Finding]:
     """What the stream as a whole asks of the destination: its machine type (QEMU
     refuses another: "Machine type received is ..."), its capabilities."""
     image = opened.save_image
@@ -88,7 +86,7 @@ def _stream_problems(opened: StreamInput, parsed: Stream, dst: DescriptionSet) -
             f"the source migrated with capability {capability!r}: QEMU refuses the stream "
             "unless the destination enables it too (migrate-set-capabilities)"
         )
-        problems.append(Problem(WARNING, "configuration", capability, "capability", reason))
+        problems.append(Finding(WARNING, "configuration", capability, "capability", reason))
     return problems
 
 
@@ -98,7 +96,7 @@ def _section(
     dst: DescriptionSet,
     waivers: Waivers,
     src: DescriptionSet | None,
-) -> list[Problem]:
+) -> list[Finding]:
     assert section.description is not None
     name = section.idstr
     if section.instance_id:
@@ -112,7 +110,7 @@ def _section(
                 f"the source's QEMU has a device type with this state ({vmsd}), the "
                 "destination's has none: it cannot create the device"
             )
-            return [Problem(ERROR, name, "", "section-missing", reason)]
+            return [Finding(ERROR, name, "", "section-missing", reason)]
         return [missing_section(name, section.description, sent, dst)]
     _, desc = target
     one = attrs.evolve(dst, sections={name: desc}, versions={}, machine="")
@@ -122,12 +120,12 @@ def _section(
         _, end = desc.load_from(buf, section.start, section.version_id)
     except DecodeError as e:
         reason = f"{e.message} at offset {e.offset:#x} (expected {e.expected}, found {e.found})"
-        return [Problem(ERROR, name, format_path(e.path), "load-fails", reason)]
+        return [Finding(ERROR, name, format_path(e.path), "load-fails", reason)]
     if end != section.end:
         reason = (
             f"the destination reads {end - section.start} bytes of a "
             f"{section.end - section.start}-byte section"
         )
-        return [Problem(ERROR, name, desc.name, "length-mismatch", reason)]
+        return [Finding(ERROR, name, desc.name, "length-mismatch", reason)]
     # the bytes fit; the names may still not (esp's ti_cmd and lun against lun and drq_state)
     return compare(sent, one, waivers)

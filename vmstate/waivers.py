@@ -36,7 +36,7 @@ import cattrs
 from vmstate.errors import DescriptionError, UsageError
 
 if TYPE_CHECKING:
-    from vmstate.compat import Problem
+    from vmstate.findings import Finding
 
 
 @attrs.frozen
@@ -80,7 +80,7 @@ class Waivers:
                 return next((other for other in r.names if other != name), name)
         return name
 
-    def accepts(self, problem: Problem, machine: str | None = None) -> bool:
+    def accepts(self, problem: Finding, machine: str | None = None) -> bool:
         """Whether an accept covers *problem*; one limited to machine types needs *machine*."""
         return any(
             fnmatch.fnmatchcase(problem.section, a.section)

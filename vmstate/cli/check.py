@@ -9,8 +9,9 @@ from typing import Any
 import attrs
 
 from vmstate import registry
-from vmstate.compat import DUMP, ERROR, Problem, compare
+from vmstate.compat import DUMP, compare
 from vmstate.errors import UsageError
+from vmstate.findings import ERROR, Finding
 from vmstate.pci_host import normalize_name
 from vmstate.sources import load_description_set
 from vmstate.state_check import check_state
@@ -108,11 +109,11 @@ def run(args: argparse.Namespace) -> int:
     return report(problems, args.json)
 
 
-def _direction(problem: Problem, direction: str) -> Problem:
+def _direction(problem: Finding, direction: str) -> Finding:
     return attrs.evolve(problem, reason=f"{direction}: {problem.reason}")
 
 
-def report(problems: list[Problem], as_json: bool) -> int:
+def report(problems: list[Finding], as_json: bool) -> int:
     """Print *problems*; the exit status says whether the migration can go ahead."""
     compatible = not any(p.severity == ERROR for p in problems)
     if as_json:

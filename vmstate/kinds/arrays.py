@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -65,6 +65,7 @@ class _List(Kind):
     """What every list kind shares: JSON, QEMU's view and parts element by element."""
 
     container: ClassVar[bool] = True
+    is_list: ClassVar[bool] = True
     value_type: ClassVar[str] = "list"
 
     def element_kinds(self, n: int) -> Sequence[Kind]:
@@ -137,6 +138,9 @@ class _Elements(_List):
 
     def element_kinds(self, n: int) -> Sequence[Kind]:
         return (self.element,) * n
+
+    def one_element(self) -> Kind | None:
+        return self.element
 
     def _load_n(
         self, buf: Any, pos: int, frame: Frame, name: str, n: int, spans: Spans
@@ -246,6 +250,18 @@ class Array(_Elements):
     def load(self, buf: Any, pos: int, frame: Frame, name: str, spans: Spans) -> tuple[Any, int]:
         return self._load_n(buf, pos, frame, name, self.count, spans)
 
+    def total_size(self) -> int | None:
+        size = self.element.size
+        return None if size is None else size * self.count
+
+    def compare_shape(self, other: Kind) -> Iterator[tuple[str, str]]:
+        if isinstance(other, Array) and other.count != self.count:
+            yield "array-count", f"array of {self.count} elements became {other.count}"
+
+    def dump_field(self, name: str, head: dict[str, Any], extra: Mapping[str, Any],
+                   nested: Callable[[DescriptionLike], dict[str, Any]]) -> dict[str, Any]:
+        return self.element.dump_field(name, {**head, "num": self.count}, extra, nested)
+
     def save(self, out: bytearray, value: Any, frame: Frame, name: str, spans: Spans) -> None:
         self._save_n(out, value, frame, self.count, name, spans)
 
@@ -277,6 +293,17 @@ class VArray(_Elements):
     nullable: bool = False
     type_name: ClassVar[str] = "varray"
     Spec: ClassVar[type] = VArraySpec
+    variable: ClassVar[bool] = True
+
+    def compare_shape(self, other: Kind) -> Iterator[tuple[str, str]]:
+        if not isinstance(other, VArray):
+            return
+        if self.count_field != other.count_field or self.multiply != other.multiply:
+            yield ("array-count", f"count {self.count_field} x{self.multiply} became "
+                   f"{other.count_field} x{other.multiply}")
+        if other.max_count < self.max_count:
+            yield ("bound-shrunk", f"the destination takes at most {other.max_count} elements, "
+                   f"the source may send {self.max_count}")
 
     def count(self, frame: Frame, pos: int) -> int:
         n = count_of(frame, self.count_field, pos, "array count") * self.multiply
@@ -338,6 +365,9 @@ class Seq(_List):
 
     def element_kinds(self, n: int) -> Sequence[Kind]:
         return self.elements
+
+    def one_element(self) -> Kind | None:
+        return self.elements[0] if self.elements else None
 
     def nested(self) -> Iterator[DescriptionLike]:
         for kind in self.elements:

@@ -14,10 +14,10 @@ import abc
 import functools
 import itertools
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NewType, Protocol
 
-from vmstate.errors import EncodeError
+from vmstate.errors import DescriptionError, EncodeError
 
 if TYPE_CHECKING:
     from vmstate.interpreter.context import Frame
@@ -248,6 +248,55 @@ class Kind(abc.ABC):
     def vmdesc_compressible(self) -> bool:
         """QEMU's ``vmsd_can_compress``: an array of these is written as one entry."""
         return True
+
+    # -- compatibility (vmstate check) -------------------------------------------
+
+    #: a list (array, sequence, queue): its wire length follows its elements
+    is_list: ClassVar[bool] = False
+    #: a source may send it with no bytes (a variable array or buffer, a list)
+    variable: ClassVar[bool] = False
+
+    @property
+    def padding(self) -> bool:
+        """QEMU's VMSTATE_UNUSED, as described or as a vmdesc records it."""
+        return self.info == "unused_buffer"
+
+    def one_element(self) -> Kind | None:
+        """The kind of one element of an array (its first, for a sequence); the kind
+        itself when it is no array."""
+        return self
+
+    def struct_description(self) -> DescriptionLike | None:
+        """The nested description of a struct, None for any other kind."""
+        return None
+
+    def element_description(self) -> DescriptionLike | None:
+        """The nested description of a struct or of an array's (first) element."""
+        element = self.one_element()
+        return element.struct_description() if element is not None else None
+
+    def total_size(self) -> int | None:
+        """Bytes of a field: all of an array's elements, where its length is known."""
+        element = self.one_element()
+        return element.size if element is not None else 0
+
+    def compare_shape(self, other: Kind) -> Iterator[tuple[str, str]]:
+        """(rule, reason) of each way *other* (the destination's kind of the same
+        field) cannot take what this kind sends: counts and bounds."""
+        return iter(())
+
+    # -- QEMU's -dump-vmstate JSON ----------------------------------------------
+
+    def dump_field(self, name: str, head: dict[str, Any], extra: Mapping[str, Any],
+                   nested: Callable[[DescriptionLike], dict[str, Any]]) -> dict[str, Any]:
+        """This kind as a field of a ``-dump-vmstate`` file: *head* holds the field's
+        own keys, *extra* the keys a newer QEMU wrote that are kept as they were,
+        *nested* exports a nested description.  Only kinds read from a dump carry
+        the C sizes a dump shows."""
+        raise DescriptionError(
+            f"field {name!r} is a {self.info} field: only fields imported from a dump have "
+            "the C sizes a dump shows"
+        )
 
     # -- description files -----------------------------------------------------
 

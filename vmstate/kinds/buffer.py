@@ -150,6 +150,17 @@ class VBuffer(_Bytes):
     Spec: ClassVar[type] = VBufferSpec
     #: what ``vmstate lint`` wants the size field to be (None: any integer)
     size_type: ClassVar[str | None] = None
+    variable: ClassVar[bool] = True
+
+    def compare_shape(self, other: Kind) -> Iterator[tuple[str, str]]:
+        if not isinstance(other, VBuffer):
+            return
+        if self.size_field != other.size_field or self.multiply != other.multiply:
+            yield ("buffer-size", f"size {self.size_field} x{self.multiply} became "
+                   f"{other.size_field} x{other.multiply}")
+        if other.max_size < self.max_size:
+            yield ("bound-shrunk", f"the destination takes at most {other.max_size} bytes, the "
+                   f"source may send {self.max_size}")
 
     def length(self, frame: Frame, pos: int) -> int:
         n = count_of(frame, self.size_field, pos, "buffer size") * self.multiply

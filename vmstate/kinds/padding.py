@@ -3,6 +3,7 @@ VMSTATE_VALIDATE, whose exists-test must hold for the input to be accepted."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -56,6 +57,10 @@ class Unused(Kind):
 
     def describe(self) -> tuple[str, str]:
         return "padding", bytes_text(self.size)
+
+    def dump_field(self, name: str, head: dict[str, Any], extra: Mapping[str, Any],
+                   nested: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        return {"field": name, **head, **extra, "size": self.size}
 
     @classmethod
     def from_spec(cls, spec: Any, resolved: ResolvedRefs) -> Kind:

@@ -28,6 +28,10 @@ class QTailQ(_List):
     info: ClassVar[str] = "qtailq"  # type: ignore[misc]
     type_name: ClassVar[str] = "qtailq"
     Spec: ClassVar[type] = QTailQSpec
+    variable: ClassVar[bool] = True
+
+    def one_element(self) -> Kind | None:
+        return self  # a queue's elements are not compared one by one
 
     def element_kinds(self, n: int) -> Sequence[Kind]:
         return (self.element,) * n

@@ -95,6 +95,9 @@ class Struct(Kind):
             return {"type": "struct", "struct": inner, "size": span.size}
         return {"type": self.info, **inner, "size": span.size}
 
+    def struct_description(self) -> DescriptionLike | None:
+        return self.description
+
     def vmdesc_compressible(self) -> bool:
         desc = self.description
         return not desc.subsections and all(

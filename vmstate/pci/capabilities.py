@@ -13,7 +13,7 @@ import attrs
 
 from vmstate.pci.express import Express, decode_express
 from vmstate.pci.flags import Flags, flags
-from vmstate.pci.problems import Problems
+from vmstate.pci.problems import ConfigProblems
 from vmstate.pci.registers import (
     CAP_AF,
     CAP_AGP,
@@ -203,7 +203,7 @@ CapabilityBody = (
 )  # fmt: skip
 
 
-def _fits(data: bytes, offset: int, size: int, what: str, problems: Problems) -> bool:
+def _fits(data: bytes, offset: int, size: int, what: str, problems: ConfigProblems) -> bool:
     if offset + size <= len(data):
         return True
     problems.add(
@@ -223,7 +223,7 @@ def _msi_size(flags: int) -> int:
     ]
 
 
-def _decode_pm(data: bytes, where: int, problems: Problems) -> PowerManagement | None:
+def _decode_pm(data: bytes, where: int, problems: ConfigProblems) -> PowerManagement | None:
     if not _fits(data, where, 8, "Power Management", problems):
         return None
     pmc = u16(data, where + 2)
@@ -246,7 +246,7 @@ def _decode_pm(data: bytes, where: int, problems: Problems) -> PowerManagement |
     )
 
 
-def _decode_msi(data: bytes, where: int, problems: Problems) -> Msi | None:
+def _decode_msi(data: bytes, where: int, problems: ConfigProblems) -> Msi | None:
     if not _fits(data, where, 4, "MSI", problems):
         return None
     flags = u16(data, where + 2)
@@ -283,7 +283,7 @@ def _decode_msi(data: bytes, where: int, problems: Problems) -> Msi | None:
     )
 
 
-def _decode_msix(data: bytes, where: int, problems: Problems) -> MsiX | None:
+def _decode_msix(data: bytes, where: int, problems: ConfigProblems) -> MsiX | None:
     if not _fits(data, where, 12, "MSI-X", problems):
         return None
     control = u16(data, where + 2)
@@ -300,7 +300,7 @@ def _decode_msix(data: bytes, where: int, problems: Problems) -> MsiX | None:
     )
 
 
-def _decode_vendor(data: bytes, where: int, problems: Problems) -> VendorSpecific | None:
+def _decode_vendor(data: bytes, where: int, problems: ConfigProblems) -> VendorSpecific | None:
     if not _fits(data, where, 3, "Vendor Specific", problems):
         return None
     length = data[where + 2]
@@ -327,20 +327,20 @@ def _decode_vendor(data: bytes, where: int, problems: Problems) -> VendorSpecifi
     return VendorSpecific(length=length, body=data[where + 3 : where + length], virtio=virtio)
 
 
-def _decode_slot_id(data: bytes, where: int, problems: Problems) -> SlotId | None:
+def _decode_slot_id(data: bytes, where: int, problems: ConfigProblems) -> SlotId | None:
     if not _fits(data, where, 4, "Slot Identification", problems):
         return None
     esr = data[where + 2]
     return SlotId(esr & 0x1F, bool(esr & 0x20), data[where + 3])
 
 
-def _decode_ssvid(data: bytes, where: int, problems: Problems) -> SubsystemId | None:
+def _decode_ssvid(data: bytes, where: int, problems: ConfigProblems) -> SubsystemId | None:
     if not _fits(data, where, 8, "Bridge Subsystem Vendor ID", problems):
         return None
     return SubsystemId(u16(data, where + 4), u16(data, where + 6))
 
 
-def _decode_sata(data: bytes, where: int, problems: Problems) -> SataHba | None:
+def _decode_sata(data: bytes, where: int, problems: ConfigProblems) -> SataHba | None:
     if not _fits(data, where, 8, "SATA", problems):
         return None
     revision = data[where + 2]
@@ -348,7 +348,7 @@ def _decode_sata(data: bytes, where: int, problems: Problems) -> SataHba | None:
     return SataHba(revision >> 4, revision & 0xF, bars & 0xF, (bars >> 4) & 0xFFFFF)
 
 
-def _decode_af(data: bytes, where: int, problems: Problems) -> AdvancedFeatures | None:
+def _decode_af(data: bytes, where: int, problems: ConfigProblems) -> AdvancedFeatures | None:
     if not _fits(data, where, 6, "Advanced Features", problems):
         return None
     return AdvancedFeatures(
@@ -358,21 +358,21 @@ def _decode_af(data: bytes, where: int, problems: Problems) -> AdvancedFeatures 
     )
 
 
-def _decode_debug_port(data: bytes, where: int, problems: Problems) -> DebugPort | None:
+def _decode_debug_port(data: bytes, where: int, problems: ConfigProblems) -> DebugPort | None:
     if not _fits(data, where, 4, "Debug Port", problems):
         return None
     word = u16(data, where + 2)
     return DebugPort(word >> 13, word & 0x1FFF)
 
 
-def _decode_agp(data: bytes, where: int, problems: Problems) -> Agp | None:
+def _decode_agp(data: bytes, where: int, problems: ConfigProblems) -> Agp | None:
     if not _fits(data, where, 12, "AGP", problems):
         return None
     version = data[where + 2]
     return Agp(version >> 4, version & 0xF, u32(data, where + 4), u32(data, where + 8))
 
 
-def _decode_pcix(data: bytes, where: int, problems: Problems) -> PciX | None:
+def _decode_pcix(data: bytes, where: int, problems: ConfigProblems) -> PciX | None:
     bridge = data[HEADER_TYPE] & 0x7F == 1
     if not _fits(data, where, 16 if bridge else 8, "PCI-X", problems):
         return None
@@ -384,7 +384,7 @@ def _decode_pcix(data: bytes, where: int, problems: Problems) -> PciX | None:
     return PciX(False, u16(data, where + 2), u32(data, where + 4), None, None)
 
 
-def _decode_ht(data: bytes, where: int, problems: Problems) -> HyperTransport | None:
+def _decode_ht(data: bytes, where: int, problems: ConfigProblems) -> HyperTransport | None:
     if not _fits(data, where, 4, "HyperTransport", problems):
         return None
     command = u16(data, where + 2)
@@ -400,7 +400,7 @@ def _decode_ht(data: bytes, where: int, problems: Problems) -> HyperTransport | 
 _MAX_EA_ENTRIES = 63
 
 
-def _decode_ea(data: bytes, where: int, problems: Problems) -> EnhancedAllocation | None:
+def _decode_ea(data: bytes, where: int, problems: ConfigProblems) -> EnhancedAllocation | None:
     if not _fits(data, where, 4, "Enhanced Allocation", problems):
         return None
     count = data[where + 2] & 0x3F
@@ -447,7 +447,7 @@ def _decode_ea(data: bytes, where: int, problems: Problems) -> EnhancedAllocatio
     return EnhancedAllocation(count, tuple(entries), secondary, subordinate, False)
 
 
-CAPABILITY_DECODERS: Mapping[int, Callable[[bytes, int, Problems], CapabilityBody | None]] = {
+CAPABILITY_DECODERS: Mapping[int, Callable[[bytes, int, ConfigProblems], CapabilityBody | None]] = {
     CAP_PM: _decode_pm,
     CAP_AGP: _decode_agp,
     CAP_SLOTID: _decode_slot_id,

@@ -13,7 +13,7 @@ import attrs
 from vmstate.pci.decode import decode_config
 from vmstate.pci.masks import ConfigMasks
 from vmstate.pci.model import Bar, Capability, ConfigSpace, ExtendedCapability
-from vmstate.pci.problems import Difference, Problem
+from vmstate.pci.problems import ConfigProblem, Difference
 from vmstate.pci.registers import (
     BAR0,
     CAP_MSI,
@@ -34,7 +34,7 @@ def check_compatible(
     *,
     src_bar_sizes: Mapping[int, int] | None = None,
     dst_bar_sizes: Mapping[int, int] | None = None,
-) -> tuple[Problem, ...]:
+) -> tuple[ConfigProblem, ...]:
     """Why state saved from the device with *src_config* would not fit the one with *dst_config*.
 
     Compares identity, header layout, capability layout, MSI/MSI-X shape and BAR kinds
@@ -43,7 +43,7 @@ def check_compatible(
     """
     src = decode_config(src_config, src_bar_sizes)
     dst = decode_config(dst_config, dst_bar_sizes)
-    out: list[Problem] = []
+    out: list[ConfigProblem] = []
     out += [attrs.evolve(p, message=f"source: {p.message}") for p in src.problems]
     out += [attrs.evolve(p, message=f"destination: {p.message}") for p in dst.problems]
     if src.size != dst.size:
@@ -67,7 +67,7 @@ def check_compatible(
 
 def _differs(
     code: str, offset: int, what: str, a: object, b: object, fmt: str = "#x"
-) -> Iterator[Problem]:
+) -> Iterator[ConfigProblem]:
     if a != b:
         source, destination = f"{a:{fmt}}", f"{b:{fmt}}"
         yield Difference(
@@ -75,7 +75,7 @@ def _differs(
         )
 
 
-def _compare_identity(src: ConfigSpace, dst: ConfigSpace) -> Iterator[Problem]:
+def _compare_identity(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProblem]:
     s, d = src.header, dst.header
     yield from _differs("identity", VENDOR_ID, "vendor id", s.vendor_id, d.vendor_id, "#06x")
     yield from _differs("identity", DEVICE_ID, "device id", s.device_id, d.device_id, "#06x")
@@ -116,7 +116,7 @@ def _layout(caps: tuple[Capability, ...] | tuple[ExtendedCapability, ...]) -> di
     return {c.offset: c.id for c in caps}
 
 
-def _compare_layout(src: ConfigSpace, dst: ConfigSpace) -> Iterator[Problem]:
+def _compare_layout(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProblem]:
     for kind, a, b, width in (
         ("capability", _layout(src.capabilities), _layout(dst.capabilities), 2),
         (
@@ -140,7 +140,7 @@ def _compare_layout(src: ConfigSpace, dst: ConfigSpace) -> Iterator[Problem]:
             )
 
 
-def _compare_interrupts(src: ConfigSpace, dst: ConfigSpace) -> Iterator[Problem]:
+def _compare_interrupts(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProblem]:
     s_msi, d_msi, cap = src.msi, dst.msi, src.capability(CAP_MSI)
     if s_msi is not None and d_msi is not None and cap is not None:
         yield from _differs("msi", cap.offset + 2, "MSI vectors", s_msi.vectors, d_msi.vectors, "d")
@@ -187,7 +187,7 @@ def _bar_kind(bar: Bar | None) -> str:
     return f"memory {'64' if bar.is_64bit else '32'}-bit {'prefetchable' if bar.prefetchable else 'non-prefetchable'}"
 
 
-def _compare_bars(src: ConfigSpace, dst: ConfigSpace) -> Iterator[Problem]:
+def _compare_bars(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProblem]:
     for index in range(bar_count(src.header.header_type)):
         s, d = src.bar(index), dst.bar(index)
         offset = BAR0 + 4 * index

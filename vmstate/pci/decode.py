@@ -31,7 +31,7 @@ from vmstate.pci.model import (
     Window,
 )
 from vmstate.pci.names import CAPABILITY_NAMES, EXTENDED_CAPABILITY_NAMES
-from vmstate.pci.problems import Problems
+from vmstate.pci.problems import ConfigProblems
 from vmstate.pci.registers import (
     BAR0,
     BIST,
@@ -93,7 +93,7 @@ def decode_config(data: bytes, bar_sizes: Mapping[int, int] | None = None) -> Co
     """
     data = bytes(data)
     _check_size(data)
-    problems = Problems()
+    problems = ConfigProblems()
     header = _decode_header(data)
     sizes = dict(bar_sizes or {})
     bars: tuple[Bar, ...] = ()
@@ -216,7 +216,7 @@ def _is_power_of_two(n: int) -> bool:
 
 
 def _decode_bars(
-    data: bytes, header_type: int, sizes: Mapping[int, int], problems: Problems
+    data: bytes, header_type: int, sizes: Mapping[int, int], problems: ConfigProblems
 ) -> tuple[Bar, ...]:
     bars = []
     count = bar_count(header_type)
@@ -263,7 +263,7 @@ def _decode_bars(
 
 
 def _decode_rom(
-    data: bytes, header_type: int, size: int | None, problems: Problems
+    data: bytes, header_type: int, size: int | None, problems: ConfigProblems
 ) -> ExpansionRom | None:
     offset = rom_offset(header_type)
     raw = u32(data, offset)
@@ -275,7 +275,7 @@ def _decode_rom(
     return ExpansionRom(offset, raw & 0xFFFFF800, bool(raw & 0x1), size)
 
 
-def _check_sizes_used(sizes: Mapping[int, int], header_type: int, problems: Problems) -> None:
+def _check_sizes_used(sizes: Mapping[int, int], header_type: int, problems: ConfigProblems) -> None:
     """A size for a BAR index that cannot exist is a caller mistake worth reporting."""
     valid = set(range(bar_count(header_type) if header_type in (0, 1) else 0)) | {ROM_INDEX}
     for index, size in sorted(sizes.items()):
@@ -286,7 +286,7 @@ def _check_sizes_used(sizes: Mapping[int, int], header_type: int, problems: Prob
 
 
 def _check_msix(
-    cap: Capability, bars: tuple[Bar, ...], header_type: int, problems: Problems
+    cap: Capability, bars: tuple[Bar, ...], header_type: int, problems: ConfigProblems
 ) -> None:
     body = cap.body
     assert isinstance(body, MsiX)
@@ -321,7 +321,7 @@ def _check_msix(
 
 
 def _walk_capabilities(
-    data: bytes, header: Header, problems: Problems
+    data: bytes, header: Header, problems: ConfigProblems
 ) -> tuple[tuple[Capability, ...], ChainEnd | None]:
     """The standard capability list: bounded, each pointer checked before it is followed."""
     if not header.status & STATUS_CAP_LIST:
@@ -361,7 +361,7 @@ def _walk_capabilities(
 
 
 def _walk_extended(
-    data: bytes, caps: tuple[Capability, ...], problems: Problems
+    data: bytes, caps: tuple[Capability, ...], problems: ConfigProblems
 ) -> tuple[tuple[ExtendedCapability, ...], ChainEnd | None]:
     """The extended capability list at 0x100: bounded, each pointer checked before it is followed.
 

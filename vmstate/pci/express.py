@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 from vmstate.pci.flags import Flags, flags
-from vmstate.pci.problems import Problems
+from vmstate.pci.problems import ConfigProblems
 from vmstate.pci.registers import u16, u32
 
 # Port types (PCI_EXP_TYPE_*).
@@ -321,7 +321,7 @@ def express_size(flags: int) -> int:
     return 0x14 if flags & 0xF == 1 else 0x3C
 
 
-def decode_express(data: bytes, where: int, problems: Problems) -> Express | None:
+def decode_express(data: bytes, where: int, problems: ConfigProblems) -> Express | None:
     if where + 4 > len(data):
         problems.add(
             "cap-truncated", where, f"PCI Express capability at {where:#x} past the end of config"

@@ -9,7 +9,7 @@ import attrs
 from vmstate.pci.capabilities import Express, Msi, MsiX, PowerManagement
 from vmstate.pci.decode import decode_config
 from vmstate.pci.model import Bar, Capability, ExpansionRom, ExtendedCapability
-from vmstate.pci.problems import Difference, Problem
+from vmstate.pci.problems import ConfigProblem, Difference
 from vmstate.pci.registers import (
     CACHE_LINE_SIZE,
     CAP_SLOTID,
@@ -55,7 +55,7 @@ class ConfigMasks:
             c & ~w & ~x & 0xFF for c, w, x in zip(self.cmask, self.wmask, self.w1cmask, strict=True)
         )
 
-    def mismatches(self, incoming: bytes, current: bytes) -> tuple[Problem, ...]:
+    def mismatches(self, incoming: bytes, current: bytes) -> tuple[ConfigProblem, ...]:
         """Where *incoming* config differs from *current* in checked bits, QEMU's way."""
         size = len(self.cmask)
         if len(incoming) != size or len(current) != size:

@@ -38,7 +38,7 @@ from vmstate.pci.extended_link import (
     VirtualChannel,
 )
 from vmstate.pci.flags import Flags
-from vmstate.pci.problems import Problem
+from vmstate.pci.problems import ConfigProblem
 from vmstate.pci.registers import CAP_EXP, CAP_MSI, CAP_MSIX
 
 ExtendedBody = (
@@ -240,7 +240,7 @@ class ConfigSpace:
     extended_capabilities: tuple[ExtendedCapability, ...]
     capabilities_end: ChainEnd | None
     extended_capabilities_end: ChainEnd | None
-    problems: tuple[Problem, ...]
+    problems: tuple[ConfigProblem, ...]
 
     def capability(self, cap_id: int) -> Capability | None:
         """The first standard capability with *cap_id*."""

@@ -6,7 +6,7 @@ import attrs
 
 
 @attrs.frozen
-class Problem:
+class ConfigProblem:
     """One thing wrong with a config space, or between two; ``code`` is stable for programs."""
 
     code: str
@@ -18,18 +18,18 @@ class Problem:
 
 
 @attrs.frozen
-class Difference(Problem):
+class Difference(ConfigProblem):
     """A problem between two spaces: what differs, as data (each side's value as text)."""
 
     source: str = ""
     destination: str = ""
 
 
-class Problems:
+class ConfigProblems:
     """Collects problems while decoding; the decoders append, never raise."""
 
     def __init__(self) -> None:
-        self.items: list[Problem] = []
+        self.items: list[ConfigProblem] = []
 
     def add(self, code: str, offset: int, message: str) -> None:
-        self.items.append(Problem(code, offset, message))
+        self.items.append(ConfigProblem(code, offset, message))
