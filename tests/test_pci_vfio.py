@@ -25,7 +25,7 @@ from vmstate.inputs import open_stream
 from vmstate.pci.ids import pci_ids
 from vmstate.pci_vfio import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
 from vmstate.saved_file import read_file
-from vmstate.stream import DeviceState, write
+from vmstate.stream import DeviceSection, write
 from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
 
 QEMU = Path(__file__).parent / "data" / "qemu"
@@ -145,7 +145,7 @@ def rewritten(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
     state = dict(section.state)
     change(state)
     desc = registry.get(DESCRIPTION_NAME)
-    return write([DeviceState(section.section.idstr, desc, state)], "vmstate")
+    return write([DeviceSection(section.section.idstr, desc, state)], "vmstate")
 
 
 def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -497,14 +497,14 @@ def test_without_its_msix_table_a_state_loads_only_if_msix_was_off() -> None:
     del state["vfio-pci-config/msix-table"]
     state["msix_saved"] = False
     desc = registry.get(DESCRIPTION_NAME)
-    enabled = write([DeviceState("src/vfio-pci-config", desc, state)], "vmstate")
+    enabled = write([DeviceSection("src/vfio-pci-config", desc, state)], "vmstate")
     dst = programmed("dst")
     with pytest.raises(IncompatibleError, match="MSI-X was enabled but its table was not saved"):
         load(dst, enabled)
     config = bytearray(state["config"])
     config[0xA3] &= 0x7F  # MSI-X control: enable off
     state["config"] = bytes(config)
-    disabled = write([DeviceState("src/vfio-pci-config", desc, state)], "vmstate")
+    disabled = write([DeviceSection("src/vfio-pci-config", desc, state)], "vmstate")
     table = dst.read(MSIX_BAR, 0, 80)
     load(dst, disabled)
     assert dst.read(CONFIG, 0xA2, 2) == struct.pack("<H", 0x0004), "the saved control, off"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vmstate import fields as F
 from vmstate.description import Description, Subsection
-from vmstate.stream import DeviceState, write
+from vmstate.stream import DeviceSection, write
 
 DEV = Description(
     "demo-nic", 2, 1,
@@ -22,7 +22,7 @@ VALUE = int(Path(__file__).with_name("value.txt").read_text())
 def test_stream(vmstate_snapshot):
     state = {"command": 0x0507, "mac_lo": VALUE, "config": bytes(range(40)), "regs": [1, 2, 3],
              "demo-nic/irq": {"level": True}}
-    assert write([DeviceState("0000:00:03.0/demo-nic", DEV, state)]) == vmstate_snapshot
+    assert write([DeviceSection("0000:00:03.0/demo-nic", DEV, state)]) == vmstate_snapshot
 
 
 def test_state(vmstate_snapshot):

@@ -83,7 +83,7 @@ def write_state(
     qemu_desc = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
     writer = StreamWriter(counted, "vmstate")  # type: ignore[arg-type]
     name = f"{device.name}/{pci_vfio.DESCRIPTION_NAME}"
-    writer.device(stream.DeviceState(name, pci_vfio.description(), state))
+    writer.device(stream.DeviceSection(name, pci_vfio.description(), state))
     data_size: int | None = None
     reason = "it was not opened through VFIO" if caps is None else (caps.blocker or "")
     if caps is not None and caps.blocker is None:
@@ -93,11 +93,11 @@ def write_state(
         regions = region_protocol.DeviceStateRegions.find(device)
         if regions is not None:
             meta = _region_protocol_state(regions, dirty_range)
-            writer.device(stream.DeviceState(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
+            writer.device(stream.DeviceSection(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
             reason, data_size = "", meta[f"{META_NAME}/region-config"]["size"]
         if qemu:
             idstr = f"{device.name}/{pci_vfio.QEMU_DESCRIPTION_NAME}"
-            writer.device(stream.DeviceState(idstr, qemu_desc, qemu_state, held=qemu_held))
+            writer.device(stream.DeviceSection(idstr, qemu_desc, qemu_state, held=qemu_held))
     writer.finish()
     return Saved(counted.size, data_size, reason)
 
@@ -133,7 +133,7 @@ def _vfio_section(
         "data_size": size,
         "dirty_pages": 0,
     }
-    writer.device(stream.DeviceState(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
+    writer.device(stream.DeviceSection(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
     return size
 
 

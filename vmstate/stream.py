@@ -511,7 +511,7 @@ class _Parser:
 
 
 @attrs.frozen
-class DeviceState:
+class DeviceSection:
     """One device section to write: its id string, instance, description and state."""
 
     idstr: str
@@ -545,7 +545,7 @@ class StreamWriter:
         self.out.write(name + _BE32.pack(instance_id) + _BE32.pack(version))
         return section_id
 
-    def device(self, dev: DeviceState) -> None:
+    def device(self, dev: DeviceSection) -> None:
         """A section encoded from a description and state."""
         version = dev.description.version_id
         try:
@@ -576,7 +576,7 @@ class StreamWriter:
         self.out.write(bytes([EOF, VMDESCRIPTION]) + _BE32.pack(len(body)) + body.encode())
 
 
-def write(devices: Sequence[DeviceState], machine: str | None = None) -> bytes:
+def write(devices: Sequence[DeviceSection], machine: str | None = None) -> bytes:
     """A whole stream of *devices*, in memory (see :class:`StreamWriter`)."""
     out = io.BytesIO()
     writer = StreamWriter(out, machine)
@@ -602,7 +602,7 @@ def resolver_from(descriptions: Mapping[str, Description]) -> Resolver:
 __all__ = [
     "CONFIGURATION_DESCRIPTION",
     "Command",
-    "DeviceState",
+    "DeviceSection",
     "Fitter",
     "PageSink",
     "RamBlock",
