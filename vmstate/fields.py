@@ -66,7 +66,7 @@ def kind_of(element: str | Kind | DescriptionLike) -> Kind:
     return Struct(element)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Field:
     """One entry of a description's field list."""
 

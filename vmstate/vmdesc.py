@@ -14,6 +14,7 @@ Export goes the other way: given a description and a state, the entry QEMU's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,100 +78,124 @@ class PiecedSeq(Seq):
         return out
 
 
-def _get(obj: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
+def _get(obj: Any, key: str, typ: type | tuple[type, ...], where: Where) -> Any:
     if not isinstance(obj, dict) or key not in obj:
-        raise DescriptionError(f"missing {key!r}", location=where)
+        raise DescriptionError(f"missing {key!r}", location=_at(where))
     value = obj[key]
     if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
-        raise DescriptionError(f"{key!r} has the wrong type {type(value).__name__}", location=where)
+        raise DescriptionError(f"{key!r} has the wrong type {type(value).__name__}",
+                               location=_at(where))
     return value
 
 
-def _size(entry: Any, where: str) -> int:
+#: where an entry is, for messages: a text, or the parts of one (joined only for an error)
+Where = str | tuple[Any, ...]
+
+
+def _at(where: Where) -> str:
+    if isinstance(where, str):
+        return where
+    head, *rest = where
+    return _at(head) + "".join(str(part) for part in rest)
+
+
+def _size(entry: Any, where: Where) -> int:
     size = _get(entry, "size", int, where)
     if size < 0:
-        raise DescriptionError(f"negative size {size}", location=where)
+        raise DescriptionError(f"negative size {size}", location=_at(where))
     return size
 
 
 def description_from_vmdesc(
-    entry: Mapping[str, Any], version: int | None = None, where: str = "vmdesc", depth: int = 0
+    entry: Mapping[str, Any], version: int | None = None, where: Where = "vmdesc",
+    depth: int = 0,
 ) -> Description:
     """Build the description of one vmdesc device or struct entry."""
     if depth > MAX_DEPTH:
-        raise DescriptionError("vmdesc nests too deeply", location=where)
+        raise DescriptionError("vmdesc nests too deeply", location=_at(where))
     name = entry.get("vmsd_name", entry.get("name")) if isinstance(entry, dict) else None
     if not isinstance(name, str) or not name:
-        raise DescriptionError("entry has no vmsd_name", location=where)
+        raise DescriptionError("entry has no vmsd_name", location=_at(where))
     if "version" in entry:
         version = _get(entry, "version", int, where)
     if version is None:
-        raise DescriptionError("entry has no version", location=where)
+        raise DescriptionError("entry has no version", location=_at(where))
     raw_fields = entry.get("fields", [])
     if not isinstance(raw_fields, list):
-        raise DescriptionError("'fields' is not a list", location=where)
+        raise DescriptionError("'fields' is not a list", location=_at(where))
     fields: list[Field] = []
     i = 0
-    while i < len(raw_fields):
-        fname = _get(raw_fields[i], "name", str, f"{where}.fields[{i}]")
+    count = len(raw_fields)
+    while i < count:
+        fname = _get(raw_fields[i], "name", str, (where, ".fields[", i, "]"))
         run = i + 1
         while (
-            run < len(raw_fields)
+            run < count
             and isinstance(raw_fields[run], dict)
             and raw_fields[run].get("name") == fname
         ):
             run += 1
-        at = f"{where}.{fname}"
+        at = (where, ".", fname)
         if run - i == 1 and INDEX not in raw_fields[i]:
-            fields.append(Field(fname, _entry_kind(raw_fields[i], at, depth)))
+            fields.append(_field(fname, _entry_kind(raw_fields[i], at, depth)))
         else:
-            fields.append(Field(fname, _pieces(raw_fields[i:run], at, depth)))
+            fields.append(_field(fname, _pieces(raw_fields[i:run], at, depth)))
         i = run
     subs = entry.get("subsections", [])
     if not isinstance(subs, list):
-        raise DescriptionError("'subsections' is not a list", location=where)
+        raise DescriptionError("'subsections' is not a list", location=_at(where))
     subsections = [
         Subsection(
-            description_from_vmdesc(sub, None, f"{where}/{k}", depth + 1),
-            opaque_condition("vmdesc"),
+            description_from_vmdesc(sub, None, (where, "/", k), depth + 1),
+            _SENT,
         )
         for k, sub in enumerate(subs)
     ]
     return Description(name, version, 0, fields, subsections)
 
 
-def _count(f: Mapping[str, Any], where: str) -> int:
+#: a vmdesc says only that a subsection was sent: present iff the state has it
+_SENT = opaque_condition("vmdesc")
+
+
+@functools.lru_cache(maxsize=4096)
+def _field(name: str, kind: Kind) -> Field:
+    """Fields recur across sections (same name, same kind): made once each."""
+    return Field(name, kind)
+
+
+def _count(f: Mapping[str, Any], where: Where) -> int:
     count = _get(f, ARRAY_LEN, int, where)
     if not 0 <= count <= MAX_ENTRIES:
-        raise DescriptionError(f"array_len {count} out of range", location=where)
+        raise DescriptionError(f"array_len {count} out of range", location=_at(where))
     return count
 
 
-def _entry_kind(f: Mapping[str, Any], where: str, depth: int) -> Kind:
+def _entry_kind(f: Mapping[str, Any], where: Where, depth: int) -> Kind:
     """The kind of a field QEMU described in one entry."""
     kind = _element(f, where, depth)
-    return Array(kind, _count(f, where)) if ARRAY_LEN in f else kind
+    return _array(kind, _count(f, where)) if ARRAY_LEN in f else kind
 
 
-def _pieces(entries: list[Any], where: str, depth: int) -> PiecedSeq:
+def _pieces(entries: list[Any], where: Where, depth: int) -> PiecedSeq:
     """One array from its consecutive entries; an ``index`` must be the element's position."""
     kinds: list[Kind] = []
     pieces = []
     for f in entries:
         if INDEX in f and (index := _get(f, INDEX, int, where)) != len(kinds):
-            raise DescriptionError(f"element index {index} out of order", location=where)
-        at = f"{where}[{len(kinds)}]"
+            raise DescriptionError(f"element index {index} out of order", location=_at(where))
+        at = (where, "[", len(kinds), "]")
         kind = _element(f, at, depth)
         count = _count(f, at) if ARRAY_LEN in f else 1
         if len(kinds) + count > MAX_ENTRIES:
-            raise DescriptionError(f"more than {MAX_ENTRIES} elements", location=where)
+            raise DescriptionError(f"more than {MAX_ENTRIES} elements", location=_at(where))
         kinds.extend([kind] * count)
         key = ARRAY_LEN if ARRAY_LEN in f else INDEX if INDEX in f else None
         pieces.append(Piece(count, key))
     return PiecedSeq(tuple(kinds), pieces=tuple(pieces))
 
 
-def _element(f: Mapping[str, Any], where: str, depth: int) -> Kind:
+def _element(f: Mapping[str, Any], where: Where, depth: int) -> Kind:
     typ = _get(f, "type", str, where)
     if typ == "struct":
         return Struct(
@@ -184,7 +209,18 @@ def _element(f: Mapping[str, Any], where: str, depth: int) -> Kind:
         return NullPointer()
     if typ in SCALAR_TYPES and (kind := scalar_kind(typ)).size == size:
         return kind
+    return _buffer(size, typ)
+
+
+@functools.lru_cache(maxsize=1024)
+def _buffer(size: int, typ: str) -> Kind:
+    """Opaque bytes of QEMU's type *typ*: immutable, so shared between sections."""
     return Buffer(size, typ)
+
+
+@functools.lru_cache(maxsize=1024)
+def _array(kind: Kind, count: int) -> Kind:
+    return Array(kind, count)
 
 
 def resolver_from_vmdesc(vmdesc: Mapping[str, Any]) -> Any:
@@ -208,7 +244,7 @@ def resolver_from_vmdesc(vmdesc: Mapping[str, Any]) -> Any:
         if found is None:
             return None
         n, dev = found
-        desc = description_from_vmdesc(dev, version_id, f"vmdesc.devices[{n}]")
+        desc = description_from_vmdesc(dev, version_id, ("vmdesc.devices[", n, "]"))
         cache[key] = desc
         return desc
 

@@ -9,8 +9,10 @@ on load an element is NULL where the destination holds NULL.
 from __future__ import annotations
 
 import functools
+import operator
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import repeat
 from typing import Any, ClassVar
 
 import attrs
@@ -30,6 +32,7 @@ from vmstate.kinds.base import (
     codec,
 )
 from vmstate.kinds.buffer import count_of, size_on_save
+from vmstate.kinds.scalar import qemu_values
 
 NULLPTR_MARKER = 0x30
 #: count field types accepted for variable arrays
@@ -99,10 +102,9 @@ class _List(Kind):
 
     def qemu_value(self, value: Any) -> Any:
         kinds = self.element_kinds(len(value))
-        if kinds and kinds[0].scalar and all(k is kinds[0] for k in kinds):
-            from vmstate.kinds.scalar import qemu_values
-
-            return qemu_values(kinds[0], value)  # type: ignore[arg-type]
+        first = kinds[0] if kinds else None
+        if first is not None and first.scalar and all(map(operator.is_, kinds, repeat(first))):
+            return qemu_values(first, value)  # type: ignore[arg-type]
         return [k.qemu_value(v) for k, v in zip(kinds, value, strict=True)]
 
     def nested(self) -> Iterator[DescriptionLike]:
@@ -228,7 +230,7 @@ def _repeated(lay: Layout, n: int) -> Layout:
     return lay.repeated(n)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Array(_Elements):
     """``count`` elements of one kind; ``nullable`` for arrays of pointers (0x30 = NULL)."""
 
@@ -281,7 +283,7 @@ class Array(_Elements):
                          nullable=self.nullable)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class VArray(_Elements):
     """Elements counted by an earlier field (uint8/16/32 or int32), at most ``max_count``."""
 
@@ -355,7 +357,7 @@ class VArray(_Elements):
                           nullable=self.nullable)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Seq(_List):
     """Elements that each have their own layout, one after the other."""
 

@@ -62,7 +62,7 @@ class _Bytes(Kind):
         return self.show(value)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Buffer(_Bytes):
     """``size`` raw bytes."""
 
@@ -138,7 +138,7 @@ def size_on_save(length: Any, frame: Frame) -> int:
         raise EncodeError(e.message, expected=e.expected, found=e.found) from None
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class VBuffer(_Bytes):
     """Bytes whose length is an earlier field times ``multiply``, at most ``max_size``."""
 

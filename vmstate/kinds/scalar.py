@@ -97,7 +97,7 @@ def _bool_pack(value: Any) -> Sequence[Any]:
     raise EncodeError(f"expected true, false or a byte, got {value!r}")
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Scalar(Kind):
     """A number or bool of QEMU's type ``info``."""
 
@@ -262,8 +262,14 @@ def qemu_values(kind: Scalar, values: list[Any]) -> list[Any]:
     """Many scalars as the analyzer prints them; the common case (in range,
     non-negative) without a Python call each."""
     size = kind.size
-    if kind.info in _UNSIGNED or kind.info in _SIGNED:
+    if values and (kind.info in _UNSIGNED or kind.info in _SIGNED):
         limit = 1 << (8 * size - (kind.info in _SIGNED))
-        if all(0 <= v < limit for v in values):
-            return list(map(f"0x{{:0{size * 2}x}}".format, values))
+        if min(values) >= 0 and max(values) < limit:
+            # one hex string of all of them, cut: twice as fast as formatting each
+            text = struct.pack(f">{len(values)}{_UNSIGNED_CODE[size]}", *values).hex()
+            width = 2 * size
+            return ["0x" + text[i : i + width] for i in range(0, len(text), width)]
     return [kind.qemu_value(v) for v in values]
+
+
+_UNSIGNED_CODE = {1: "B", 2: "H", 4: "I", 8: "Q"}

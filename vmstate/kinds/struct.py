@@ -36,7 +36,7 @@ class StructSpec:
     info: str = "struct"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Struct(Kind):
     """A nested description."""
 
