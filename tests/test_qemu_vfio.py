@@ -201,7 +201,7 @@ def test_check_stream_checks_device_data_against_its_format(
         f"error: {IDSTR}: {FORMAT}.magic_ok: Input validation failed: {FORMAT}/magic_ok at offset "
         f"{magic_at + 8:#x} (expected magic == 0x7e9d09898c3e2c4e to hold, found false) "
         "[device-data]",
-        "NOT compatible: 1 errors, 0 warnings",
+        "NOT compatible: 1 error, 0 warnings",
     ]
     assert main(["check", "--stream", str(bad), "--dst", str(good)]) == 0
     assert "its device data is not checked" in capsys.readouterr().out

@@ -331,7 +331,7 @@ class _Comparison:
                     )
                     return
                 continue
-            if self.may_be_empty(df):
+            if self.may_be_empty(df) and not self.swapped(src, dst, sf, df):
                 yield from self.maybe_not_sent(df, path)
                 dst.advance()  # a list the source may have sent empty
                 continue
@@ -368,6 +368,13 @@ class _Comparison:
         if self.dst_kind != DUMP or not self.counts_known:
             return True
         return kind.struct_description() is not None or kind.size == 0
+
+    def swapped(self, src: Cursor, dst: Cursor, sf: Field, df: Field) -> bool:
+        """Whether each list has the other's field later: then they are in another order,
+        not a list the source left out (a stream's vmdesc lists only what was sent)."""
+        return any(
+            self.matches(self.section, f.name, df.name) for f in src.clone().rest()[1:]
+        ) and any(self.matches(self.section, sf.name, f.name) for f in dst.clone().rest()[1:])
 
     def maybe_not_sent(self, df: Field, path: str) -> Iterator[Finding]:
         """Two streams show what each source sent, not what a destination expects: a

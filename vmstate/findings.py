@@ -28,5 +28,15 @@ class Finding:
         return attrs.asdict(self)
 
     def __str__(self) -> str:
-        where = f"{self.section}: {self.path}" if self.path else self.section
-        return f"{self.severity}: {where}: {self.reason} [{self.rule}]"
+        return f"{self.severity}: {self.where()}: {self.reason} [{self.rule}]"
+
+    def where(self) -> str:
+        """Section and path, the path without the description name the section ends with
+        (``e1000: mac_reg``, not ``e1000: e1000.mac_reg``)."""
+        own = self.section.rsplit("/", 1)[-1]
+        path = self.path
+        if path == own:
+            path = ""
+        elif path.startswith(own) and path[len(own)] in ".[ /":
+            path = path[len(own) :].lstrip(". ")
+        return f"{self.section}: {path}" if path else self.section

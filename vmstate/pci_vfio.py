@@ -330,17 +330,17 @@ def check_config(
     *saved* is the state decoded from the section's payload *data*, which starts at
     file offset *base*: the "equal" fields are checked by decoding *data* again
     against *held*, so each error names its field and file offset as a load would."""
-    problems: list[DecodeError] = []
-    try:
-        description().load(data, version, held=held)
-    except DecodeError as e:  # the first identity or layout field that differs, by name
-        problems.append(attrs.evolve(e, offset=e.offset + base))
     src_config = saved["config"] + saved.get("extended_config", b"")
     dst_config = held["config"] + held.get("extended_config", b"")
     found = check_compatible(src_config, dst_config, build_masks(dst_config, sizes))
     serial = _serial_number_bytes(dst_config)
     at = base + _CONFIG_FIELD_OFFSET
-    problems += [_config_problem(p, at) for p in found if p.offset not in serial]
+    problems = [_config_problem(p, at) for p in found if p.offset not in serial]
+    try:
+        description().load(data, version, held=held)
+    except DecodeError as e:  # the first identity or layout field that differs, by name
+        if not problems:  # else it restates one of them (device_id is config bytes 2-3)
+            problems.append(attrs.evolve(e, offset=e.offset + base))
     msix_control = _msix_control(saved)
     if msix_control & MSIX_ENABLE and not saved["msix_saved"]:
         problems.append(
@@ -375,7 +375,7 @@ def _config_problem(problem: ConfigProblem, base: int) -> IncompatibleError:
         offset=base + problem.offset,
         expected=expected,
         found=found,
-        path=(DESCRIPTION_NAME, *_config_path(problem.offset)),
+        path=(DESCRIPTION_NAME, *_config_path(problem)),
     )
 
 
@@ -389,8 +389,12 @@ def _serial_number_bytes(config: bytes) -> range:
     return range(cap.offset + 4, cap.offset + 12) if cap is not None else range(0)
 
 
-def _config_path(offset: int) -> tuple[str, int]:
-    """Where config byte *offset* lives in the state: ``config`` or ``extended_config``."""
+def _config_path(problem: ConfigProblem) -> tuple[str] | tuple[str, int]:
+    """Where *problem* lives in the state: the ``config_size`` field for the sizes, else
+    its byte in ``config`` or ``extended_config``."""
+    if problem.code == "size":
+        return ("config_size",)
+    offset = problem.offset
     return ("config", offset) if offset < 256 else ("extended_config", offset - 256)
 
 

@@ -106,14 +106,28 @@ NO_WAIVERS = Waivers()
 SHIPPED = Path("waivers") / "qemu.toml"
 
 
-def shipped_waivers() -> Waivers:
-    """The shipped QEMU waivers (renames QEMU's checker knows, reasoned accepts)."""
+def shipped_waivers(name: str = "qemu") -> Waivers:
+    """A shipped waiver file by *name* (``qemu``: renames QEMU's checker knows, reasoned
+    accepts), found wherever the package is installed."""
     from vmstate.registry import shipped_directory
 
     directory = shipped_directory()
-    if directory is None or not (directory / SHIPPED).is_file():
-        raise UsageError("the shipped waiver file is missing from this installation")
-    return load_waivers(directory / SHIPPED)
+    shipped = (
+        sorted(p.stem for p in (directory / SHIPPED.parent).glob("*.toml")) if directory else []
+    )
+    if directory is None or name not in shipped:
+        raise UsageError(
+            f"no shipped waiver file {name!r}"
+            + (f" (shipped: {', '.join(shipped)})" if shipped else "")
+        )
+    return load_waivers(directory / SHIPPED.parent / f"{name}.toml")
+
+
+def waivers_named(argument: str) -> Waivers:
+    """``--waivers``'s argument: a file, or the name of a shipped waiver file."""
+    if os.sep in argument or argument.endswith(".toml") or os.path.lexists(argument):
+        return load_waivers(argument)
+    return shipped_waivers(argument)
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)

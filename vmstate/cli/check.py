@@ -16,7 +16,7 @@ from vmstate.pci_host import normalize_name
 from vmstate.sources import load_description_set
 from vmstate.state_check import check_state
 from vmstate.stream_check import check_stream
-from vmstate.waivers import Waivers, load_waivers, shipped_waivers
+from vmstate.waivers import Waivers, shipped_waivers, waivers_named
 
 
 def register(sub: Any) -> None:
@@ -60,16 +60,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--waivers",
-        metavar="FILE",
+        metavar="FILE|NAME",
         action="append",
         default=[],
-        help="renames and accepted differences (repeatable), besides the shipped QEMU ones",
+        help="renames and accepted differences (repeatable), besides the shipped QEMU ones: "
+        "a file, or a shipped waiver file by name (qemu)",
     )
     p.add_argument(
         "--no-shipped-waivers",
         action="store_true",
-        help="leave out the shipped waivers for QEMU's own devices (descriptions/waivers/qemu.toml)",
+        help="leave out the shipped waivers for QEMU's own devices (--waivers qemu)",
     )
+    p.add_argument("--strict", action="store_true", help="warnings fail the check too (exit 1)")
     p.add_argument(
         "--json", action="store_true", help="one JSON object: compatible flag and every problem"
     )
@@ -78,8 +80,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     waivers = Waivers() if args.no_shipped_waivers else shipped_waivers()
-    for path in args.waivers:
-        waivers = waivers + load_waivers(path)
+    for argument in args.waivers:
+        waivers = waivers + waivers_named(argument)
     if args.device_data and not args.stream:
         raise UsageError("--device-data goes with --stream")
     if args.state or args.device:
@@ -106,15 +108,16 @@ def run(args: argparse.Namespace) -> int:
         ]
         if args.bidirectional:
             problems += [_direction(p, "dst->src") for p in compare(dst, src, waivers)]
-    return report(problems, args.json)
+    return report(problems, args.json, strict=args.strict)
 
 
 def _direction(problem: Finding, direction: str) -> Finding:
     return attrs.evolve(problem, reason=f"{direction}: {problem.reason}")
 
 
-def report(problems: list[Finding], as_json: bool) -> int:
-    """Print *problems*; the exit status says whether the migration can go ahead."""
+def report(problems: list[Finding], as_json: bool, *, strict: bool = False) -> int:
+    """Print *problems*; the exit status says whether the migration can go ahead (with
+    *strict*, only when nothing at all was found)."""
     compatible = not any(p.severity == ERROR for p in problems)
     if as_json:
         print(
@@ -123,10 +126,38 @@ def report(problems: list[Finding], as_json: bool) -> int:
             )
         )
     else:
-        for p in problems:
-            print(p)
+        for line in _lines(problems):
+            print(line)
         errors = sum(p.severity == ERROR for p in problems)
         warnings = len(problems) - errors
         verdict = "compatible" if compatible else "NOT compatible"
-        print(f"{verdict}: {errors} errors, {warnings} warnings")
-    return 0 if compatible else 1
+        if compatible and strict and warnings:
+            verdict = "compatible with warnings, refused by --strict"
+        print(f"{verdict}: {_count(errors, 'error')}, {_count(warnings, 'warning')}")
+    return 0 if compatible and not (strict and problems) else 1
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _lines(problems: list[Finding]) -> list[str]:
+    """One line per finding, except that sections found for one and the same reason
+    (the machine's timer, cpu, apic... that a dump does not list) share a line."""
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    lines: list[str | tuple[str, str, str]] = []
+    for p in problems:
+        if p.path:
+            lines.append(str(p))
+            continue
+        key = (p.severity, p.rule, p.reason)
+        if key not in grouped:
+            grouped[key] = []
+            lines.append(key)
+        grouped[key].append(p.section)
+    return [
+        line
+        if isinstance(line, str)
+        else f"{line[0]}: {', '.join(grouped[line])}: {line[2]} [{line[1]}]"
+        for line in lines
+    ]

@@ -56,15 +56,14 @@ def load(
     appended to it."""
     if version_id > desc.version_id:
         raise IncompatibleError(
-            f"{desc.name}: incoming version_id {version_id} is too new "
-            f"for local version_id {desc.version_id}",
+            f"incoming version_id {version_id} is too new for local version_id {desc.version_id}",
             offset=pos,
             expected=f"version <= {desc.version_id}",
             found=str(version_id),
         )
     if version_id < desc.minimum_version_id:
         raise IncompatibleError(
-            f"{desc.name}: incoming version_id {version_id} is too old "
+            f"incoming version_id {version_id} is too old "
             f"for local minimum version_id {desc.minimum_version_id}",
             offset=pos,
             expected=f"version >= {desc.minimum_version_id}",
@@ -172,7 +171,9 @@ def _load_subsections(
         if sub is None:
             known = ", ".join(s.name for s in desc.subsections) or "none"
             raise IncompatibleError(
-                f"unknown subsection {shown!r}", offset=pos, expected=f"one of: {known}",
+                f"unknown subsection {shown!r}",
+                offset=pos,
+                expected=f"one of: {known}",
                 found=shown,
             )
         if wire_name in seen:
@@ -190,15 +191,22 @@ def _load_subsections(
             parts = [Span("", None, None, header, pos, note=f"-- subsection v{version}")]
         try:
             value, pos = load(
-                sub.description, buf, pos, version, frame.ctx, frame.held_of(sub.name),
-                frame.values, parts,
+                sub.description,
+                buf,
+                pos,
+                version,
+                frame.ctx,
+                frame.held_of(sub.name),
+                frame.values,
+                parts,
             )
         except DecodeError as e:
             raise e.within(sub.name) from None
         frame.values[sub.name] = value
         if spans is not None:
-            spans.append(Span(sub.name, sub.description, value, header, pos, parts,
-                              version=version))
+            spans.append(
+                Span(sub.name, sub.description, value, header, pos, parts, version=version)
+            )
     return pos
 
 
@@ -250,8 +258,9 @@ def save(
         parts: list[Span] | None = [] if spans is not None else None
         _save_field(desc, out, field, state, frame, parts)
         if spans is not None and not field.kind.validates:
-            spans.append(Span(field.name, field.kind, state.get(field.name), start, len(out),
-                              parts))
+            spans.append(
+                Span(field.name, field.kind, state.get(field.name), start, len(out), parts)
+            )
     for sub in desc.subsections:
         if not _needed(sub, state, frame):
             continue
@@ -265,22 +274,51 @@ def save(
         out += _BE32.pack(sub.description.version_id)
         parts = None
         if spans is not None:
-            parts = [Span("", None, None, header, len(out),
-                          note=f"-- subsection v{sub.description.version_id}")]
+            parts = [
+                Span(
+                    "",
+                    None,
+                    None,
+                    header,
+                    len(out),
+                    note=f"-- subsection v{sub.description.version_id}",
+                )
+            ]
         try:
-            save(sub.description, out, state[sub.name], sub.description.version_id, ctx, state,
-                 held.get(sub.name) if held is not None else None, parts)
+            save(
+                sub.description,
+                out,
+                state[sub.name],
+                sub.description.version_id,
+                ctx,
+                state,
+                held.get(sub.name) if held is not None else None,
+                parts,
+            )
         except EncodeError as e:
             raise e.within(sub.name) from None
         if spans is not None:
-            spans.append(Span(sub.name, sub.description, state[sub.name], header, len(out), parts,
-                              version=sub.description.version_id))
+            spans.append(
+                Span(
+                    sub.name,
+                    sub.description,
+                    state[sub.name],
+                    header,
+                    len(out),
+                    parts,
+                    version=sub.description.version_id,
+                )
+            )
     if desc.hooks.post_save:
         _run_save_hook(desc.hooks.post_save, state)
 
 
 def _save_field(
-    desc: DescriptionLike, out: bytearray, field: Field, state: Mapping[str, Any], frame: Frame,
+    desc: DescriptionLike,
+    out: bytearray,
+    field: Field,
+    state: Mapping[str, Any],
+    frame: Frame,
     spans: list[Span] | None,
 ) -> None:
     kind = field.kind
@@ -297,7 +335,9 @@ def _save_field(
         raise e.within(field.name) from None
 
 
-def _exists_on_save(desc: DescriptionLike, field: Field, state: Mapping[str, Any], frame: Frame) -> bool:
+def _exists_on_save(
+    desc: DescriptionLike, field: Field, state: Mapping[str, Any], frame: Frame
+) -> bool:
     cond = field.exists
     assert cond is not None
     if is_opaque(cond):

@@ -61,24 +61,29 @@ def check_compatible(
     out += _compare_interrupts(src, dst)
     out += _compare_bars(src, dst)
     if dst_masks is not None:
-        out += dst_masks.mismatches(bytes(src_config), bytes(dst_config))
+        named = [p for p in out if isinstance(p, Difference)]
+        out += (  # a byte of a register already named is the same difference, said once
+            p
+            for p in dst_masks.mismatches(bytes(src_config), bytes(dst_config))
+            if not any(n.covers(p.offset) for n in named)
+        )
     return tuple(out)
 
 
 def _differs(
-    code: str, offset: int, what: str, a: object, b: object, fmt: str = "#x"
+    code: str, offset: int, what: str, a: object, b: object, fmt: str = "#x", width: int = 1
 ) -> Iterator[ConfigProblem]:
+    """A difference of register *what* (*width* bytes at *offset*) when *a* != *b*."""
     if a != b:
         source, destination = f"{a:{fmt}}", f"{b:{fmt}}"
-        yield Difference(
-            code, offset, f"{what}: source {source}, destination {destination}", source, destination
-        )
+        message = f"{what}: source {source}, destination {destination}"
+        yield Difference(code, offset, message, source, destination, width)
 
 
 def _compare_identity(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProblem]:
     s, d = src.header, dst.header
-    yield from _differs("identity", VENDOR_ID, "vendor id", s.vendor_id, d.vendor_id, "#06x")
-    yield from _differs("identity", DEVICE_ID, "device id", s.device_id, d.device_id, "#06x")
+    yield from _differs("identity", VENDOR_ID, "vendor id", s.vendor_id, d.vendor_id, "#06x", 2)
+    yield from _differs("identity", DEVICE_ID, "device id", s.device_id, d.device_id, "#06x", 2)
     yield from _differs("identity", REVISION_ID, "revision", s.revision_id, d.revision_id, "#04x")
     src_class = (s.class_code.base, s.class_code.sub, s.class_code.prog_if)
     dst_class = (d.class_code.base, d.class_code.sub, d.class_code.prog_if)
@@ -90,6 +95,7 @@ def _compare_identity(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProb
             f"class code: source {source}, destination {destination}",
             source,
             destination,
+            3,
         )
     yield from _differs(
         "header-type", HEADER_TYPE, "header type", s.header_type, d.header_type, "d"
@@ -106,9 +112,10 @@ def _compare_identity(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProb
             se.subsystem_vendor_id,
             de.subsystem_vendor_id,
             "#06x",
+            2,
         )
         yield from _differs(
-            "identity", 0x2E, "subsystem id", se.subsystem_id, de.subsystem_id, "#06x"
+            "identity", 0x2E, "subsystem id", se.subsystem_id, de.subsystem_id, "#06x", 2
         )
 
 
@@ -137,14 +144,19 @@ def _compare_layout(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProble
                 f"{kind} at {offset:#0{width + 2}x}: source {side_a}, destination {side_b}",
                 side_a,
                 side_b,
+                2 if width == 2 else 4,  # the capability's header: id and next pointer
             )
 
 
 def _compare_interrupts(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProblem]:
     s_msi, d_msi, cap = src.msi, dst.msi, src.capability(CAP_MSI)
     if s_msi is not None and d_msi is not None and cap is not None:
-        yield from _differs("msi", cap.offset + 2, "MSI vectors", s_msi.vectors, d_msi.vectors, "d")
-        yield from _differs("msi", cap.offset + 2, "MSI 64-bit", s_msi.is_64bit, d_msi.is_64bit, "")
+        yield from _differs(
+            "msi", cap.offset + 2, "MSI vectors", s_msi.vectors, d_msi.vectors, "d", 2
+        )
+        yield from _differs(
+            "msi", cap.offset + 2, "MSI 64-bit", s_msi.is_64bit, d_msi.is_64bit, "", 2
+        )
         yield from _differs(
             "msi",
             cap.offset + 2,
@@ -152,11 +164,12 @@ def _compare_interrupts(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigPr
             s_msi.per_vector_masking,
             d_msi.per_vector_masking,
             "",
+            2,
         )
     s_x, d_x, cap = src.msix, dst.msix, src.capability(CAP_MSIX)
     if s_x is not None and d_x is not None and cap is not None:
         yield from _differs(
-            "msix", cap.offset + 2, "MSI-X table size", s_x.table_size, d_x.table_size, "d"
+            "msix", cap.offset + 2, "MSI-X table size", s_x.table_size, d_x.table_size, "d", 2
         )
         yield from _differs(
             "msix",
@@ -165,6 +178,7 @@ def _compare_interrupts(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigPr
             (s_x.table_bir, s_x.table_offset),
             (d_x.table_bir, d_x.table_offset),
             "",
+            4,
         )
         yield from _differs(
             "msix",
@@ -173,6 +187,7 @@ def _compare_interrupts(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigPr
             (s_x.pba_bir, s_x.pba_offset),
             (d_x.pba_bir, d_x.pba_offset),
             "",
+            4,
         )
 
 
@@ -195,9 +210,9 @@ def _compare_bars(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProblem]
             # a 32-bit non-prefetchable memory BAR at address 0 reads as no BAR at all: from
             # bytes the two cannot be told apart
             continue
-        yield from _differs("bar-kind", offset, f"BAR {index}", _bar_kind(s), _bar_kind(d), "")
+        yield from _differs("bar-kind", offset, f"BAR {index}", _bar_kind(s), _bar_kind(d), "", 4)
         if s is not None and d is not None and s.size is not None and d.size is not None:
-            yield from _differs("bar-size", offset, f"BAR {index} size", s.size, d.size)
+            yield from _differs("bar-size", offset, f"BAR {index} size", s.size, d.size, "#x", 4)
     s_rom, d_rom = src.expansion_rom, dst.expansion_rom
     if (
         s_rom is not None
@@ -205,4 +220,6 @@ def _compare_bars(src: ConfigSpace, dst: ConfigSpace) -> Iterator[ConfigProblem]
         and s_rom.size is not None
         and d_rom.size is not None
     ):
-        yield from _differs("bar-size", s_rom.offset, "expansion ROM size", s_rom.size, d_rom.size)
+        yield from _differs(
+            "bar-size", s_rom.offset, "expansion ROM size", s_rom.size, d_rom.size, "#x", 4
+        )

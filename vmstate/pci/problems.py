@@ -19,10 +19,17 @@ class ConfigProblem:
 
 @attrs.frozen
 class Difference(ConfigProblem):
-    """A problem between two spaces: what differs, as data (each side's value as text)."""
+    """A problem between two spaces: what differs, as data (each side's value as text).
+
+    ``width`` is how many config bytes from ``offset`` the differing register spans, so
+    that a byte-level report of the same bytes can be recognised as the same fact."""
 
     source: str = ""
     destination: str = ""
+    width: int = 1
+
+    def covers(self, offset: int) -> bool:
+        return self.offset <= offset < self.offset + self.width
 
 
 class ConfigProblems:

@@ -268,13 +268,14 @@ class EmulatedPciBuilder:
         return self
 
 
-def e1000e_like(name: str = "e1000e") -> EmulatedPciDevice:
-    """A device shaped like QEMU's e1000e (82574L): PCIe, MSI and MSI-X in BAR3, AER."""
+def e1000e_like(name: str = "e1000e", *, device_id: int = 0x10D3) -> EmulatedPciDevice:
+    """A device shaped like QEMU's e1000e (82574L): PCIe, MSI and MSI-X in BAR3, AER;
+    another *device_id* makes a sibling that state saved from it must not load into."""
     vectors = 5
     masked_entry = struct.pack("<IIII", 0, 0, 0, 1)  # address, data, vector control (masked)
     builder = EmulatedPciBuilder(config_size=4096).header(
         vendor=0x8086,
-        device=0x10D3,
+        device=device_id,
         class_code=0x020000,
         subsystem_vendor=0x8086,
         interrupt_pin=1,
