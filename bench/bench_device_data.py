@@ -6,8 +6,8 @@ which checks every byte.  Each direction's throughput is reported as a ratio to 
 the saved file to another file in the same run with the same 1 MiB reads and writes
 (target >= 0.8; the best of several interleaved rounds, as the machine may be
 busy), and the peak memory growth of both, by the process's maximum resident
-set and by tracemalloc (target < 64 MiB: the stream is never held in memory).  Exits 1
-when a target is missed.
+set and by tracemalloc (target < 64 MiB: the stream is never held in memory), also as
+one JSON line.  Exits 1 when a target is missed.
 
     python3 bench/bench_device_data.py [--size-mib N] [--rounds N] [--dir DIR]
 """
@@ -22,6 +22,8 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+
+from _process import emit
 
 from vmstate.device_data import CHUNK_SIZE, load_device_data, save_device_data
 from vmstate.testing.migration import EmulatedMigrationDevice
@@ -103,6 +105,16 @@ def main() -> int:
     for name, growth in (("max RSS growth", rss_growth), ("tracemalloc peak", traced_peak)):
         verdict = "ok" if growth < MEMORY_TARGET else "OVER TARGET"
         print(f"  {name}: {growth / MIB:.1f} MiB (target < {MEMORY_TARGET // MIB}) {verdict}")
+    emit(
+        {
+            "bench": "device_data",
+            "bytes": total,
+            **{f"{name}_s": round(seconds, 3) for name, seconds in best.items()},
+            **{f"{name}_vs_copy": round(ratio, 3) for name, ratio in ratios.items()},
+            "rss_growth_mib": round(rss_growth / MIB, 1),
+            "tracemalloc_peak_mib": round(traced_peak / MIB, 1),
+        }
+    )
     missed = min(ratios.values()) < RATIO_TARGET or max(rss_growth, traced_peak) >= MEMORY_TARGET
     return 1 if missed else 0
 

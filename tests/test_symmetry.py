@@ -93,10 +93,26 @@ def _descriptions(draw: Any) -> Description:
     counts: list[str] = []
     for name in _NAMES[: draw(st.integers(0, len(_NAMES)))]:
         since = draw(st.integers(0, version))
-        exists = draw(st.sampled_from([None, None, None, "version_id >= 2",
-                                       *(f"{c} & 1" for c in counts)]))
-        kind = draw(st.sampled_from(["scalar", "buffer", "array", "struct", "vstruct", "bitmap",
-                                     "unused", "structs", "varray", "vbuffer", "seq"]))
+        exists = draw(
+            st.sampled_from([None, None, None, "version_id >= 2", *(f"{c} & 1" for c in counts)])
+        )
+        kind = draw(
+            st.sampled_from(
+                [
+                    "scalar",
+                    "buffer",
+                    "array",
+                    "struct",
+                    "vstruct",
+                    "bitmap",
+                    "unused",
+                    "structs",
+                    "varray",
+                    "vbuffer",
+                    "seq",
+                ]
+            )
+        )
         if kind == "scalar":
             info = draw(st.sampled_from(sorted(SCALAR_TYPES)))
             fields.append(F.Field(name, F.scalar_kind(info), since, exists))
@@ -106,38 +122,60 @@ def _descriptions(draw: Any) -> Description:
             fields.append(F.Field(name, F.Buffer(draw(st.integers(0, 9))), since, exists))
         elif kind == "array":
             info = draw(st.sampled_from(sorted(SCALAR_TYPES)))
-            fields.append(F.Field(name, F.Array(F.scalar_kind(info), draw(st.integers(0, 4))),
-                                  since, exists))
+            fields.append(
+                F.Field(name, F.Array(F.scalar_kind(info), draw(st.integers(0, 4))), since, exists)
+            )
         elif kind in ("struct", "vstruct", "structs"):
             inner = draw(_flat_structs())
-            element = F.Struct(inner, draw(st.integers(inner.minimum_version_id,
-                                                       inner.version_id))
-                               if kind == "vstruct" else None)
-            fields.append(F.Field(name, element if kind != "structs"
-                                  else F.Array(element, draw(st.integers(0, 3))), since, exists))
+            element = F.Struct(
+                inner,
+                draw(st.integers(inner.minimum_version_id, inner.version_id))
+                if kind == "vstruct"
+                else None,
+            )
+            fields.append(
+                F.Field(
+                    name,
+                    element if kind != "structs" else F.Array(element, draw(st.integers(0, 3))),
+                    since,
+                    exists,
+                )
+            )
         elif kind == "bitmap":
             fields.append(F.Field(name, F.Bitmap(draw(st.integers(0, 130))), since, exists))
         elif kind == "unused":
             fields.append(F.Field("unused", F.Unused(draw(st.integers(0, 3))), since))
         elif kind == "varray" and counts:
             element = draw(st.sampled_from([F.scalar_kind("uint16"), F.Struct(POINT)]))
-            fields.append(F.Field(name, F.VArray(element, draw(st.sampled_from(counts)), 4,
-                                                 count_type="uint8"), since, exists))
+            fields.append(
+                F.Field(
+                    name,
+                    F.VArray(element, draw(st.sampled_from(counts)), 4, count_type="uint8"),
+                    since,
+                    exists,
+                )
+            )
         elif kind == "vbuffer" and counts:
-            fields.append(F.Field(name, F.VBuffer(draw(st.sampled_from(counts)), 6), since,
-                                  exists))
+            fields.append(F.Field(name, F.VBuffer(draw(st.sampled_from(counts)), 6), since, exists))
         elif kind == "seq":
-            fields.append(F.Field(name, F.Seq((F.scalar_kind("uint8"), F.Buffer(2),
-                                               F.Struct(POINT))), since, exists))
+            fields.append(
+                F.Field(
+                    name,
+                    F.Seq((F.scalar_kind("uint8"), F.Buffer(2), F.Struct(POINT))),
+                    since,
+                    exists,
+                )
+            )
     return Description("d", version, draw(st.integers(0, version)), fields)
 
 
 @st.composite
 def _flat_structs(draw: Any) -> Description:
     version = draw(st.integers(1, 3))
-    fields = [F.Field(f"m{i}", F.scalar_kind(draw(st.sampled_from(_INTS))),
-                      draw(st.integers(0, version)))
-              for i in range(draw(st.integers(0, 4)))]
+    fields = [
+        F.Field(f"m{i}", F.scalar_kind(draw(st.sampled_from(_INTS))), draw(st.integers(0, version)))
+        for i in range(draw(st.integers(0, 4)))
+    ]
     return Description(f"s{draw(st.integers(0, 2))}", version, 0, fields)
 
 
@@ -200,11 +238,36 @@ def test_a_one_element_array_exports_no_array_len_as_qemu_writes_none() -> None:
     has more than one element (migration/vmstate.c, 7.2 and 10.0 alike)."""
     from vmstate.vmdesc import vmdesc_entry
 
-    desc = Description("d", 1, 1, [F.array("one", "uint16", 1), F.array("two", "uint16", 2),
-                                   F.array("pts", POINT, 1)])
+    desc = Description(
+        "d",
+        1,
+        1,
+        [F.array("one", "uint16", 1), F.array("two", "uint16", 2), F.array("pts", POINT, 1)],
+    )
     state = {"one": [7], "two": [1, 2], "pts": [{"x": 1, "y": 2, "z": 3}]}
     fields = vmdesc_entry(desc, state)["fields"]
     assert fields[0] == {"name": "one", "type": "uint16", "size": 2}
     assert fields[1] == {"name": "two", "array_len": 2, "type": "uint16", "size": 2}
     assert "array_len" not in fields[2] and "index" not in fields[2]
     assert fields[2]["type"] == "struct" and fields[2]["size"] == 8
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("a",), ("x'y", 'q"uote', "back\\slash"), ("dev/blob", "ünï", "a\nb", "'''")],
+)
+def test_arrays_of_plain_structs_keep_any_field_name(names: tuple[str, ...]) -> None:
+    """Arrays of plain structs decode through code written for their field names: a name
+    with quotes, backslashes, '/' or newlines is a name, never code."""
+    element = Description("el", 1, 1, [F.uint16(n) for n in names])
+    desc = Description("dev", 1, 1, [F.array("rows", element, 3)])
+    state = {"rows": [{n: i * 10 + j for j, n in enumerate(names)} for i in range(3)]}
+    data = desc.save(state)
+    assert data == b"".join(
+        struct.pack(">H", i * 10 + j) for i in range(3) for j in range(len(names))
+    )
+    assert desc.load(data) == state
+    wrong = {"rows": [dict(row) for row in state["rows"]]}
+    wrong["rows"][2] = {**wrong["rows"][2], "extra": 1}
+    with pytest.raises(EncodeError):
+        desc.save(wrong)

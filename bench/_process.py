@@ -1,0 +1,111 @@
+"""Whole-process measures for the benchmarks: paired runs, medians, peak memory.
+
+A command is timed as a user feels it, from ``exec`` to exit, start-up included:
+each round runs the two commands of a pair back to back (in alternating order, so a
+machine that drifts affects both alike), the ratio is taken pair by pair, and the
+medians are reported.  Peak memory is the child's maximum resident set, from the
+kernel's accounting of the reaped process (``wait4``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+#: the interpreter the benchmarks run, so that both sides start the same Python
+PYTHON = sys.executable
+
+
+@attrs.frozen
+class Run:
+    seconds: float
+    peak_mib: float
+
+
+@attrs.frozen
+class Pair:
+    """Medians of *rounds* paired runs of command A (ours) and command B (the peer)."""
+
+    a: tuple[Run, ...]
+    b: tuple[Run, ...]
+
+    @property
+    def a_seconds(self) -> float:
+        return statistics.median(r.seconds for r in self.a)
+
+    @property
+    def b_seconds(self) -> float:
+        return statistics.median(r.seconds for r in self.b)
+
+    @property
+    def ratio(self) -> float:
+        """B's time over A's, the median of the per-round ratios (>1: A is faster)."""
+        return statistics.median(b.seconds / a.seconds for a, b in zip(self.a, self.b, strict=True))
+
+    @property
+    def a_peak_mib(self) -> float:
+        return max(r.peak_mib for r in self.a)
+
+    @property
+    def b_peak_mib(self) -> float:
+        return max(r.peak_mib for r in self.b)
+
+
+def run_once(argv: Sequence[str], env: dict[str, str] | None = None) -> Run:
+    """One whole process, its output discarded; a failing command is a failed benchmark."""
+    start = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert child.stderr is not None
+    err = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(argv)} exited {child.returncode}: {err.decode(errors='replace')[-500:]}"
+        )
+    return Run(seconds, usage.ru_maxrss / 1024)
+
+
+def pair(
+    a: Sequence[str], b: Sequence[str], rounds: int, env: dict[str, str] | None = None
+) -> Pair:
+    """*rounds* rounds of A and B after one warm-up of each, alternating which goes first."""
+    run_once(a, env)
+    run_once(b, env)
+    runs_a, runs_b = [], []
+    for i in range(rounds):
+        if i % 2:
+            runs_b.append(run_once(b, env))
+            runs_a.append(run_once(a, env))
+        else:
+            runs_a.append(run_once(a, env))
+            runs_b.append(run_once(b, env))
+    return Pair(tuple(runs_a), tuple(runs_b))
+
+
+def installed_env() -> dict[str, str]:
+    """The environment of an installed vmstate: its modules byte-compiled, as ``pip
+    install`` leaves them (a checkout run with PYTHONDONTWRITEBYTECODE=1 would compile
+    every module on every start, which no user's installation does)."""
+    import compileall
+
+    import vmstate
+
+    compileall.compile_dir(os.path.dirname(vmstate.__file__), quiet=1)
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def emit(record: dict[str, Any]) -> None:
+    """One JSON line per measure, for comparing commits (``grep '^{'``)."""
+    print(json.dumps(record, sort_keys=True))

@@ -1,0 +1,47 @@
+"""Start-up of the command line: ``vmstate --help`` and a usage error, whole process,
+against a bare ``python3 -c pass`` (target: ``--help`` within 0.04 s).
+
+    python3 bench/bench_startup.py [--rounds N]
+
+Prints a line per measure and the same as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from _process import PYTHON, emit, installed_env, pair
+
+TARGET_SECONDS = 0.04
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args()
+    env = installed_env()
+    bare = [PYTHON, "-c", "pass"]
+    for name, argv in (
+        ("--help", [PYTHON, "-m", "vmstate", "--help"]),
+        ("analyze --help", [PYTHON, "-m", "vmstate", "analyze", "--help"]),
+    ):
+        measured = pair(argv, bare, args.rounds, env)
+        print(
+            f"vmstate {name:15s} {measured.a_seconds * 1e3:6.1f} ms   python3 -c pass "
+            f"{measured.b_seconds * 1e3:6.1f} ms   peak {measured.a_peak_mib:5.1f} MiB   "
+            f"(target <= {TARGET_SECONDS * 1e3:.0f} ms)"
+        )
+        emit(
+            {
+                "bench": "startup",
+                "command": name,
+                "vmstate_s": round(measured.a_seconds, 4),
+                "python_pass_s": round(measured.b_seconds, 4),
+                "vmstate_peak_mib": round(measured.a_peak_mib, 1),
+                "target_s": TARGET_SECONDS,
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
