@@ -30,7 +30,7 @@ import attrs
 
 from vmstate.compat import DescriptionSet
 from vmstate.description import Description, Subsection
-from vmstate.fields import Array, Buffer, Field, Kind, Seq, Struct, Unused
+from vmstate.fields import Buffer, Field, Kind, Seq, Struct
 from vmstate.interpreter.engine import SUBSECTION
 from vmstate.predicates import opaque_condition
 
@@ -159,10 +159,11 @@ class _Fit:
         nested = _struct_of(kind)
         if nested is not None:
             low, high = self.bound(nested, 0)
-            if isinstance(kind, Array):
-                return low * kind.count, None if high is None else high * kind.count
+            count = kind.fixed_count()
+            if count is not None:
+                return low * count, None if high is None else high * count
             return 0, None  # a variable array of them
-        size = _fixed(kind)
+        size = kind.certain_size()
         return (size, size) if size is not None else (0, None)
 
     def rest(self, frames: tuple[_Frame, ...]) -> tuple[int, int | None]:
@@ -259,28 +260,29 @@ class _Fit:
         kind = field.kind
         nested = _struct_of(kind)
         if self.at_subsection(pos, frames):
-            if field.exists is not None or (nested is not None and not isinstance(kind, Array)):
+            if field.exists is not None or (nested is not None and kind.fixed_count() is None):
                 yield ("skip",), (pos, on), 1  # absent, or an array left empty
-            elif kind.size == 0 and not isinstance(kind, Unused):
+            elif kind.unknown_length():
                 yield ("field", Field(field.name, Buffer(0, UNKNOWN))), (pos, on), 0
             return
         if nested is not None:
-            left = kind.count if isinstance(kind, Array) else -1
+            count = kind.fixed_count()
+            left = -1 if count is None else count
             if left != 0:
                 inner = _Frame(nested, nested.version_id, left)
                 yield ("enter", field.name, nested), (pos, (*on, inner)), 0
             if left <= 0:
                 yield ("skip",), (pos, on), 1  # none: a variable array left empty
-        elif kind.size == 0 and not isinstance(kind, Unused):
+        elif kind.unknown_length():
             # a custom field: as long as what is left allows, shortest first
             low, high = self.rest(on)
             shortest = 0 if high is None else max(0, self.end - pos - high)
             for length in range(shortest, self.end - pos - low + 1):
                 yield ("field", Field(field.name, Buffer(length, UNKNOWN))), (pos + length, on), 0
         else:
-            size = _fixed(kind)
+            size = kind.certain_size()
             if size is not None and pos + size <= self.end:
-                yield ("field", _concrete(field, kind)), (pos + size, on), 0
+                yield ("field", Field(field.name, kind.untyped())), (pos + size, on), 0
         if field.exists is not None and nested is None:
             yield ("skip",), (pos, on), 1
 
@@ -362,29 +364,3 @@ def _build(desc: Description, version: int, moves: list[_Move]) -> Description:
 
 def _struct_of(kind: Kind) -> Description | None:
     return kind.element_description()  # type: ignore[return-value]
-
-
-def _fixed(kind: Kind) -> int | None:
-    """The bytes of a field whose reading is certain (no struct, no custom length)."""
-    if isinstance(kind, Unused):
-        return kind.size
-    if isinstance(kind, Array) and not isinstance(kind.element, Struct):
-        size = kind.element.size
-        return size * kind.count if size else None
-    if isinstance(kind, Buffer) and kind.size:
-        return kind.size
-    return None
-
-
-def _concrete(field: Field, kind: Kind) -> Field:
-    """*field* as read: its kind of fixed size, no test, no version (the wire decided)."""
-    return Field(field.name, _plain(kind))
-
-
-def _plain(kind: Kind) -> Kind:
-    """A dump's kinds as plain ones (a dump's bytes have no type: QEMU's "unknown")."""
-    if isinstance(kind, Array):
-        return Array(_plain(kind.element), kind.count)
-    if isinstance(kind, Buffer) and type(kind) is not Buffer:
-        return Buffer(kind.size, UNKNOWN)
-    return kind

@@ -86,6 +86,9 @@ class DumpedBytes(Buffer):
                    nested: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
         return {"field": self.qemu_name, **head, **extra, "size": self.size}
 
+    def untyped(self) -> Kind:
+        return Buffer(self.size, UNKNOWN_TYPE)
+
 
 @attrs.frozen
 class DumpedStruct(Struct):

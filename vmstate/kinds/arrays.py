@@ -256,6 +256,18 @@ class Array(_Elements):
         size = self.element.size
         return None if size is None else size * self.count
 
+    def fixed_count(self) -> int | None:
+        return self.count
+
+    def certain_size(self) -> int | None:
+        element = self.element
+        if element.struct_description() is not None or not element.size:
+            return None
+        return element.size * self.count
+
+    def untyped(self) -> Kind:
+        return Array(self.element.untyped(), self.count)
+
     def compare_shape(self, other: Kind) -> Iterator[tuple[str, str]]:
         if isinstance(other, Array) and other.count != self.count:
             yield "array-count", f"array of {self.count} elements became {other.count}"

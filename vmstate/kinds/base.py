@@ -324,6 +324,26 @@ class Kind(abc.ABC):
             "the C sizes a dump shows"
         )
 
+    # -- a stream without vmdesc, fitted to a dump (vmstate.dump_layout) -------
+
+    def fixed_count(self) -> int | None:
+        """The number of elements a list of this kind always has (an array's count);
+        None for any other kind."""
+        return None
+
+    def certain_size(self) -> int | None:
+        """The bytes a dump's field of this kind surely takes on the wire; None when a
+        struct or a length the dump does not give decides."""
+        return None
+
+    def unknown_length(self) -> bool:
+        """A dump's custom field (QEMU exported no size): any length may be on the wire."""
+        return self.size == 0
+
+    def untyped(self) -> Kind:
+        """This kind as the bytes of a stream read it: a dump's own types dropped."""
+        return self
+
     # -- description files -----------------------------------------------------
 
     #: the attrs class of its description-file table (the TOML keys), with ``type``

@@ -72,6 +72,9 @@ class Buffer(_Bytes):
     Spec: ClassVar[type] = BufferSpec
     _layout: Layout = attrs.field(init=False, repr=False, eq=False)
 
+    def certain_size(self) -> int | None:
+        return self.size or None
+
     def __attrs_post_init__(self) -> None:
         size = self.size
 

@@ -39,6 +39,12 @@ class Unused(Kind):
     Spec: ClassVar[type] = UnusedSpec
     _layout: Layout = attrs.field(init=False, repr=False, eq=False)
 
+    def certain_size(self) -> int | None:
+        return self.size
+
+    def unknown_length(self) -> bool:
+        return False
+
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_layout", Layout(f"{self.size}x", "", 0, _nothing, _nothing))
 
