@@ -399,9 +399,7 @@ def test_load_refuses_devices_not_bound_to_vfio(
     out = tmp_path / "dev.vms"
     assert main(["save", bdf, "-o", str(out)]) == 0
     capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(["load", str(out), bdf, "--", "true"])
-    assert info.value.code == 2
+    assert main(["load", str(out), bdf, "--", "true"]) == 1
     assert "not vfio-pci: loads go through VFIO only" in capsys.readouterr().err
 
 
@@ -410,15 +408,11 @@ def test_a_load_into_a_pci_function_needs_a_command_to_hold_it(
 ) -> None:
     """vfio-pci undoes a standalone load when vmstate exits: refused, before any file
     is read or device opened, with the way to do it."""
-    with pytest.raises(SystemExit) as info:
-        main(["load", "/nonexistent.vms", "0000:00:02.0"])
-    assert info.value.code == 2
+    assert main(["load", "/nonexistent.vms", "0000:00:02.0"]) == 2
     err = capsys.readouterr().err
     assert "a load would be undone when vmstate exits" in err
     assert "vmstate load /nonexistent.vms 0000:00:02.0 -- COMMAND" in err
-    with pytest.raises(SystemExit) as info:
-        main(["load", "--dry-run", "/nonexistent.vms", "0000:00:02.0", "--", "true"])
-    assert info.value.code == 2
+    assert main(["load", "--dry-run", "/nonexistent.vms", "0000:00:02.0", "--", "true"]) == 2
     assert "nothing to hold" in capsys.readouterr().err
 
 

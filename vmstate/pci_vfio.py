@@ -355,6 +355,11 @@ def check_config(
     return problems
 
 
+def msix_enabled(state: Mapping[str, Any]) -> bool:
+    """Whether MSI-X was enabled when *state* was saved."""
+    return bool(_msix_control(state) & MSIX_ENABLE)
+
+
 def _msix_control(state: Mapping[str, Any]) -> int:
     """The saved MSI-X message control word (0 when there is no MSI-X)."""
     base = state["msix_offset"]

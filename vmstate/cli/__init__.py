@@ -113,6 +113,7 @@ def _unknown_command(parser: argparse.ArgumentParser, word: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command *argv* names (default: ``sys.argv[1:]``); its exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     ours = arguments[: arguments.index("--")] if "--" in arguments else arguments
     debug = "--debug" in ours
@@ -123,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _unknown_command(parser, command)
         args = parser.parse_args(arguments)
         return int(args.func(args) or 0)
+    except SystemExit as e:  # argparse: --help, --version, an argument error
+        return e.code if isinstance(e.code, int) else EXIT_REJECTED if e.code else 0
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

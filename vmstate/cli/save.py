@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         if saved.data_size is not None
         else f"no device data ({saved.reason})"
     )
+    for warning in saved.warnings:
+        print(f"vmstate: warning: {name}: {warning}", file=sys.stderr)
     report = sys.stderr if writes_stdout(args.output) else sys.stdout
     print(
         f"saved {name} ({title(name)}) {how}: config state, {data}; "
