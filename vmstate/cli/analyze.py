@@ -88,25 +88,26 @@ def run(args: argparse.Namespace) -> int:
         return _report(args, form, opened, parsed, decoder)
 
 
-def _decoder(descriptions: str | None) -> Decoder:
-    from vmstate.sources import Decoder, load_decoder
+def _decoder(descriptions: str | None) -> Decoder | None:
+    """The descriptions asked for; None: the stream's own vmdesc."""
+    if descriptions is None:
+        return None
+    from vmstate.sources import load_decoder
 
-    return load_decoder(descriptions) if descriptions else Decoder()
+    return load_decoder(descriptions)
 
 
-def _parse(
-    opened: StreamInput, decoder: Decoder, page_sink: Any = None
-) -> stream.Stream:
+def _parse(opened: StreamInput, decoder: Decoder | None, page_sink: Any = None) -> stream.Stream:
     from vmstate import stream, vfio_section
     from vmstate.progress import TerminalProgress
 
     with TerminalProgress(f"reading {opened.name}") as progress:
         return stream.parse(
             opened.data,
-            decoder.resolver,
+            decoder.resolver if decoder is not None else None,
             page_sink=page_sink,
             raw=vfio_section.raw_sections,
-            fitter=decoder.layouts,
+            fitter=decoder.layouts if decoder is not None else None,
             progress=progress,
         )
 
@@ -126,7 +127,7 @@ def _dump_desc(opened: StreamInput) -> int:
     return 0
 
 
-def _extract_ram(opened: StreamInput, decoder: Decoder, directory: str) -> int:
+def _extract_ram(opened: StreamInput, decoder: Decoder | None, directory: str) -> int:
     from vmstate import analyze
 
     extractor = analyze.RamExtractor(directory)
@@ -146,12 +147,11 @@ def _report(
     form: str,
     opened: StreamInput,
     parsed: stream.Stream,
-    decoder: Decoder,
+    decoder: Decoder | None,
 ) -> int:
-    from vmstate import analyze, qemu_vfio, registry
+    from vmstate import analyze
 
-    data_format = registry.get(args.device_data) if args.device_data else None
-    vfio = qemu_vfio.gather(parsed, opened.data, data_format)
+    vfio = _vfio(parsed, opened, args.device_data)
     if args.verify_roundtrip:
         return _verify(parsed, opened, vfio)
     if form == "qemu":
@@ -160,12 +160,12 @@ def _report(
         from vmstate.indented_json import dumps
         from vmstate.stream_document import document
 
-        own = decoder.resolver is None and decoder.layouts is None
+        own = decoder is None
         doc = document(opened, parsed, own_vmdesc=own, raw_bytes=args.raw_bytes, vfio=vfio)
         sys.stdout.write(dumps(doc, indent=1) + "\n")
     else:
         _summary(opened, parsed, vfio)
-        if decoder.layouts is not None:
+        if decoder is not None and decoder.layouts is not None:
             fitted = decoder.layouts.fitted.values()
             read = sum(f.described for f in fitted)
             print(
@@ -175,13 +175,31 @@ def _report(
     return 0
 
 
+def _vfio(
+    parsed: stream.Stream, opened: StreamInput, device_data: str | None
+) -> tuple[qemu_vfio.VfioSections, ...]:
+    """The stream's VFIO devices (the VFIO and PCI code is loaded only for streams with some)."""
+    from vmstate.vfio_section import raw_sections
+
+    if not any(raw_sections(s.idstr) for s in parsed.sections):
+        return ()
+    from vmstate import qemu_vfio, registry
+
+    data_format = registry.get(device_data) if device_data else None
+    return qemu_vfio.gather(parsed, opened.data, data_format)
+
+
 def _verify(
     parsed: stream.Stream, opened: StreamInput, vfio: tuple[qemu_vfio.VfioSections, ...]
 ) -> int:
-    from vmstate import analyze, qemu_vfio
+    from vmstate import analyze
 
     checked, mismatches = analyze.verify_roundtrip(parsed, opened.data)
-    vfio_checked, vfio_mismatches = qemu_vfio.verify(vfio, opened.data)
+    vfio_checked, vfio_mismatches = 0, ()
+    if vfio:
+        from vmstate import qemu_vfio
+
+        vfio_checked, vfio_mismatches = qemu_vfio.verify(vfio, opened.data)
     checked, mismatches = checked + vfio_checked, mismatches + vfio_mismatches
     for m in mismatches:
         print(
