@@ -66,7 +66,8 @@ class _Version(argparse.Action):
             text = version("vmstate")
         except PackageNotFoundError:
             text = "(not installed)"
-        parser.exit(0, f"vmstate {text}\n")
+        print(f"vmstate {text}")
+        parser.exit(0)
 
 
 def _command_of(argv: Sequence[str]) -> str | None:

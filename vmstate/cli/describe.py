@@ -55,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
         documents = {key: description_document(desc) for key, desc in found}
         print(json.dumps(documents[found[0][0]] if single else documents, indent=2))
         return 0
-    texts = [
-        describe(desc) if key == desc.name else f"== {key}\n{describe(desc)}"
-        for key, desc in found
-    ]
-    print("\n".join(texts), end="")
+    for n, (key, desc) in enumerate(found):
+        head = "\n" if n else ""
+        print(
+            head + (describe(desc) if key == desc.name else f"== {key}\n{describe(desc)}"), end=""
+        )
     return 0
 
 
