@@ -180,6 +180,46 @@ def test_a_bug_is_one_line_with_its_own_status(
     )
 
 
+# -- streams that are none, or cut short --------------------------------------------------
+
+#: how each command that reads a stream is given one
+BROKEN_READERS = {
+    "show": ["show", "FILE"],
+    "analyze": ["analyze", "FILE"],
+    "analyze --format qemu": ["analyze", "FILE", "--format", "qemu"],
+    "describe": ["describe", "FILE"],
+    "check --stream": ["check", "--stream", "FILE", "--dst", str(DUMP)],
+    "diff": ["diff", "FILE", str(STREAM)],
+}
+
+
+def _broken_streams() -> list[tuple[str, bytes, str]]:
+    """(name, bytes, what the one error line says): the length cut at is where it ends."""
+    data = STREAM.read_bytes()
+    cases = [("empty", b"", "not a QEMU migration stream")]
+    cases.append(("garbage", b"GARBAGE!" * 64, "not a QEMU migration stream"))
+    for n in (3, 20, 100_000, len(data) - 20):  # header, configuration, RAM, vmdesc
+        cases.append((f"cut at {n}", data[:n], f"truncated at offset {n:#x}"))
+    return cases
+
+
+@pytest.mark.parametrize("reader", BROKEN_READERS)
+def test_no_stream_and_a_cut_stream_are_said_so_by_every_reader(
+    reader: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Never "no vmdesc": what is wrong is the stream itself."""
+    for name, data, said in _broken_streams():
+        path = tmp_path / "input"
+        path.write_bytes(data)
+        args = [str(path) if a == "FILE" else a for a in BROKEN_READERS[reader]]
+        assert main(args) == REJECTED, (name, capsys.readouterr())
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, (name, err)
+        if reader == "describe" and name in ("empty", "garbage"):
+            said = "empty: not a description file" if name == "empty" else "not TOML"
+        assert said in err and "vmdesc;" not in err and "no vmdesc" not in err, (name, err)
+
+
 # -- ^C and a reader that goes away -------------------------------------------------------
 
 

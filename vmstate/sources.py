@@ -34,12 +34,14 @@ from vmstate.stream import (
     Resolver,
     find_vmdesc,
     parse_vmdesc,
+    refuse_truncated,
     resolver_from,
     stream_machine,
 )
 from vmstate.vmdesc import description_from_vmdesc, resolver_from_vmdesc
 
 _MAX_JSON = 64 << 20
+_NOT_A_SOURCE = "not a description file, -dump-vmstate JSON, vmdesc or migration stream"
 _GZIP = b"\x1f\x8b"
 ANY_VERSION = 0xFFFFFFFF
 
@@ -115,7 +117,10 @@ def _read(path: str | Path) -> _Read:
         return _Read(text, files=(load_description_file(source),))
     with open_stream(text) as opened:
         buf = opened.data
-        if buf[:4] == MAGIC.to_bytes(4, "big") or opened.save_image is not None:
+        head, magic = bytes(buf[:4]), MAGIC.to_bytes(4, "big")
+        if not head:
+            raise InputError(f"empty: {_NOT_A_SOURCE}", text)
+        if head == magic or magic.startswith(head) or opened.save_image is not None:
             return _Read(text, vmdesc=_stream_vmdesc(buf, text), machine=stream_machine(buf))
         raw = _unpacked(buf, text)
     if raw.lstrip()[:1] not in (b"{", b"["):
@@ -169,15 +174,14 @@ def _description_text(raw: bytes, origin: str) -> Description:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError(
-            "not a description file, -dump-vmstate JSON, vmdesc or migration stream", origin
-        ) from None
+        raise InputError(_NOT_A_SOURCE, origin) from None
     return load_description_text(text, origin)
 
 
 def _stream_vmdesc(buf: Input, origin: str) -> dict[str, Any]:
     at = find_vmdesc(buf)
     if at is None:
+        refuse_truncated(buf)
         raise InputError("the stream has no vmdesc to describe its sections", origin)
     return parse_vmdesc(buf, at)
 

@@ -171,6 +171,20 @@ def parse(
         raise located.with_excerpt(buf) from None
 
 
+def refuse_truncated(buf: Input) -> None:
+    """Raise when *buf*, which has no vmdesc, is no stream or ends early, so that its
+    error says so rather than that it lacks a vmdesc: its framing and RAM are read up to
+    its first device section."""
+    if bytes(buf[:4]) != MAGIC.to_bytes(4, "big"):
+        parse(buf)  # refuses it: no stream, or its header cut short
+    try:
+        parse(buf)
+    except TruncatedError:
+        raise
+    except DecodeError:
+        return
+
+
 def _check_magic(buf: Input) -> None:
     """Refuse what is no migration stream before looking for its vmdesc."""
     head = bytes(buf[:4])
@@ -213,9 +227,9 @@ class _Parser:
         self.vmdesc = parse_vmdesc(buf, self.vmdesc_at) if self.vmdesc_at is not None else None
         #: no descriptions at all: RAM is walked, the first device section is refused
         self.undescribed = resolver is None and fitter is None and self.vmdesc is None
+        if self.vmdesc is None and fitter is None:
+            truncated_vmdesc(buf)
         if resolver is None and self.vmdesc is None:
-            if fitter is None:
-                truncated_vmdesc(buf)
             resolver = _unknown
         elif resolver is None:
             assert self.vmdesc is not None
@@ -617,6 +631,7 @@ __all__ = [
     "TruncatedError",
     "find_vmdesc",
     "parse",
+    "refuse_truncated",
     "resolver_from",
     "write",
 ]

@@ -52,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
         found = diff_descriptions(load_description_set(args.a), load_description_set(args.b))
         sort = "description sets"
     else:
-        from vmstate.errors import InputError
-
-        raise InputError(f"one of {args.a} and {args.b} is a stream, the other a description set")
+        _refuse_mixed(args.a, args.b, args.descriptions)
     if args.json:
         out: dict[str, Any] = {
             "a": args.a,
@@ -85,7 +83,23 @@ def _is_stream(name: str) -> bool | None:
         return False
     with open(name, "rb") as f:
         head = f.read(16)
-    return head[:4] == MAGIC.to_bytes(4, "big") or is_save_image(head)
+    magic = MAGIC.to_bytes(4, "big")
+    return (bool(head) and magic.startswith(head[:4])) or is_save_image(head)
+
+
+def _refuse_mixed(a: str, b: str, descriptions: str | None) -> None:
+    """Refuse a stream and something else: a description set is named as such; what is
+    none is read as the stream it is meant to be, and refused as one (no stream,
+    cut short)."""
+    from vmstate.errors import InputError, VMStateError
+    from vmstate.sources import load_description_set
+
+    try:
+        load_description_set(b if _is_stream(a) else a)
+    except VMStateError:
+        _streams(a, b, descriptions)
+        raise
+    raise InputError(f"one of {a} and {b} is a stream, the other a description set")
 
 
 def _streams(a: str, b: str, descriptions: str | None) -> list[Difference]:
@@ -100,6 +114,8 @@ def _streams(a: str, b: str, descriptions: str | None) -> list[Difference]:
 
 
 def _parse(opened: StreamInput, descriptions: str | None) -> Stream:
+    import attrs
+
     from vmstate import stream, vfio_section
     from vmstate.errors import DecodeError
     from vmstate.progress import TerminalProgress
@@ -115,8 +131,9 @@ def _parse(opened: StreamInput, descriptions: str | None) -> Stream:
                 fitter=decoder.layouts,
                 progress=progress,
             )
-        except DecodeError as e:
-            raise e.within(opened.name) from None
+        except DecodeError as e:  # named by its file: "stream" says nothing with two
+            inner = e.path[1:] if e.path[:1] == ("stream",) else e.path
+            raise attrs.evolve(e, path=(opened.name, *inner)) from None
 
 
 def _print(a: str, b: str, found: list[Difference]) -> None:
