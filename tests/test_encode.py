@@ -57,9 +57,9 @@ def test_every_qemu_stream_comes_back_byte_for_byte(
 
 
 def test_the_mapped_ram_snapshot_comes_back(
-    mapped_ram: Path,
+    mapped_ram: Path,  # noqa: F811
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """73 MB of file with RAM at fixed offsets: one reference, read back in pieces."""
     status, again, err = encoded(analyzed(capsys, str(mapped_ram)), tmp_path, capsys)

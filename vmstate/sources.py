@@ -38,12 +38,11 @@ from vmstate.stream import (
     resolver_from,
     stream_machine,
 )
-from vmstate.vmdesc import description_from_vmdesc, resolver_from_vmdesc
+from vmstate.vmdesc import ANY_VERSION, description_from_vmdesc, resolver_from_vmdesc
 
 _MAX_JSON = 64 << 20
 _NOT_A_SOURCE = "not a description file, -dump-vmstate JSON, vmdesc or migration stream"
 _GZIP = b"\x1f\x8b"
-ANY_VERSION = 0xFFFFFFFF
 
 
 @attrs.frozen

@@ -46,6 +46,8 @@ MAX_ENTRIES = 1 << 20
 #: the keys QEMU may write on one entry of an array
 ARRAY_LEN = "array_len"
 INDEX = "index"
+#: the version of an old-style section's entry, which records none: it takes any
+ANY_VERSION = 0xFFFFFFFF
 
 #: the largest vmdesc read
 MAX_VMDESC = 64 << 20
