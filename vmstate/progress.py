@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 _BAR = 30
 _LINE_STEP = 64 << 20  # plain output: a line per 64 MiB (and at the end)
+#: seconds of work before TerminalProgress draws: quicker runs show no bar
+DELAY = 0.5
 
 
 def _size(n: int) -> str:
@@ -60,12 +62,12 @@ class TerminalProgress:
     and output that is no terminal see nothing of it.  Use as a context manager; call
     it with (done, total or None)."""
 
-    def __init__(self, label: str, out: TextIO | None = None, delay: float = 0.5) -> None:
+    def __init__(self, label: str, out: TextIO | None = None, delay: float | None = None) -> None:
         self.out = sys.stderr if out is None else out
         self.label = label
         self.live = self.out.isatty()
         self.start = time.monotonic()
-        self.delay = delay
+        self.delay = DELAY if delay is None else delay
         self.last = 0.0
         self.drawn = False
 

@@ -50,6 +50,7 @@ from vmstate.stream import (
     FOOTER,
     PACKAGED,
     Input,
+    Progress,
     Section,
     Stream,
 )
@@ -76,18 +77,20 @@ def document(
     own_vmdesc: bool,
     raw_bytes: str = REFERENCE,
     vfio: tuple[VfioSections, ...] = (),
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The document of *parsed*, the stream *opened* holds.  *own_vmdesc*: its device
     sections were decoded with the stream's own vmdesc (else each gets its layout).
     *raw_bytes* is INLINE or REFERENCE; a stream that is no regular file (a pipe) is
-    always inline."""
+    always inline.  *progress* hears how far the bytes kept (RAM above all) are hashed
+    or written out."""
     buf = opened.data
     source = _source_file(opened)
     referenced = raw_bytes == REFERENCE and source is not None
     out: dict[str, Any] = {FORMAT_KEY: FORMAT_VERSION, "source": {"file": source, "size": len(buf)}}
     if opened.save_image is not None:
         out["source"]["libvirt_save_image"] = opened.save_image.summary()
-    found = _items(parsed, buf, own_vmdesc, referenced)
+    found = _items(parsed, buf, own_vmdesc, referenced, progress)
     items = [item for _, item in sorted(found, key=lambda pair: pair[0])]
     out["items"] = items
     if vfio:
@@ -107,7 +110,7 @@ def _source_file(opened: StreamInput) -> str | None:
 
 
 def _items(
-    parsed: Stream, buf: Input, own_vmdesc: bool, referenced: bool
+    parsed: Stream, buf: Input, own_vmdesc: bool, referenced: bool, progress: Progress | None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(offset, item) of every record; sorted by offset they are the stream."""
     if parsed.configuration is not None:
@@ -128,7 +131,8 @@ def _items(
             package_ends.append((command.offset, start, end, item))
         yield command.offset, item
     sections = [
-        (s.header_offset, _section(s, buf, own_vmdesc, referenced)) for s in parsed.sections
+        (s.header_offset, _section(s, buf, own_vmdesc, referenced, progress))
+        for s in parsed.sections
     ]
     yield from sections
     for _, start, end, item in package_ends:
@@ -141,7 +145,9 @@ def _items(
         yield parsed.vmdesc_offset, _vmdesc(buf, parsed.vmdesc_offset)
 
 
-def _section(section: Section, buf: Input, own_vmdesc: bool, referenced: bool) -> dict[str, Any]:
+def _section(
+    section: Section, buf: Input, own_vmdesc: bool, referenced: bool, progress: Progress | None
+) -> dict[str, Any]:
     item: dict[str, Any] = {
         "type": "section",
         "kind": SECTION_KINDS[section.type],
@@ -161,6 +167,8 @@ def _section(section: Section, buf: Input, own_vmdesc: bool, referenced: bool) -
             item["layout"], item["state"] = fitted
             return item
     item["bytes"] = _bytes(buf, section.start, section.end, referenced)
+    if progress is not None:
+        progress(section.end, len(buf))
     return item
 
 

@@ -158,10 +158,18 @@ def _report(
         _print_qemu_json(analyze.qemu_state(parsed))
     elif form == "json":
         from vmstate.indented_json import dumps
+        from vmstate.progress import TerminalProgress
         from vmstate.stream_document import document
 
-        own = decoder is None
-        doc = document(opened, parsed, own_vmdesc=own, raw_bytes=args.raw_bytes, vfio=vfio)
+        with TerminalProgress(f"documenting {opened.name}") as progress:
+            doc = document(
+                opened,
+                parsed,
+                own_vmdesc=decoder is None,
+                raw_bytes=args.raw_bytes,
+                vfio=vfio,
+                progress=progress,
+            )
         sys.stdout.write(dumps(doc, indent=1) + "\n")
     else:
         _summary(opened, parsed, vfio)

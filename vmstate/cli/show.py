@@ -82,10 +82,12 @@ def _stream_sections(buf: Input, error: DecodeError) -> list[Shown]:
     it looks like one after all."""
     from vmstate import pci_vfio
     from vmstate.errors import DecodeError
+    from vmstate.progress import TerminalProgress
     from vmstate.stream import parse
 
     try:
-        parsed = parse(buf, _resolver(buf))
+        with TerminalProgress("reading the stream") as progress:
+            parsed = parse(buf, _resolver(buf), progress=progress)
     except DecodeError:
         raise error from None
     if any(s.idstr.endswith(f"/{pci_vfio.DESCRIPTION_NAME}") for s in parsed.sections):
