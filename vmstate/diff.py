@@ -85,7 +85,13 @@ def diff_streams(a: Stream, buf_a: Input, b: Stream, buf_b: Input) -> list[Diffe
     if a.configuration is not None and b.configuration is not None:
         out += _configuration(a, buf_a, b, buf_b)
     out += _ram(a, buf_a, b, buf_b)
-    sections_a, sections_b = _keyed(a), _keyed(b)
+    device_a, device_b = _saved_device(a), _saved_device(b)
+    if device_a and device_b and device_a != device_b:
+        # two devices' saved states: their sections are matched by what they hold
+        out.append(Difference("saved device", "", CHANGED, device_a, device_b))
+        sections_a, sections_b = _keyed(a, f"{device_a}/"), _keyed(b, f"{device_b}/")
+    else:
+        sections_a, sections_b = _keyed(a), _keyed(b)
     for key in [*sections_a, *(k for k in sections_b if k not in sections_a)]:
         sa, sb = sections_a.get(key), sections_b.get(key)
         where = _where(key)
@@ -103,14 +109,27 @@ def diff_streams(a: Stream, buf_a: Input, b: Stream, buf_b: Input) -> list[Diffe
     return out
 
 
-def _keyed(stream: Stream) -> dict[tuple[str, int, int], Section]:
-    """Sections other than RAM by (id string, instance, occurrence)."""
+def _saved_device(stream: Stream) -> str | None:
+    """The device whose state a file of ``vmstate save`` holds (its sections are all
+    ``NAME/...``, one of them ``NAME/vfio-pci-config``), else None."""
+    from vmstate.pci_vfio import DESCRIPTION_NAME
+
+    names = [s.idstr for s in stream.sections if s.idstr != "ram"]
+    devices = {name.rsplit("/", 1)[0] for name in names if "/" in name}
+    if len(devices) != 1 or not all("/" in name for name in names):
+        return None
+    (device,) = devices
+    return device if f"{device}/{DESCRIPTION_NAME}" in names else None
+
+
+def _keyed(stream: Stream, strip: str = "") -> dict[tuple[str, int, int], Section]:
+    """Sections other than RAM by (id string without *strip*, instance, occurrence)."""
     seen: dict[tuple[str, int], int] = {}
     out = {}
     for section in stream.sections:
         if section.idstr == "ram":
             continue
-        base = (section.idstr, section.instance_id)
+        base = (section.idstr.removeprefix(strip), section.instance_id)
         n = seen[base] = seen.get(base, -1) + 1
         out[(*base, n)] = section
     return out
@@ -223,7 +242,7 @@ def _spans(where: str, a: Span, b: Span) -> Iterator[Difference]:
             if isinstance(sa.value, bytes | bytearray) and isinstance(sb.value, bytes | bytearray):
                 yield from _bytes(where, text, bytes(sa.value), sa.start, bytes(sb.value), sb.start)
             else:
-                yield Difference(where, text, CHANGED, _shown(sa), _shown(sb), sa.start, sb.start)
+                yield Difference(where, text, CHANGED, *_shown(sa, sb), sa.start, sb.start)
 
 
 def _flat(span: Span) -> dict[tuple[str | int, ...], Span]:
@@ -236,8 +255,13 @@ def _is_container(span: Span) -> bool:
     return isinstance(span.kind, Description) or bool(span.kind.container)
 
 
-def _shown(span: Span) -> str:
-    return str(span.kind.show_short(span.value))
+def _shown(a: Span, b: Span) -> tuple[str, str]:
+    """Both values as their kind shows them; two numbers both in hex when one is."""
+    old, new = str(a.kind.show_short(a.value)), str(b.kind.show_short(b.value))
+    numbers = all(type(v) is int and v >= 0 for v in (a.value, b.value))
+    if numbers and old.startswith("0x") != new.startswith("0x"):
+        return f"{a.value:#x}", f"{b.value:#x}"
+    return old, new
 
 
 def _bytes(where: str, path: str, a: bytes, at_a: int, b: bytes, at_b: int) -> list[Difference]:
