@@ -326,7 +326,7 @@ def diff_descriptions(a: DescriptionSet, b: DescriptionSet) -> list[Difference]:
 
 def _rows(desc: Description, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
     """(path, what it is) of a description, its fields, their parts and subsections."""
-    versions = f"v{desc.version_id} (loads v{desc.minimum_version_id}..)"
+    versions = f"v{desc.version_id} (loads v{desc.minimum_version_id}..v{desc.version_id})"
     yield (*path, "(version)"), versions
     for field in desc.fields:
         kind, size = field.kind.describe()

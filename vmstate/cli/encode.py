@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     with TerminalProgress("encoding") as progress, atomic_output(args.output) as out:
         parsed = encode(doc, out, source=args.source, progress=progress)
     report = sys.stderr if writes_stdout(args.output) else sys.stdout
-    sections = len(parsed.sections)
-    print(f"encoded {parsed.size} bytes, {sections} sections, to {args.output}", file=report)
+    from vmstate.render import count
+
+    sections = count(len(parsed.sections), "section")
+    print(f"encoded {parsed.size} bytes, {sections}, to {args.output}", file=report)
     return 0
