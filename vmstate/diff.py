@@ -112,13 +112,13 @@ def diff_streams(a: Stream, buf_a: Input, b: Stream, buf_b: Input) -> list[Diffe
 def _saved_device(stream: Stream) -> str | None:
     """The device whose state a file of ``vmstate save`` holds (its sections are all
     ``NAME/...``, one of them ``NAME/vfio-pci-config``), else None."""
-    from vmstate.pci_vfio import DESCRIPTION_NAME
-
     names = [s.idstr for s in stream.sections if s.idstr != "ram"]
     devices = {name.rsplit("/", 1)[0] for name in names if "/" in name}
     if len(devices) != 1 or not all("/" in name for name in names):
         return None
     (device,) = devices
+    from vmstate.pci_vfio import DESCRIPTION_NAME  # only now: other streams need no PCI code
+
     return device if f"{device}/{DESCRIPTION_NAME}" in names else None
 
 
