@@ -373,7 +373,8 @@ def test_save_and_show_every_host_device(
     assert main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert pci_ids().device_name(vendor, device) in shown
-    assert f"vendor_id: {vendor:#x}" in shown and f"device_id: {device:#x}" in shown
+    # four hex digits, as sysfs and lspci -n print IDs
+    assert f"vendor_id: {vendor:#06x}" in shown and f"device_id: {device:#06x}" in shown
     config = (sysfs / "config").read_bytes()
     with open_stream(out) as opened:
         state = read_file(opened.data).config.state
