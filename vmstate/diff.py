@@ -252,7 +252,7 @@ def _flat(span: Span) -> dict[tuple[str | int, ...], Span]:
 
 
 def _is_container(span: Span) -> bool:
-    return isinstance(span.kind, Description) or bool(span.kind.container)
+    return bool(span.kind.container)  # a struct, an array, a description
 
 
 def _shown(a: Span, b: Span) -> tuple[str, str]:
