@@ -189,13 +189,18 @@ def test_problems_with_their_positions(name: str, snapshot: Any) -> None:
     assert [str(p) for p in problems] == snapshot
 
 
-def test_every_problem_code_is_exercised() -> None:
+def test_every_problem_code_is_exercised(tmp_path: Path) -> None:
     codes = {
         p.code
         for name in PROBLEM_FILES
         for p in check_description_text((DESCRIPTIONS / name).read_text(), name)
     }
-    assert codes == set(PROBLEM_CODES)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'[description]\nname = "\xe9"\n')
+    (unreadable,) = check_description_file(latin1)
+    assert (unreadable.line, unreadable.col, unreadable.code) == (2, 9, "unreadable")
+    assert unreadable.message == "not UTF-8: byte 0xe9 at offset 22"
+    assert codes | {unreadable.code} == set(PROBLEM_CODES)
 
 
 def test_load_raises_the_first_error_at_its_location() -> None:

@@ -16,7 +16,7 @@ import pytest
 from conftest import IN_CI
 
 from vmstate._files import atomic_output, write_atomic
-from vmstate.errors import UsageError
+from vmstate.errors import InputError
 
 FULL = os.makedev(1, 7)  # /dev/full's numbers (Documentation/admin-guide/devices.txt)
 NULL = os.makedev(1, 3)
@@ -119,7 +119,8 @@ def test_stdout_is_written_through_even_when_it_is_a_file(tmp_path: Path, name: 
 
 
 def test_other_targets_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="not a regular file, FIFO or character device"):
+    """A directory named as the output: what it names cannot be written (exit 1)."""
+    with pytest.raises(InputError, match="not a regular file, FIFO or character device"):
         write_atomic(tmp_path, b"data")
     assert tmp_path.is_dir()
 

@@ -243,11 +243,20 @@ def test_every_image_decodes_like_the_stream_inside_it(
         assert opened.data[:] == inside.read_bytes()
         assert opened.save_image is not None
         assert opened.save_image.compression == what.save_format
-    for args in (["--format", "json"], ["--format", "qemu"], ["--verify-roundtrip"]):
+    for args in (["--format", "qemu"], ["--verify-roundtrip"]):
         assert main(["analyze", str(image), *args]) == 0
         from_image = capsys.readouterr().out
         assert main(["analyze", str(inside), *args]) == 0
         assert from_image == capsys.readouterr().out
+    # the documents differ only in the file their RAM bytes refer to; encode reads the
+    # image's stream back out of it (decompressing it) and writes the stream inside
+    assert main(["analyze", str(image), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert main(["analyze", str(inside), "--json"]) == 0
+    assert {**doc, "source": None} == {**json.loads(capsys.readouterr().out), "source": None}
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(tmp_path / "again.mig")]) == 0
+    assert (tmp_path / "again.mig").read_bytes() == inside.read_bytes()
 
 
 def test_analyze_shows_what_libvirt_says_of_the_image(
@@ -269,12 +278,14 @@ def test_analyze_shows_what_libvirt_says_of_the_image(
 def test_a_compressed_image_reads_from_a_pipe(lab: Lab) -> None:
     image = lab.image(Image("7.2", "pc-i440fx-7.2", "bzip2"))
     with image.open("rb") as source:
-        piped = subprocess.run([sys.executable, "-m", "vmstate", "analyze", "-", "--format", "json"],
+        piped = subprocess.run([sys.executable, "-m", "vmstate", "analyze", "-", "--json"],
                                stdin=source, capture_output=True, text=True, check=False)
-    direct = subprocess.run([sys.executable, "-m", "vmstate", "analyze", str(image), "--format",
-                             "json"], capture_output=True, text=True, check=False)
+    direct = subprocess.run([sys.executable, "-m", "vmstate", "analyze", str(image), "--json",
+                             "--raw-bytes", "inline"], capture_output=True, text=True, check=False)
     assert piped.returncode == 0, piped.stderr
-    assert json.loads(piped.stdout) == json.loads(direct.stdout)
+    piped_doc, direct_doc = json.loads(piped.stdout), json.loads(direct.stdout)
+    assert piped_doc["source"]["file"] is None  # nothing to refer to: RAM is inline
+    assert {**piped_doc, "source": None} == {**direct_doc, "source": None}
 
 
 def test_show_names_the_image_then_decodes_its_stream(

@@ -128,26 +128,48 @@ def test_clean_file_and_warnings_only_exit_0(
     assert (status, out[-1]) == (0, "0 errors, 1 warning in 2 files")
 
 
-def test_unreadable_file_is_one_error_line(
+def test_unreadable_files_are_problems_of_their_own_and_the_rest_is_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "missing.toml"
-    assert main(["lint", str(LINT / "unknown-key.toml"), str(missing)]) == 1
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err == f"vmstate: error: {missing}: cannot read: No such file or directory\n"
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'[description]\nname = "\xe9"\n')
+    status, out = lint(capsys, str(LINT / "unknown-key.toml"), str(missing), str(latin1))
+    assert status == 1
+    assert f"{missing}:1:1: error: cannot read: No such file or directory [unreadable]" in out
+    assert f"{latin1}:2:9: error: not UTF-8: byte 0xe9 at offset 22 [unreadable]" in out
+    assert any(line.startswith(f"{LINT / 'unknown-key.toml'}:") for line in out)
+    assert out[-1].endswith(" in 3 files")
 
 
-def test_directory_without_description_files_is_a_usage_error(
+def test_a_directory_without_description_files_is_rejected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(["lint", str(tmp_path)])
-    assert exit_.value.code == 2
-    assert (
-        capsys.readouterr().err
-        == f"vmstate: usage error: {tmp_path}: no .toml files in this directory\n"
+    assert main(["lint", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"vmstate: error: {tmp_path}: no .toml files in this directory\n"
+
+
+def test_absurd_counts_and_sizes_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fixed size no load accepts is an error, a maximum above the limit a warning."""
+    path = tmp_path / "absurd.toml"
+    path.write_text(
+        '[description]\nname = "absurd"\nversion_id = 1\nfields = [\n'
+        '  { name = "n", type = "uint32" },\n'
+        '  { name = "big", type = "buffer", size = 4294967296 },\n'
+        '  { name = "list", type = "varray", element = "uint8", count = "n", max_count = 4294967295 },\n'
+        "]\n"
     )
+    status, out = lint(capsys, str(path))
+    assert status == 1
+    assert out == [
+        f"{path}:6:36: error: size 4294967296 is above the 1073741824 a load accepts: "
+        "this field never loads [over-limit]",
+        f"{path}:7:69: warning: max_count 4294967295 is above the 4194304 a load accepts: "
+        "longer data is refused all the same [max-over-limit]",
+        "1 error, 1 warning in 1 file",
+    ]
 
 
 def test_a_real_process_exits_1_on_errors() -> None:

@@ -302,11 +302,18 @@ def test_input_past_the_bound_is_refused_without_reading_it_all() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["no/such/file"], ["--slot", "07:00.0", "LSPCI"], ["--slot", "nonsense", "LSPCI"]]
+    ("args", "status", "message"),
+    [
+        (["no/such/file"], 1, "no/such/file: no such file, and no PCI address"),
+        (["--slot", "07:00.0", "LSPCI"], 1, "lspci.txt: no function 07:00.0 in it"),
+        (["--slot", "nonsense", "LSPCI"], 2, "usage error: --slot 'nonsense': not a PCI address"),
+    ],
 )
-def test_usage_errors_exit_2(args: list[str], tmp_path: Path) -> None:
+def test_what_cannot_be_read_exits_1_and_a_malformed_argument_2(
+    args: list[str], status: int, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dump = tmp_path / "lspci.txt"
     dump.write_text(dump_text((DATA / "pci" / "qemu-pc-e1000.bin").read_bytes(), "00:03.0"))
-    with pytest.raises(SystemExit) as exit_:
-        main(["decode-config", *[str(dump) if a == "LSPCI" else a for a in args]])
-    assert exit_.value.code == 2
+    assert main(["decode-config", *[str(dump) if a == "LSPCI" else a for a in args]]) == status
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

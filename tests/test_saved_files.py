@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from vmstate import pci_vfio, registry, saved_file, stream
-from vmstate.cli.show import show_file
+from vmstate.cli import main
 from vmstate.device_load import load
 from vmstate.device_save import save
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, LimitError, VMStateError
@@ -272,7 +272,7 @@ def test_mtty_data_decodes_field_by_field(
     assert decoded["nr_ports"] == 2
     assert decoded["ports"][0]["uart_reg"] == [0x41, 0x05, 0xC1, 0x1B, 0x08, 0x60, 0, 0x5A]
     assert decoded["ports"][1]["divisor"] == 12
-    show_file(str(path))
+    assert main(["show", str(path)]) == 0
     out = capsys.readouterr().out
     assert (
         "mtty-migration-data" in out and "divisor: 0xc" in out and "uart_reg: [0x41, 5, 0xc1" in out

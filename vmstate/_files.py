@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from vmstate.errors import UsageError
+from vmstate.errors import InputError
 
 #: how a path names one of this process's descriptors
 _OWN_FD = re.compile(r"/(?:dev/fd|proc/self/fd)/(\d+)")
@@ -73,9 +73,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             yield f
         return
     if mode is not None and not stat.S_ISREG(mode):
-        raise UsageError(
-            f"{text}: not a regular file, FIFO or character device: refusing to replace it"
-        )
+        raise InputError("not a regular file, FIFO or character device: refusing to replace it", text)
     with _replacing(target, None if mode is None else stat.S_IMODE(mode)) as f:
         yield f
 

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 import attrs
 
-from vmstate.errors import UsageError
+from vmstate.errors import InputError
 from vmstate.stream import Input, RamBlock, Section, Stream
 
 
@@ -42,7 +42,7 @@ class RamExtractor:
     def __init__(self, directory: str | Path) -> None:
         self.target = Path(directory)
         if self.target.exists():
-            raise UsageError(f"{self.target} exists; give a new directory for the RAM blocks")
+            raise InputError("exists; give a new directory for the RAM blocks", str(self.target))
         self.work = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
         self.files: dict[str, BinaryIO] = {}
 

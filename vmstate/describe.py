@@ -14,6 +14,7 @@ import attrs
 
 from vmstate.description import Description, Hooks
 from vmstate.fields import Field, Kind
+from vmstate.vmdesc import ANY_VERSION
 
 __all__ = ["describe"]
 
@@ -52,6 +53,8 @@ def describe(desc: Description) -> str:
 
 
 def _versions(desc: Description) -> str:
+    if (desc.minimum_version_id, desc.version_id) == (0, ANY_VERSION):
+        return "any version (old-style: its vmdesc entry records none)"
     if desc.minimum_version_id == desc.version_id:
         return f"v{desc.version_id}"
     return f"v{desc.version_id} (loads v{desc.minimum_version_id}..v{desc.version_id})"

@@ -38,6 +38,8 @@ class Saved:
     size: int
     data_size: int | None  # None: no device data (see reason)
     reason: str = ""
+    #: what the file lacks that the device had, for the user to know
+    warnings: tuple[str, ...] = ()
 
 
 def save(
@@ -99,7 +101,15 @@ def write_state(
             idstr = f"{device.name}/{pci_vfio.QEMU_DESCRIPTION_NAME}"
             writer.device(stream.DeviceSection(idstr, qemu_desc, qemu_state, held=qemu_held))
     writer.finish()
-    return Saved(counted.size, data_size, reason)
+    warnings = ()
+    wrote_qemu = qemu or (caps is not None and caps.blocker is None)
+    if wrote_qemu and pci_vfio.msix_enabled(state) and not state["msix_saved"]:
+        warnings = (
+            "MSI-X is enabled but its table could not be read (root, memory decoding and D0 "
+            "are needed): QEMU's msix field is written as zeros, so a QEMU that loads this "
+            "file programs every vector with address 0 and data 0",
+        )
+    return Saved(counted.size, data_size, reason, warnings)
 
 
 def _vfio_section(

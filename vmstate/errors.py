@@ -54,7 +54,20 @@ class VMStateError(Exception):
 
 @attrs.frozen(auto_exc=True)
 class UsageError(VMStateError):
-    """The command line or API was called wrongly (CLI exit status 2)."""
+    """The command line or API was called wrongly, whatever the files and devices it names
+    hold (CLI exit status 2)."""
+
+
+@attrs.frozen(auto_exc=True)
+class InputError(VMStateError):
+    """A file or device the caller named is not what was asked for, as a whole (no such
+    function in a dump, a stream without the vmdesc to read it, an output that exists):
+    rejected input (CLI exit status 1), where no single byte is to blame."""
+
+    source: str = ""
+
+    def __str__(self) -> str:
+        return printable(f"{self.source}: {self.message}" if self.source else self.message)
 
 
 @attrs.frozen(auto_exc=True)

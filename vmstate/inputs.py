@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import attrs
 
@@ -39,11 +39,6 @@ from vmstate import libvirt_save
 from vmstate.errors import DecodeError, LimitError, TruncatedError
 from vmstate.libvirt_save import SaveImage
 from vmstate.stream import Input
-
-try:
-    from compression import zstd  # type: ignore[import-not-found,unused-ignore]
-except ImportError:
-    from backports import zstd  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 #: what names standard input
 STDIN = "-"
@@ -237,9 +232,22 @@ _DECOMPRESSORS: dict[str, Callable[[], _Decompressor]] = {
     "gzip": _Gzip,
     "bzip2": bz2.BZ2Decompressor,
     "xz": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT),
-    "zstd": zstd.ZstdDecompressor,
+    "zstd": lambda: _zstd().ZstdDecompressor(),
 }
-_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstd.ZstdError)
+_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
+
+
+def _zstd() -> Any:
+    """The zstd module, imported for zstd images only (reading others needs none of it)."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        from backports import zstd  # type: ignore[import-not-found,no-redef,unused-ignore]
+    return zstd
+
+
+def _errors(what: str) -> tuple[type[BaseException], ...]:
+    return (*_ERRORS, _zstd().ZstdError) if what == "zstd" else _ERRORS
 
 
 def _decompress(
@@ -270,7 +278,7 @@ def _decompress(
             data = decompressor.decompress(pending, CHUNK)
             pending = b""
             produced = _write(out, data, produced, max_size, reader.taken)
-    except _ERRORS as e:
+    except _errors(what) as e:
         error = LimitError if "memory" in str(e).lower() else DecodeError
         raise error(
             f"{what} data is corrupt: {e}",

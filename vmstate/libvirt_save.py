@@ -14,7 +14,6 @@ limit before anything is read or allocated.
 from __future__ import annotations
 
 import struct
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
 import attrs
@@ -190,6 +189,8 @@ def _domain(xml: str) -> Domain:
             expected="a <domain> element, no DTD",
             found="<!DOCTYPE or <!ENTITY",
         )
+    import xml.etree.ElementTree as ET  # only images have XML: bare streams skip the import
+
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:

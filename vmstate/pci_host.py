@@ -76,10 +76,10 @@ def _link_name(path: Path) -> str | None:
 
 
 def host_device(bdf: str, sysfs: Path = SYSFS_PCI) -> HostDevice:
-    """The sysfs view of *bdf*; UsageError when this host has no such device."""
+    """The sysfs view of *bdf*; DeviceError when this host has no such device."""
     path = sysfs / bdf
     if not path.is_dir():
-        raise UsageError(f"no PCI device {bdf} on this host (see vmstate devices)")
+        raise DeviceError(f"no PCI device {bdf} on this host (see vmstate devices)")
     vendor, device = _read_hex(path / "vendor"), _read_hex(path / "device")
     group = _link_name(path / "iommu_group")
     names = pci_ids()
@@ -134,7 +134,7 @@ class MediatedDevice:
 def mediated_device(uuid: str, sysfs: Path = SYSFS_MDEV) -> MediatedDevice:
     path = sysfs / uuid
     if not path.is_dir():
-        raise UsageError(f"no mediated device {uuid} on this host")
+        raise DeviceError(f"no mediated device {uuid} on this host")
     return MediatedDevice(uuid, _link_name(path / "mdev_type") or "unknown")
 
 
@@ -203,5 +203,5 @@ def open_for_writing(name: str) -> Device:
     host = host_device(name)
     if host.driver != "vfio-pci":
         owner = host.driver or "no driver"
-        raise UsageError(f"{name} is bound to {owner}, not vfio-pci: loads go through VFIO only")
+        raise DeviceError(f"{name} is bound to {owner}, not vfio-pci: loads go through VFIO only")
     return VfioDevice.open(name)

@@ -22,7 +22,7 @@ import attrs
 from vmstate import registry
 from vmstate._lowlevel import vfio
 from vmstate.description import Description
-from vmstate.errors import DecodeError, DeviceError, IncompatibleError, UsageError, VMStateError
+from vmstate.errors import DecodeError, DeviceError, IncompatibleError, VMStateError
 from vmstate.pci.capabilities import PowerManagement
 from vmstate.pci.compat import check_compatible
 from vmstate.pci.decode import decode_config
@@ -192,7 +192,7 @@ def _msix_reachable(device: Device, space: ConfigSpace, index: int) -> bool:
     memory reads at all.  In-memory devices are read as they are."""
     try:
         info = device.region(index)
-    except (DeviceError, UsageError):
+    except DeviceError:
         return False
     if not callable(getattr(device, "mmap", None)):
         return info.readable
@@ -287,7 +287,7 @@ def qemu_state(state: Mapping[str, Any], express: bool) -> dict[str, Any]:
     (see :func:`_msix_reachable`)."""
     config = state["config"] + state.get("extended_config", b"")
     if not express and len(config) != 256:
-        raise UsageError(
+        raise DeviceError(
             "QEMU saves 256 config bytes only of a device whose config region "
             f"is 256 bytes, not {len(config)}"
         )
@@ -353,6 +353,11 @@ def check_config(
             )
         )
     return problems
+
+
+def msix_enabled(state: Mapping[str, Any]) -> bool:
+    """Whether MSI-X was enabled when *state* was saved."""
+    return bool(_msix_control(state) & MSIX_ENABLE)
 
 
 def _msix_control(state: Mapping[str, Any]) -> int:

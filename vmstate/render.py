@@ -10,7 +10,7 @@ description explains are shown as a hexdump.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from vmstate.description import Description
@@ -88,41 +88,55 @@ def _lines(lines: list[str], spans: list[Span], data: Any, parent: str) -> None:
             lines.append(_line(span.start, raw, path, span.kind.show(span.value)))
 
 
-def render_tree(desc: Description, state: Mapping[str, Any], indent: str = "") -> list[str]:
-    """*state* as an indented tree of names and values, without offsets (for people)."""
+#: how to show the values of a field, by field name (enum names, padded IDs)
+Labels = Mapping[str, Callable[[Any], str]]
+
+
+def render_tree(
+    desc: Description, state: Mapping[str, Any], indent: str = "", labels: Labels | None = None
+) -> list[str]:
+    """*state* as an indented tree of names and values, without offsets (for people);
+    a field *labels* names is shown its way, at any depth."""
     lines: list[str] = []
     for name, part, value in desc.parts(state):
         if isinstance(part, Description):
             lines.append(f"{indent}{name}: (subsection v{part.version_id})")
-            lines.extend(render_tree(part, value, indent + "  "))
+            lines.extend(render_tree(part, value, indent + "  ", labels))
         else:
-            lines.extend(_tree_value(part, str(name), value, indent))
+            lines.extend(_tree_value(part, str(name), value, indent, labels or {}))
     return lines
 
 
-def _tree_value(kind: Any, name: str, value: Any, indent: str) -> list[str]:
+def _tree_value(kind: Any, name: str, value: Any, indent: str, labels: Labels) -> list[str]:
     if not kind.container:
-        return [f"{indent}{name}: {kind.show_short(value)}"]
+        label = labels.get(name)
+        shown = label(value) if label is not None else kind.show_short(value)
+        return [f"{indent}{name}: {shown}"]
     parts = kind.parts(value)
     if not isinstance(value, list):
         lines = [f"{indent}{name}:"]
         for part_name, part, part_value in parts:
             if isinstance(part, Description):
                 lines.append(f"{indent}  {part_name}: (subsection v{part.version_id})")
-                lines.extend(render_tree(part, part_value, indent + "    "))
+                lines.extend(render_tree(part, part_value, indent + "    ", labels))
             else:
-                lines.extend(_tree_value(part, str(part_name), part_value, indent + "  "))
+                lines.extend(_tree_value(part, str(part_name), part_value, indent + "  ", labels))
         return lines
     if len(value) <= ROW and all(part.scalar for _, part, _ in parts):
         shown = ", ".join(part.show_short(v) for _, part, v in parts)
         return [f"{indent}{name}: [{shown}]"]
-    lines = [f"{indent}{name}: {len(value)} elements"]
+    lines = [f"{indent}{name}: {count(len(value), 'element')}"]
     for i, part, item in parts:
         if item is None:
             lines.append(f"{indent}  [{i}]: NULL")
         else:
-            lines.extend(_tree_value(part, f"[{i}]", item, indent + "  "))
+            lines.extend(_tree_value(part, f"[{i}]", item, indent + "  ", labels))
     return lines
+
+
+def count(n: int, noun: str) -> str:
+    """``1 section``, ``2 sections``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def hexdump(data: bytes, base: int) -> list[str]:

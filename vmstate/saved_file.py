@@ -237,8 +237,9 @@ def snapshot(path: str | os.PathLike[str]) -> Iterator[Input]:
     process could change it in between (feeding unchecked bytes to the device) or
     truncate it (SIGBUS).  The copy is an in-kernel one (sendfile into a memfd, which
     is then sealed against any change), so it costs memory the size of the file, up
-    to :data:`MAX_FILE`, but no pass through Python."""
-    with open(path, "rb") as f:
+    to :data:`MAX_FILE`, but no pass through Python.  ``-`` is standard input."""
+    own = os.fspath(path) == "-"
+    with open(os.dup(0) if own else path, "rb") as f:
         copy = os.memfd_create("vmstate-saved-file", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             size = _copy_into(f.fileno(), copy, str(path))

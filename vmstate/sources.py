@@ -1,60 +1,72 @@
 """Description sets from any supported source, for ``--descriptions``, ``--src`` and ``--dst``.
 
-- a QEMU ``-dump-vmstate`` JSON (``.json`` or ``.json.gz``): sections by device type;
+- a QEMU ``-dump-vmstate`` JSON (gzip-compressed too): sections by device type;
 - a stream's vmdesc JSON (as ``analyze --dump desc`` prints it), or a migration
   stream itself (bare or in a libvirt save image): sections by id string, exactly
   as the source sent them;
 - a description file (``.toml``) or a directory of them: sections by name.
+
+A source is read once, wherever it is (a file, ``-``, a pipe: see
+:func:`vmstate.inputs.open_stream`), and told apart by its contents; a
+``.toml`` name, or text that is no JSON, is a description file.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from vmstate.compat import DUMP, VMDESC, DescriptionSet
-from vmstate.description_file import load_description_file
+from vmstate.description import Description
+from vmstate.description_file import load_description_file, load_description_text
+from vmstate.description_file.reader import MAX_FILE_BYTES
 from vmstate.dump_layout import DumpLayouts
-from vmstate.errors import DescriptionError, UsageError
-from vmstate.inputs import open_stream
-from vmstate.libvirt_save import is_save_image
-from vmstate.qemu_dump import MACHINE_KEY, load_qemu_dump
+from vmstate.errors import DecodeError, DescriptionError, InputError, LimitError
+from vmstate.inputs import STDIN, open_stream
+from vmstate.qemu_dump import MACHINE_KEY, QemuDump, parse_qemu_dump
 from vmstate.stream import (
     MAGIC,
+    Input,
     Resolver,
     find_vmdesc,
     parse_vmdesc,
+    refuse_truncated,
     resolver_from,
     stream_machine,
 )
-from vmstate.vmdesc import description_from_vmdesc, resolver_from_vmdesc
+from vmstate.vmdesc import ANY_VERSION, description_from_vmdesc, resolver_from_vmdesc
 
 _MAX_JSON = 64 << 20
-ANY_VERSION = 0xFFFFFFFF
+_NOT_A_SOURCE = "not a description file, -dump-vmstate JSON, vmdesc or migration stream"
+_GZIP = b"\x1f\x8b"
+
+
+@attrs.frozen
+class _Read:
+    """What a source held: description files, a vmdesc (and the stream's machine type),
+    or a -dump-vmstate; exactly one of them."""
+
+    origin: str
+    files: tuple[Description, ...] = ()
+    vmdesc: dict[str, Any] | None = None
+    machine: str | None = None
+    dump: QemuDump | None = None
 
 
 def load_description_set(path: str | Path) -> DescriptionSet:
     """Read *path* in whichever supported form it is."""
-    source = Path(path)
-    if source.is_dir():
-        descs = [load_description_file(p) for p in sorted(source.glob("*.toml"))]
-        if not descs:
-            raise UsageError(f"{source}: no *.toml description files")
-        return DescriptionSet({d.name: d for d in descs}, origin=str(source))
-    if source.suffix == ".toml":
-        desc = load_description_file(source)
-        return DescriptionSet({desc.name: desc}, origin=str(source))
-    head = _head(source)
-    if head[:4] == MAGIC.to_bytes(4, "big") or is_save_image(head):
-        vmdesc, machine = _stream_vmdesc(source)
-        return attrs.evolve(_from_vmdesc(vmdesc, str(source)), machine=machine or "")
-    data = _json(source)
-    if isinstance(data, dict) and MACHINE_KEY in data:
-        dump = load_qemu_dump(source)
+    return _as_set(_read(path))
+
+
+def _as_set(found: _Read) -> DescriptionSet:
+    if found.vmdesc is not None:
+        return attrs.evolve(_from_vmdesc(found.vmdesc, found.origin), machine=found.machine or "")
+    if found.dump is not None:
+        dump = found.dump
         versions = {
             dev.type_name: (dev.version_id, dev.minimum_version_id)
             for dev in dump.devices
@@ -64,15 +76,13 @@ def load_description_set(path: str | Path) -> DescriptionSet:
         return DescriptionSet(
             {dev.type_name: dev.description for dev in dump.devices},
             frozenset(dev.type_name for dev in dump.devices if dev.unmigratable),
-            origin=str(source),
+            origin=found.origin,
             kind=DUMP,
             versions=versions,
             machine=dump.machine,
             counts_known=dump.counts_known,
         )
-    if isinstance(data, dict) and isinstance(data.get("devices"), list):
-        return _from_vmdesc(data, str(source))
-    raise UsageError(f"{source}: not a description file, -dump-vmstate JSON, vmdesc or stream")
+    return DescriptionSet({d.name: d for d in found.files}, origin=found.origin)
 
 
 @attrs.frozen
@@ -86,44 +96,93 @@ class Decoder:
 
 def load_decoder(path: str | Path) -> Decoder:
     """A decoder of streams from any description source."""
-    source = Path(path)
-    if source.suffix == ".json" and source.is_file():
-        data = _json(source)
-        if isinstance(data, dict) and isinstance(data.get("devices"), list):
-            return Decoder(resolver_from_vmdesc(data))
-    found = load_description_set(source)
-    if found.kind == DUMP:
-        return Decoder(layouts=DumpLayouts(found))
-    by_name = {desc.name: desc for desc in found.sections.values()}
-    return Decoder(resolver_from(by_name))
+    found = _read(path)
+    if found.vmdesc is not None:
+        return Decoder(resolver_from_vmdesc(found.vmdesc))
+    if found.dump is not None:
+        return Decoder(layouts=DumpLayouts(_as_set(found)))
+    return Decoder(resolver_from({desc.name: desc for desc in found.files}))
 
 
-def _head(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(16)
-    except OSError as e:
-        raise UsageError(f"{path}: {e.strerror}") from None
-
-
-def _json(path: Path) -> Any:
-    try:
-        raw = path.read_bytes() if path.suffix != ".gz" else gzip.decompress(path.read_bytes())
-        if len(raw) > _MAX_JSON:
-            raise UsageError(f"{path}: larger than {_MAX_JSON} bytes")
-        return json.loads(raw)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise UsageError(f"{path}: not readable JSON: {e}") from None
-
-
-def _stream_vmdesc(path: Path) -> tuple[dict[str, Any], str | None]:
-    """A stream's vmdesc and the machine type its configuration section names."""
-    with open_stream(path) as opened:
+def _read(path: str | Path) -> _Read:
+    text = str(path)
+    source = Path(text)
+    if text != STDIN and source.is_dir():
+        files = tuple(load_description_file(p) for p in sorted(source.glob("*.toml")))
+        if not files:
+            raise InputError("no *.toml description files in this directory", text)
+        return _Read(text, files=files)
+    if text.endswith(".toml"):
+        return _Read(text, files=(load_description_file(source),))
+    with open_stream(text) as opened:
         buf = opened.data
-        at = find_vmdesc(buf)
-        if at is None:
-            raise UsageError(f"{path}: the stream has no vmdesc to describe its sections")
-        return parse_vmdesc(buf, at), stream_machine(buf)
+        head, magic = bytes(buf[:4]), MAGIC.to_bytes(4, "big")
+        if not head:
+            raise InputError(f"empty: {_NOT_A_SOURCE}", text)
+        if head == magic or magic.startswith(head) or opened.save_image is not None:
+            return _Read(text, vmdesc=_stream_vmdesc(buf, text), machine=stream_machine(buf))
+        raw = _unpacked(buf, text)
+    if raw.lstrip()[:1] not in (b"{", b"["):
+        return _Read(text, files=(_description_text(raw, text),))
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"not JSON: {e}", text) from None
+    except RecursionError:
+        raise LimitError("JSON nests too deeply", path=(text,)) from None
+    if isinstance(data, dict) and MACHINE_KEY in data:
+        return _Read(text, dump=parse_qemu_dump(data, text))
+    if isinstance(data, dict) and isinstance(data.get("devices"), list):
+        return _Read(text, vmdesc=data)
+    raise InputError("JSON that is neither a -dump-vmstate nor a vmdesc", text)
+
+
+def _unpacked(buf: Input, origin: str) -> bytes:
+    """The bytes of a JSON or description source, gunzipped when they are gzip, bounded."""
+    if len(buf) > _MAX_JSON:
+        raise LimitError(
+            "too large for a description source",
+            offset=_MAX_JSON,
+            expected=f"<= {_MAX_JSON} bytes",
+            found=f"{len(buf)} bytes",
+            path=(origin,),
+        )
+    if bytes(buf[:2]) != _GZIP:
+        return bytes(buf)
+    unzip = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = unzip.decompress(bytes(buf), _MAX_JSON + 1)
+    except zlib.error as e:
+        raise DecodeError(
+            "corrupt gzip data", expected="gzip data", found=str(e), path=(origin,)
+        ) from None
+    if len(data) > _MAX_JSON:
+        raise LimitError(
+            "decompresses to too much for a description source",
+            expected=f"<= {_MAX_JSON} bytes",
+            found="more",
+            path=(origin,),
+        )
+    return data
+
+
+def _description_text(raw: bytes, origin: str) -> Description:
+    """A description file's text (what is neither a stream nor JSON)."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise DescriptionError(f"larger than {MAX_FILE_BYTES} bytes", location=origin)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(_NOT_A_SOURCE, origin) from None
+    return load_description_text(text, origin)
+
+
+def _stream_vmdesc(buf: Input, origin: str) -> dict[str, Any]:
+    at = find_vmdesc(buf)
+    if at is None:
+        refuse_truncated(buf)
+        raise InputError("the stream has no vmdesc to describe its sections", origin)
+    return parse_vmdesc(buf, at)
 
 
 def _from_vmdesc(vmdesc: dict[str, Any], origin: str) -> DescriptionSet:
@@ -142,3 +201,6 @@ def _from_vmdesc(vmdesc: dict[str, Any], origin: str) -> DescriptionSet:
         version = dev.get("version", ANY_VERSION)
         sections[key] = description_from_vmdesc(dev, version, f"{origin}: devices[{n}]")
     return DescriptionSet(sections, origin=origin, kind=VMDESC)
+
+
+__all__ = ["Decoder", "load_decoder", "load_description_set"]

@@ -40,7 +40,12 @@ from vmstate.stream_config import (
     capabilities_of,
 )
 from vmstate.stream_ram import PAGE_SIZES, PageSink, RamBlock, RamSettings, RamWalker, printable
-from vmstate.vmdesc import resolver_from_vmdesc
+from vmstate.vmdesc import (
+    find_vmdesc,
+    parse_vmdesc,
+    resolver_from_vmdesc,
+    truncated_vmdesc,
+)
 
 MAGIC = 0x5145564D  # "QEVM"
 VERSION = 3
@@ -55,7 +60,6 @@ CONFIGURATION = 0x07
 COMMAND = 0x08
 FOOTER = 0x7E
 
-MAX_VMDESC = 64 << 20
 MAX_SECTIONS = 1 << 16
 MAX_COMMANDS = 1 << 16
 
@@ -97,6 +101,8 @@ class Stream:
     vmdesc_offset: int | None
     size: int
     commands: tuple[Command, ...] = ()
+    #: where the configuration section starts (its type byte), when there is one
+    configuration_offset: int | None = None
 
     @property
     def machine(self) -> str | None:
@@ -127,51 +133,10 @@ Resolver = Callable[[str, int, int], Description | None]
 Fitter = Callable[[Input, int, int, str, int, int], Description | None]
 #: walks a section that is no VMState (QEMU's "old style"): (buffer, start) -> end
 RawParser = Callable[[Input, int], int]
+#: told how far parsing has gone: (offset, stream size), after each section and command
+Progress = Callable[[int, int], None]
 #: finds the walker of such a section by id string, or None
 RawResolver = Callable[[str], RawParser | None]
-
-
-def find_vmdesc(buf: Input) -> int | None:
-    """Offset of the VMDESCRIPTION marker, whose JSON runs to the end of the input.
-
-    JSON text never contains byte 0x06, so the marker is among the last few
-    0x06 bytes (its own length field may hold one).
-    """
-    n = len(buf)
-    lo, hi = max(0, n - MAX_VMDESC - 5), n
-    for _ in range(6):
-        p = buf.rfind(b"\x06", lo, hi)
-        if p < 0:
-            return None
-        if p + 5 <= n and _BE32.unpack_from(buf, p + 1)[0] == n - p - 5:
-            return p
-        hi = p
-    return None
-
-
-def parse_vmdesc(buf: Input, at: int) -> dict[str, Any]:
-    (length,) = _BE32.unpack_from(buf, at + 1)
-    if length > MAX_VMDESC:
-        raise LimitError(
-            "vmdesc too large", offset=at, expected=f"<= {MAX_VMDESC} bytes", found=str(length)
-        )
-    raw = bytes(buf[at + 5 : at + 5 + length])
-    try:
-        desc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DecodeError(
-            f"vmdesc is not JSON: {e}", offset=at + 5, expected="JSON", found="garbage"
-        ) from None
-    except RecursionError:
-        raise LimitError("vmdesc nests too deeply", offset=at + 5) from None
-    if not isinstance(desc, dict) or not isinstance(desc.get("devices", []), list):
-        raise DecodeError(
-            "vmdesc has no device list",
-            offset=at + 5,
-            expected='{"devices": [...]}',
-            found=type(desc).__name__,
-        )
-    return desc
 
 
 def stream_machine(buf: Input) -> str | None:
@@ -191,16 +156,52 @@ def parse(
     page_sink: PageSink | None = None,
     raw: RawResolver | None = None,
     fitter: Fitter | None = None,
+    progress: Progress | None = None,
 ) -> Stream:
     """Parse a whole stream.  Device sections are decoded with *resolver*, or
     with the stream's own vmdesc when no resolver is given, or with what *fitter*
     makes of their bytes; sections *raw* knows are walked by their own parser
-    (their state stays None)."""
+    (their state stays None).  *progress* hears of each section and command read."""
     try:
-        return _Parser(buf, resolver, limits, page_sink, raw, fitter).run()
+        return _Parser(buf, resolver, limits, page_sink, raw, fitter, progress).run()
     except DecodeError as e:
+        if isinstance(e, TruncatedError) and e.message == "input ends early":
+            e = attrs.evolve(e, message=f"truncated at offset {len(buf):#x}")
         located = e if e.path else e.within("stream")
         raise located.with_excerpt(buf) from None
+
+
+def refuse_truncated(buf: Input) -> None:
+    """Raise when *buf*, which has no vmdesc, is no stream or ends early, so that its
+    error says so rather than that it lacks a vmdesc: its framing and RAM are read up to
+    its first device section."""
+    if bytes(buf[:4]) != MAGIC.to_bytes(4, "big"):
+        parse(buf)  # refuses it: no stream, or its header cut short
+    try:
+        parse(buf)
+    except TruncatedError:
+        raise
+    except DecodeError:
+        return
+
+
+def _check_magic(buf: Input) -> None:
+    """Refuse what is no migration stream before looking for its vmdesc."""
+    head = bytes(buf[:4])
+    magic = MAGIC.to_bytes(4, "big")
+    if head == magic:
+        return
+    if head and magic.startswith(head):
+        raise TruncatedError(
+            f"truncated at offset {len(buf):#x}", offset=0, expected="the 8-byte header",
+            found=f"{len(buf)} bytes",
+        )
+    raise DecodeError(
+        "not a QEMU migration stream",
+        offset=0,
+        expected=f"magic {MAGIC:#x} (QEVM)",
+        found=f"{int.from_bytes(head, 'big'):#x}" if len(head) == 4 else f"{len(head)} bytes",
+    )
 
 
 class _Parser:
@@ -212,25 +213,26 @@ class _Parser:
         sink: PageSink | None,
         raw: RawResolver | None,
         fitter: Fitter | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.buf = buf
         self.limits = limits
         self.sink = sink
         self.raw = raw
         self.fitter = fitter
+        self.progress = progress
         self.page_size = 4096
+        _check_magic(buf)
         self.vmdesc_at = find_vmdesc(buf)
         self.vmdesc = parse_vmdesc(buf, self.vmdesc_at) if self.vmdesc_at is not None else None
-        if resolver is None and fitter is not None:
+        #: no descriptions at all: RAM is walked, the first device section is refused
+        self.undescribed = resolver is None and fitter is None and self.vmdesc is None
+        if self.vmdesc is None and fitter is None:
+            truncated_vmdesc(buf)
+        if resolver is None and self.vmdesc is None:
             resolver = _unknown
         elif resolver is None:
-            if self.vmdesc is None:
-                raise DecodeError(
-                    "stream has no vmdesc and no descriptions were given",
-                    offset=len(buf),
-                    expected="a VMDESCRIPTION at the end of the stream",
-                    found="none",
-                )
+            assert self.vmdesc is not None
             resolver = resolver_from_vmdesc(self.vmdesc)
             self.page_size = self.vmdesc_page_size(self.vmdesc)
         self.resolver = resolver
@@ -287,7 +289,10 @@ class _Parser:
             )
         pos = 8
         configuration = None
+        configuration_at = None
         while True:
+            if self.progress is not None:
+                self.progress(pos, len(buf))
             if len(self.sections) > MAX_SECTIONS or len(self.commands) > MAX_COMMANDS:
                 raise LimitError(
                     "too many sections or commands",
@@ -300,6 +305,7 @@ class _Parser:
                 pos += 1
                 break
             if kind == CONFIGURATION:
+                configuration_at = pos
                 configuration, pos = self.configuration(pos + 1)
             elif kind in (SECTION_START, SECTION_FULL):
                 pos = self.section_start(kind, pos)
@@ -334,6 +340,7 @@ class _Parser:
             self.vmdesc_at,
             len(buf),
             tuple(self.commands),
+            configuration_at,
         )
 
     def configuration(self, pos: int) -> tuple[dict[str, Any], int]:
@@ -475,6 +482,15 @@ class _Parser:
                     found=e.location or "?",
                     path=(idstr,),
                 ) from None
+            if desc is None and self.undescribed:
+                raise DecodeError(
+                    f"no vmdesc to decode section {idstr!r} with: the stream was written "
+                    "without one (suppress-vmdesc, postcopy), or is truncated; decode it "
+                    "with the source QEMU's -dump-vmstate (--descriptions)",
+                    offset=header,
+                    expected="a VMDESCRIPTION at the end of the stream",
+                    found=f"none in {len(self.buf)} bytes",
+                )
             if desc is None:
                 raise DecodeError(
                     f"no description for section {idstr!r} instance {instance_id}",
@@ -615,6 +631,7 @@ __all__ = [
     "TruncatedError",
     "find_vmdesc",
     "parse",
+    "refuse_truncated",
     "resolver_from",
     "write",
 ]

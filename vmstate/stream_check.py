@@ -31,7 +31,7 @@ from vmstate.dump_layout import DumpLayouts
 from vmstate.errors import DecodeError, UsageError, format_path
 from vmstate.findings import ERROR, WARNING, Finding
 from vmstate.inputs import StreamInput, open_stream
-from vmstate.stream import Input, Section, Stream, find_vmdesc, parse
+from vmstate.stream import Input, Section, Stream, find_vmdesc, parse, refuse_truncated
 from vmstate.vfio_section import raw_sections
 from vmstate.waivers import NO_WAIVERS, Waivers
 
@@ -53,6 +53,7 @@ def check_stream(
         layouts = None
         if find_vmdesc(buf) is None:
             if src is None or src.kind != DUMP:
+                refuse_truncated(buf)
                 raise UsageError(
                     f"{path}: the stream has no vmdesc; give the source QEMU's -dump-vmstate "
                     "with --src to read its sections"

@@ -11,6 +11,7 @@ import attrs
 
 from vmstate import fields as F
 from vmstate.description import Description, Subsection
+from vmstate.predicates import opaque_condition
 
 #: QEMU 10.0's commands (savevm.c mig_cmd_args): number -> (name, data length or None
 #: when it varies).  QEMU refuses any other number, and a known one of another length.
@@ -31,6 +32,9 @@ POSTCOPY_ADVISE = 3
 PACKAGED = 7
 
 _capability = Description("capability", 1, 1, [F.uint8("len"), F.vbuffer("name", "len", 255)])
+#: savevm.c's needed tests (target page bits not the default, a capability the
+#: destination must share, validate-uuid): a subsection is saved when the state has it
+_SENT = opaque_condition("savevm.c")
 #: savevm.c's vmstate_configuration (loaded at version 0, as QEMU does)
 CONFIGURATION_DESCRIPTION = Description(
     "configuration",
@@ -40,7 +44,7 @@ CONFIGURATION_DESCRIPTION = Description(
     [
         Subsection(
             Description("configuration/target-page-bits", 1, 1, [F.uint32("target_page_bits")]),
-            needed="present(target_page_bits)",
+            needed=_SENT,
         ),
         Subsection(
             Description(
@@ -52,11 +56,11 @@ CONFIGURATION_DESCRIPTION = Description(
                     F.varray("capabilities", _capability, "caps_count", 64, since=1),
                 ],
             ),
-            needed="present(caps_count)",
+            needed=_SENT,
         ),
         Subsection(
             Description("configuration/uuid", 1, 1, [F.array("uuid", "uint8", 16, since=1)]),
-            needed="present(uuid)",
+            needed=_SENT,
         ),
     ],
 )

@@ -16,10 +16,8 @@ from typing import Any, Final
 
 import attrs
 
-from vmstate import pci_vfio, registry
 from vmstate.description import Description
 from vmstate.errors import DecodeError, LimitError, TruncatedError
-from vmstate.pci.decode import decode_config
 from vmstate.stream import Input, RawParser
 
 END_OF_STATE: Final = 0xFFFFFFFFEF100001
@@ -148,7 +146,11 @@ def qemu_config(
 
     QEMU saves 256 or 4096 config bytes by the device's config region size, which the
     bytes do not record (pci_vfio.qemu_express): the layout is the one whose end
-    *closing* follows, tried first as a PCI Express capability suggests."""
+    *closing* follows, tried first as a PCI Express capability suggests.  (PCI and the
+    registry are imported here: parsing a stream without vfio sections needs neither.)"""
+    from vmstate import pci_vfio, registry
+    from vmstate.pci.decode import decode_config
+
     desc = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
     if pos + 4 + 256 > len(buf):
         raise TruncatedError(

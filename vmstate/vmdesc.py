@@ -15,13 +15,16 @@ Export goes the other way: given a description and a state, the entry QEMU's
 from __future__ import annotations
 
 import functools
+import json
+import mmap
+import struct
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from vmstate.description import Description, Subsection
-from vmstate.errors import DescriptionError
+from vmstate.errors import DecodeError, DescriptionError, LimitError, TruncatedError
 from vmstate.fields import (
     SCALAR_TYPES,
     Array,
@@ -43,6 +46,82 @@ MAX_ENTRIES = 1 << 20
 #: the keys QEMU may write on one entry of an array
 ARRAY_LEN = "array_len"
 INDEX = "index"
+#: the version of an old-style section's entry, which records none: it takes any
+ANY_VERSION = 0xFFFFFFFF
+
+#: the largest vmdesc read
+MAX_VMDESC = 64 << 20
+#: the stream's EOF byte, which the VMDESCRIPTION marker (0x06) follows
+_EOF = 0x00
+_BE32 = struct.Struct(">I")
+#: a whole stream: bytes or a mapping of its file
+StreamBytes = bytes | mmap.mmap
+
+
+def find_vmdesc(buf: StreamBytes) -> int | None:
+    """Offset of the VMDESCRIPTION marker, whose JSON runs to the end of the input.
+
+    JSON text never contains byte 0x06, so the marker is among the last few
+    0x06 bytes (its own length field may hold one).
+    """
+    n = len(buf)
+    lo, hi = max(0, n - MAX_VMDESC - 5), n
+    for _ in range(6):
+        p = buf.rfind(b"\x06", lo, hi)
+        if p < 0:
+            return None
+        if p + 5 <= n and _BE32.unpack_from(buf, p + 1)[0] == n - p - 5:
+            return p
+        hi = p
+    return None
+
+
+def parse_vmdesc(buf: StreamBytes, at: int) -> dict[str, Any]:
+    (length,) = _BE32.unpack_from(buf, at + 1)
+    if length > MAX_VMDESC:
+        raise LimitError(
+            "vmdesc too large", offset=at, expected=f"<= {MAX_VMDESC} bytes", found=str(length)
+        )
+    raw = bytes(buf[at + 5 : at + 5 + length])
+    try:
+        desc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DecodeError(
+            f"vmdesc is not JSON: {e}", offset=at + 5, expected="JSON", found="garbage"
+        ) from None
+    except RecursionError:
+        raise LimitError("vmdesc nests too deeply", offset=at + 5) from None
+    if not isinstance(desc, dict) or not isinstance(desc.get("devices", []), list):
+        raise DecodeError(
+            "vmdesc has no device list",
+            offset=at + 5,
+            expected='{"devices": [...]}',
+            found=type(desc).__name__,
+        )
+    return desc
+
+
+def truncated_vmdesc(buf: StreamBytes) -> None:
+    """Raise when the stream ends inside its vmdesc: the marker after EOF is there, with a
+    length that runs past the end (JSON holds no 0x06, so the marker is a late one)."""
+    n = len(buf)
+    hi = n
+    for _ in range(6):
+        p = buf.rfind(b"\x06", max(0, n - MAX_VMDESC - 5), hi)
+        if p < 1:
+            return
+        if buf[p - 1] == _EOF and p + 6 <= n and buf[p + 5] == ord("{"):
+            (length,) = _BE32.unpack_from(buf, p + 1)
+            if length > n - p - 5:
+                raise TruncatedError(
+                    f"truncated at offset {n:#x}, inside the vmdesc",
+                    offset=p,
+                    expected=f"{length} bytes of vmdesc JSON from offset {p + 5:#x}",
+                    found=f"{n - p - 5} bytes",
+                )
+        hi = p
+
+
 @attrs.frozen
 class Piece:
     """One vmdesc entry of an array: how many elements it stands for and which

@@ -225,7 +225,9 @@ def test_analyze_decodes_qemus_mtty_sections_field_by_field(
         f"chunks as {FORMAT}"
     ) in summary
     assert main(["analyze", path, "--device-data", FORMAT, "--format", "json"]) == 0
-    decoded = json.loads(capsys.readouterr().out)[f"{IDSTR} (vfio)"]
+    doc = json.loads(capsys.readouterr().out)
+    (decoded,) = [device for device in doc["vfio"] if device["idstr"] == IDSTR]
+    assert sum(i.get("idstr") == IDSTR for i in doc["items"]) == len(decoded["sections"])
     config = decoded["config"]["state"]["pdev[0]"]
     assert config["version_id"] == 2
     config_space = bytes.fromhex(config["config[1]"])  # 4096 bytes: see qemu_express

@@ -1,67 +1,175 @@
 """The ``vmstate`` command line.
 
-Each command lives in its own module under ``vmstate.cli`` and exposes
-``register(subparsers)``.  Rejected input exits 1 with one line on stderr;
-usage errors exit 2; ``--debug`` shows the traceback.
+Each command lives in its own module under ``vmstate.cli`` with
+``register(parser)``, which adds its arguments, and ``run(args)``, which imports
+what it uses of the library and does the work.  This module knows the commands'
+names and one-line help without importing them: ``vmstate --help`` and an
+argument error import nothing of the library, a command imports its own module
+only.
+
+Exit status, the same for every command:
+
+- 0: done (for ``check``: compatible; for ``diff``: no differences);
+- 1: what the arguments name cannot be read or is rejected: a missing or
+  unreadable file, malformed contents, a device that is absent or not usable
+  (and ``check`` found an incompatibility, ``diff`` a difference);
+- 2: the command line itself is wrong, whatever the files hold: an unknown
+  command or option, a missing argument, options that do not go together, a
+  value that is malformed (not a PCI address, not a known description name);
+- 70: a bug (an exception no input should cause), one line;
+- 130: interrupted (^C), one line; files being written are left as they were.
+
+Every failure is one line on standard error; ``--debug`` (before or after the
+command) shows the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from vmstate.errors import UsageError, VMStateError
+#: command -> (its module under vmstate.cli, one-line help), in the order ``--help`` lists them
+COMMANDS: dict[str, tuple[str, str]] = {
+    "devices": ("devices", "list PCI devices with driver, IOMMU group and VFIO status"),
+    "decode-config": ("decode_config", "decode a PCI config space as lspci -vvv shows it"),
+    "save": ("save", "save a device's config state, and its device data when it can migrate"),
+    "show": ("show", "show a saved state file as a decoded tree"),
+    "load": ("load", "restore a saved state into a device bound to vfio-pci (or a mediated device)"),
+    "analyze": ("analyze", "decode a QEMU migration stream"),
+    "encode": ("encode", "write a migration stream from analyze --format json (edited or not)"),
+    "diff": ("diff", "field-by-field differences of two streams, saved states or description sets"),
+    "check": ("check", "check migration compatibility before launch"),
+    "lint": ("lint", "list every problem of description files"),
+    "describe": ("describe", "show a description as a tree"),
+}
 
-#: command modules, in the order ``vmstate --help`` lists them
-COMMANDS: tuple[str, ...] = (
-    "devices",
-    "decode_config",
-    "save",
-    "show",
-    "load",
-    "analyze",
-    "check",
-    "lint",
-    "describe",
-)
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_BUG = 70
+EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("vmstate")
+        except PackageNotFoundError:
+            text = "(not installed)"
+        print(f"vmstate {text}")
+        parser.exit(0)
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word: the first argument that is no option (the top level's options
+    take no values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; only *command*'s module is imported to add its arguments, the
+    others stand as their names and help."""
     parser = argparse.ArgumentParser(
         prog="vmstate",
         description="Describe, serialise and check VM device state (QEMU VMState encoding).",
+        epilog="Exit status: 0 done, 1 input rejected or unreadable (check: not compatible; "
+        "diff: different), 2 usage error, 130 interrupted.",
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"vmstate.cli.{name}").register(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            p.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+            _module(module).register(p)
     return parser
 
 
+def _module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"vmstate.cli.{name}")
+
+
+def _unknown_command(parser: argparse.ArgumentParser, word: str) -> NoReturn:
+    import difflib
+
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (commands: {', '.join(COMMANDS)})"
+    parser.print_usage(sys.stderr)
+    parser.exit(EXIT_USAGE, f"vmstate: error: unknown command {word!r}{hint}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command *argv* names (default: ``sys.argv[1:]``); its exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    ours = arguments[: arguments.index("--")] if "--" in arguments else arguments
+    debug = "--debug" in ours
     try:
+        command = _command_of(ours)
+        parser = build_parser(command if command in COMMANDS else None)
+        if command is not None and command not in COMMANDS:
+            _unknown_command(parser, command)
+        args = parser.parse_args(arguments)
         return int(args.func(args) or 0)
-    except UsageError as e:
-        if args.debug:
+    except SystemExit as e:  # argparse: --help, --version, an argument error
+        return e.code if isinstance(e.code, int) else EXIT_REJECTED if e.code else 0
+    except KeyboardInterrupt:
+        if debug:
             traceback.print_exc()
-        parser.exit(2, f"vmstate: usage error: {e}\n")
-    except VMStateError as e:
-        if args.debug:
+        print("vmstate: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()  # the reader went away (| head): nothing more to say, not even at exit
+        return EXIT_REJECTED
+    except Exception as e:  # every failure is one line; --debug shows where
+        if debug:
             traceback.print_exc()
-        print(f"vmstate: error: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # the reader went away (| head): nothing to say
-        sys.stderr.close()
-        return 1
-    except OSError as e:
-        if args.debug:
-            traceback.print_exc()
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"vmstate: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    return 0
+        status, text = failure(e)
+        print(f"vmstate: {text}", file=sys.stderr)
+        return status
+
+
+def failure(error: Exception) -> tuple[int, str]:
+    """The exit status of *error* and the line that says it."""
+    from vmstate.errors import UsageError, VMStateError
+
+    if isinstance(error, UsageError):
+        return EXIT_USAGE, f"usage error: {error}"
+    if isinstance(error, VMStateError):
+        return EXIT_REJECTED, f"error: {error}"
+    if isinstance(error, OSError):
+        from vmstate.errors import printable
+
+        where = f"{error.filename}: " if error.filename else ""
+        return EXIT_REJECTED, printable(f"error: {where}{error.strerror or error}")
+    if isinstance(error, MemoryError):
+        return EXIT_REJECTED, "error: out of memory"
+    name = type(error).__name__
+    return EXIT_BUG, f"internal error (a bug: --debug shows where): {name}: {error}"
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null so the interpreter's flush at exit stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real descriptor (captured in tests): nothing to flush
+        pass
+
+
+__all__ = ["COMMANDS", "build_parser", "failure", "main"]

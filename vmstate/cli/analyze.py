@@ -4,35 +4,41 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmstate import analyze, pci_vfio, qemu_vfio, registry, stream, vfio_section
-from vmstate.errors import UsageError
-from vmstate.inputs import StreamInput, open_stream
-from vmstate.sources import Decoder, load_decoder
+if TYPE_CHECKING:
+    from vmstate import qemu_vfio, stream
+    from vmstate.inputs import StreamInput
+    from vmstate.sources import Decoder
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "analyze",
-        help="decode a QEMU migration stream",
-        description="Decode every device section of a QEMU migration stream using its vmdesc "
+def register(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Decode every device section of a QEMU migration stream using its vmdesc "
         "(or description files given with --descriptions). The stream may be in a libvirt save "
-        "image (virsh save, managedsave), raw or compressed.",
+        "image (virsh save, managedsave), raw or compressed."
     )
     p.add_argument(
         "file",
         help="migration stream (e.g. written by QMP migrate exec:cat > FILE), libvirt save "
-        "image, or - for standard input",
+        "image, - for standard input, or a pipe",
     )
     p.add_argument(
         "--format",
         choices=("summary", "json", "qemu"),
         default="summary",
-        help="summary: one line per section (default); json: decoded state; "
-        "qemu: what QEMU's scripts/analyze-migration.py -d state prints",
+        help="summary: one line per section (default); json: the whole stream as a document "
+        "vmstate encode writes back; qemu: what QEMU's scripts/analyze-migration.py -d state "
+        "prints, byte for byte",
+    )
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument(
+        "--raw-bytes",
+        choices=("reference", "inline"),
+        default="reference",
+        help="with --format json, what is not decoded (RAM, vfio sections): by reference to "
+        "FILE with a checksum (default; a pipe is always inline), or inline as hex",
     )
     p.add_argument(
         "--dump",
@@ -66,97 +72,162 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmstate.errors import UsageError
+    from vmstate.inputs import open_stream
+
+    form = "json" if args.json else args.format
+    if args.json and args.format not in ("summary", "json"):
+        raise UsageError(f"--json and --format {args.format} ask for two outputs")
     with open_stream(args.file) as opened:
-        buf = opened.data
         if args.dump == "desc":
-            at = stream.find_vmdesc(buf)
-            if at is None:
-                raise UsageError(
-                    f"{args.file} has no vmdesc (QEMU writes one unless the stream was made without it)"
-                )
-            print(json.dumps(stream.parse_vmdesc(buf, at), indent=4))
-            return 0
-        decoder = load_decoder(args.descriptions) if args.descriptions else Decoder()
-        data_format = registry.get(args.device_data) if args.device_data else None
-        extractor = analyze.RamExtractor(args.extract_ram) if args.extract_ram else None
-        try:
-            parsed = stream.parse(
-                buf,
-                decoder.resolver,
-                page_sink=extractor,
-                raw=vfio_section.raw_sections,
-                fitter=decoder.layouts,
-            )
-        except BaseException:
-            if extractor is not None:
-                extractor.abandon()
-            raise
-        if extractor is not None:
-            for path in extractor.finish(parsed.ram_blocks):
-                print(f"{path}: {path.stat().st_size} bytes")
-            return 0
-        vfio = qemu_vfio.gather(parsed, buf, data_format)
-        if args.verify_roundtrip:
-            checked, mismatches = analyze.verify_roundtrip(parsed, buf)
-            vfio_checked, vfio_mismatches = qemu_vfio.verify(vfio, buf)
-            checked, mismatches = checked + vfio_checked, mismatches + vfio_mismatches
-            for m in mismatches:
-                print(
-                    f"{m.section.idstr} (section {m.section.section_id}): re-encoding differs at offset "
-                    f"{m.offset:#x}: stream {m.expected.hex()} re-encoded {m.found.hex()}",
-                    file=sys.stderr,
-                )
-            print(
-                f"verified {checked} device sections: {checked - len(mismatches)} byte-identical, {len(mismatches)} differ"
-            )
-            return 1 if mismatches else 0
-        if args.format == "qemu":
-            _print_sections(analyze.qemu_state(parsed))
-        elif args.format == "json":
-            out = {
-                f"{s.idstr} ({s.section_id})": {
-                    "instance_id": s.instance_id,
-                    "version_id": s.version_id,
-                    "state": s.description.to_json(s.state),
-                }
-                for s in parsed.device_sections()
-                if s.description is not None and s.state is not None
-            }
-            out.update({f"{d.idstr} (vfio)": _vfio_json(d) for d in vfio})
-            print(json.dumps(out, indent=2))
-        else:
-            _summary(opened, parsed, vfio)
-            if decoder.layouts is not None:
-                fitted = decoder.layouts.fitted.values()
-                read = sum(f.described for f in fitted)
-                print(
-                    f"  from the dump: {read} sections read field by field, "
-                    f"{len(fitted) - read} as opaque bytes (no device class, or several readings fit)"
-                )
+            return _dump_desc(opened)
+        decoder = _decoder(args.descriptions)
+        if args.extract_ram:
+            return _extract_ram(opened, decoder, args.extract_ram)
+        parsed = _parse(opened, decoder)
+        return _report(args, form, opened, parsed, decoder)
+
+
+def _decoder(descriptions: str | None) -> Decoder | None:
+    """The descriptions asked for; None: the stream's own vmdesc."""
+    if descriptions is None:
+        return None
+    from vmstate.sources import load_decoder
+
+    return load_decoder(descriptions)
+
+
+def _parse(opened: StreamInput, decoder: Decoder | None, page_sink: Any = None) -> stream.Stream:
+    from vmstate import stream, vfio_section
+    from vmstate.progress import TerminalProgress
+
+    with TerminalProgress(f"reading {opened.name}") as progress:
+        return stream.parse(
+            opened.data,
+            decoder.resolver if decoder is not None else None,
+            page_sink=page_sink,
+            raw=vfio_section.raw_sections,
+            fitter=decoder.layouts if decoder is not None else None,
+            progress=progress,
+        )
+
+
+def _dump_desc(opened: StreamInput) -> int:
+    from vmstate import stream
+    from vmstate.errors import InputError
+
+    at = stream.find_vmdesc(opened.data)
+    if at is None:
+        raise InputError(
+            "the stream has no vmdesc (QEMU writes one unless suppress-vmdesc is on or it "
+            "was a postcopy)",
+            opened.name,
+        )
+    _print_qemu_json(stream.parse_vmdesc(opened.data, at))
     return 0
 
 
-def _vfio_json(device: qemu_vfio.VfioSections) -> dict[str, Any]:
-    """A VFIO device's sections: its config state and device data, decoded."""
-    out: dict[str, Any] = {
-        "sections": [s.section_id for s in device.sections],
-        "layout": device.layout(),
-    }
-    if device.config is not None:
-        qemu = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
-        out["config"] = {"description": qemu.name, "state": qemu.to_json(device.config)}
-    data: dict[str, Any] = {"size": device.data_size, "chunks": len(device.chunks)}
-    if device.data is not None and device.data_format is not None:
-        data["format"] = device.data_format.name
-        data["state"] = device.data_format.to_json(device.data)
-    out["device_data"] = data
-    return out
+def _extract_ram(opened: StreamInput, decoder: Decoder | None, directory: str) -> int:
+    from vmstate import analyze
+
+    extractor = analyze.RamExtractor(directory)
+    try:
+        parsed = _parse(opened, decoder, page_sink=extractor)
+        paths = extractor.finish(parsed.ram_blocks)
+    except BaseException:
+        extractor.abandon()
+        raise
+    for path in paths:
+        print(f"{path}: {path.stat().st_size} bytes")
+    return 0
 
 
-def _print_sections(sections: dict[str, Any]) -> None:
-    """One section per line: readable, and fast (json's C encoder has no indent)."""
-    lines = [f"    {json.dumps(key)}: {json.dumps(value)}" for key, value in sections.items()]
-    sys.stdout.write("{\n" + ",\n".join(lines) + "\n}\n")
+def _report(
+    args: argparse.Namespace,
+    form: str,
+    opened: StreamInput,
+    parsed: stream.Stream,
+    decoder: Decoder | None,
+) -> int:
+    from vmstate import analyze
+
+    vfio = _vfio(parsed, opened, args.device_data)
+    if args.verify_roundtrip:
+        return _verify(parsed, opened, vfio)
+    if form == "qemu":
+        _print_qemu_json(analyze.qemu_state(parsed))
+    elif form == "json":
+        from vmstate.indented_json import dumps
+        from vmstate.progress import TerminalProgress
+        from vmstate.stream_document import document
+
+        with TerminalProgress(f"documenting {opened.name}") as progress:
+            doc = document(
+                opened,
+                parsed,
+                own_vmdesc=decoder is None,
+                raw_bytes=args.raw_bytes,
+                vfio=vfio,
+                progress=progress,
+            )
+        sys.stdout.write(dumps(doc, indent=1) + "\n")
+    else:
+        _summary(opened, parsed, vfio)
+        if decoder is not None and decoder.layouts is not None:
+            fitted = decoder.layouts.fitted.values()
+            read = sum(f.described for f in fitted)
+            print(
+                f"  from the dump: {read} sections read field by field, "
+                f"{len(fitted) - read} as opaque bytes (no device class, or several readings fit)"
+            )
+    return 0
+
+
+def _vfio(
+    parsed: stream.Stream, opened: StreamInput, device_data: str | None
+) -> tuple[qemu_vfio.VfioSections, ...]:
+    """The stream's VFIO devices (the VFIO and PCI code is loaded only for streams with some)."""
+    from vmstate.vfio_section import raw_sections
+
+    if not any(raw_sections(s.idstr) for s in parsed.sections):
+        return ()
+    from vmstate import qemu_vfio, registry
+
+    data_format = registry.get(device_data) if device_data else None
+    return qemu_vfio.gather(parsed, opened.data, data_format)
+
+
+def _verify(
+    parsed: stream.Stream, opened: StreamInput, vfio: tuple[qemu_vfio.VfioSections, ...]
+) -> int:
+    from vmstate import analyze
+
+    checked, mismatches = analyze.verify_roundtrip(parsed, opened.data)
+    vfio_checked, vfio_mismatches = 0, ()
+    if vfio:
+        from vmstate import qemu_vfio
+
+        vfio_checked, vfio_mismatches = qemu_vfio.verify(vfio, opened.data)
+    checked, mismatches = checked + vfio_checked, mismatches + vfio_mismatches
+    for m in mismatches:
+        print(
+            f"{m.section.idstr} (section {m.section.section_id}): re-encoding differs at offset "
+            f"{m.offset:#x}: stream {m.expected.hex()} re-encoded {m.found.hex()}",
+            file=sys.stderr,
+        )
+    print(
+        f"verified {checked} device sections: {checked - len(mismatches)} byte-identical, "
+        f"{len(mismatches)} differ"
+    )
+    return 1 if mismatches else 0
+
+
+def _print_qemu_json(data: Any) -> None:
+    """As QEMU's analyze-migration.py prints (json.JSONEncoder(indent=4,
+    separators=(',', ': ')), then print's newline): the same bytes."""
+    from vmstate.indented_json import dumps
+
+    sys.stdout.write(dumps(data) + "\n")
 
 
 def _summary(

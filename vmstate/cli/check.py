@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
+from typing import TYPE_CHECKING
 
-import attrs
-
-from vmstate import registry
-from vmstate.compat import DUMP, compare
-from vmstate.errors import UsageError
-from vmstate.findings import ERROR, Finding
-from vmstate.pci_host import normalize_name
-from vmstate.sources import load_description_set
-from vmstate.state_check import check_state
-from vmstate.stream_check import check_stream
-from vmstate.waivers import Waivers, shipped_waivers, waivers_named
+if TYPE_CHECKING:
+    from vmstate.findings import Finding
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "check",
-        help="check migration compatibility before launch",
-        description="Compare two description sets (--src/--dst), dry-run a saved stream "
+def register(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Compare two description sets (--src/--dst), dry-run a saved stream "
         "against destination descriptions (--stream/--dst), or a saved device state against a "
-        "device (--state/--device). Exit 0 when compatible, 1 when not.",
+        "device (--state/--device). Exit 0 when compatible, 1 when not."
     )
     p.add_argument(
         "--src",
@@ -79,6 +67,15 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmstate import registry
+    from vmstate.compat import DUMP, compare
+    from vmstate.errors import InputError, UsageError
+    from vmstate.pci_host import normalize_name
+    from vmstate.sources import load_description_set
+    from vmstate.state_check import check_state
+    from vmstate.stream_check import check_stream
+    from vmstate.waivers import Waivers, shipped_waivers, waivers_named
+
     waivers = Waivers() if args.no_shipped_waivers else shipped_waivers()
     for argument in args.waivers:
         waivers = waivers + waivers_named(argument)
@@ -93,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--stream needs --dst")
         src = load_description_set(args.src) if args.src else None
         if src is not None and src.kind != DUMP:
-            raise UsageError("with --stream, --src is the source QEMU's -dump-vmstate JSON")
+            raise InputError("with --stream, --src is the source QEMU's -dump-vmstate", args.src)
         data_format = registry.get(args.device_data) if args.device_data else None
         problems = check_stream(
             args.stream, load_description_set(args.dst), waivers, data_format, src=src
@@ -112,12 +109,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _direction(problem: Finding, direction: str) -> Finding:
+    import attrs
+
     return attrs.evolve(problem, reason=f"{direction}: {problem.reason}")
 
 
 def report(problems: list[Finding], as_json: bool, *, strict: bool = False) -> int:
     """Print *problems*; the exit status says whether the migration can go ahead (with
     *strict*, only when nothing at all was found)."""
+    import json
+
+    from vmstate.findings import ERROR
+
     compatible = not any(p.severity == ERROR for p in problems)
     if as_json:
         print(

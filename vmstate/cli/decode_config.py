@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmstate import pci_vfio
-from vmstate.device_regions import VfioDevice
-from vmstate.errors import DecodeError, UsageError
-from vmstate.inputs import open_stream
-from vmstate.pci.decode import decode_config
-from vmstate.pci.ids import pci_ids
-from vmstate.pci.inputs import SAVED_MAGIC, ConfigInput, from_path, from_sysfs
-from vmstate.pci.model import ConfigSpace, PciAddress
-from vmstate.pci.render import render_text
-from vmstate.pci_host import SYSFS_PCI, normalize_bdf, open_for_reading
-from vmstate.saved_file import read_file
-from vmstate.stream import Input
+if TYPE_CHECKING:
+    from vmstate.pci.inputs import ConfigInput
+    from vmstate.pci.model import ConfigSpace
+    from vmstate.stream import Input
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "decode-config",
-        help="decode a PCI config space as lspci -vvv shows it",
-        description="Decode PCI config space as `lspci -vvv` prints it (or as data with --json). "
+def register(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Decode PCI config space as `lspci -vvv` prints it (or as data with --json). "
         "SOURCE is this host's device by address (BDF); a file of raw config bytes (64, 256 "
         "or 4096); a sysfs device folder or its config file; /proc/bus/pci/BB/DD.F; - or "
         "/dev/stdin or a pipe; `lspci -x`/`-xxx`/`-xxxx` text (every function in it, or the "
         "one --slot names); or a file written by vmstate save.  Without root the kernel "
-        "shows only the 64-byte header: that is decoded, with a note.",
+        "shows only the 64-byte header: that is decoded, with a note."
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--json", action="store_true", help="print the decoded config as JSON")
@@ -47,14 +37,22 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    inputs = _inputs(args.source)
+    import json
+
+    from vmstate.errors import InputError, UsageError
+    from vmstate.pci.model import PciAddress
+    from vmstate.pci.render import render_text
+
+    wanted = None
     if args.slot is not None:
         wanted = PciAddress.parse(args.slot)
         if wanted is None:
             raise UsageError(f"--slot {args.slot!r}: not a PCI address like 00:01.0")
+    inputs = _inputs(args.source)
+    if wanted is not None:
         inputs = tuple(i for i in inputs if i.address == wanted)
         if not inputs:
-            raise UsageError(f"{args.source}: has no function {wanted}")
+            raise InputError(f"no function {wanted} in it", args.source)
     spaces = [(i, _decode(i)) for i in inputs]
     for source, _ in spaces:
         if source.note is not None:
@@ -69,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _decode(source: ConfigInput) -> ConfigSpace:
+    from vmstate.errors import DecodeError
+    from vmstate.pci.decode import decode_config
+
     try:
         return decode_config(source.data, source.bar_sizes)
     except DecodeError as e:
@@ -76,13 +77,17 @@ def _decode(source: ConfigInput) -> ConfigSpace:
 
 
 def _inputs(source: str) -> tuple[ConfigInput, ...]:
+    from vmstate.inputs import open_stream
+    from vmstate.pci.inputs import SAVED_MAGIC, from_path
+    from vmstate.pci_host import normalize_bdf
+
     bdf = normalize_bdf(source)
     path = Path(source)
     if bdf is not None and not path.exists():
         return (_host_function(bdf),)
     if source != "-":
         if not path.exists():
-            raise UsageError(f"{source}: neither a file nor a PCI address")
+            raise FileNotFoundError(errno.ENOENT, "no such file, and no PCI address", source)
         if stat.S_ISREG(os.stat(source).st_mode) and _head(source) == SAVED_MAGIC:
             with open_stream(path) as opened:  # a saved file can be large: mapped, not read
                 return (_saved(opened.data, source),)
@@ -97,6 +102,12 @@ def _head(source: str) -> bytes:
 def _host_function(bdf: str) -> ConfigInput:
     """This host's function as sysfs shows it; through VFIO, which resets it, only where
     sysfs cannot give the whole config space (see pci_host.open_for_reading)."""
+    from vmstate import pci_vfio
+    from vmstate.device_regions import VfioDevice
+    from vmstate.pci.inputs import ConfigInput, from_sysfs
+    from vmstate.pci.model import PciAddress
+    from vmstate.pci_host import SYSFS_PCI, open_for_reading
+
     address = PciAddress.parse(bdf)
     device, _ = open_for_reading(bdf)
     with device:
@@ -106,6 +117,9 @@ def _host_function(bdf: str) -> ConfigInput:
 
 
 def _saved(buf: Input, origin: str) -> ConfigInput:
+    from vmstate.pci.inputs import ConfigInput
+    from vmstate.saved_file import read_file
+
     state = read_file(buf).config.state
     config = state["config"] + state.get("extended_config", b"")
     sizes = {i: bar["size"] for i, bar in enumerate(state["bars"]) if bar["size"]}
@@ -115,6 +129,8 @@ def _saved(buf: Input, origin: str) -> ConfigInput:
 
 
 def _json(source: ConfigInput, space: ConfigSpace) -> dict[str, Any]:
+    from vmstate.pci.ids import pci_ids
+
     ids = pci_ids()
     h, c = space.header, space.header.class_code
     subsystem = None

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
-
-import attrs
-
-from vmstate.pci_host import host_devices
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "devices",
-        help="list PCI devices with driver, IOMMU group and VFIO status",
-        description="List this host's PCI devices (read from sysfs; names from pci.ids when installed).",
-    )
+def register(p: argparse.ArgumentParser) -> None:
+    p.description = "List this host's PCI devices (read from sysfs; names from pci.ids when installed)."
     group = p.add_mutually_exclusive_group()
     group.add_argument("--json", action="store_true", help="one JSON list")
     group.add_argument("--bdf-only", action="store_true", help="addresses only, one per line")
@@ -24,6 +14,12 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    import attrs
+
+    from vmstate.pci_host import host_devices
+
     devices = list(host_devices())
     if args.json:
         print(json.dumps([attrs.asdict(d) | {"vfio": d.vfio_status} for d in devices], indent=2))

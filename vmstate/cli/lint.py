@@ -1,39 +1,43 @@
 """``vmstate lint FILES...``: every problem of every description file, in one run.
 
 Loading stops at a file's first error; authors want the whole list, each at
-its ``file:line:col``, so they can fix them all before the next run.
+its ``file:line:col``, so they can fix them all before the next run.  A file
+that cannot be read as text is one problem of that file; the others are
+still checked.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmstate.description_file import Diagnostic, check_description_file
-from vmstate.errors import UsageError
+if TYPE_CHECKING:
+    from vmstate.description_file import Diagnostic
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "lint",
-        help="list every problem of description files",
-        description="Check description files and list every problem, one line each "
+def register(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Check description files and list every problem, one line each "
         "(file:line:col: error|warning: message [code]). Exit 1 when there is an error, "
-        "0 when there are only warnings or none.",
+        "0 when there are only warnings or none."
     )
     p.add_argument(
         "files",
         nargs="+",
         metavar="FILE",
-        help="description files (.toml); a directory stands for the *.toml files in it",
+        help="description files (.toml); a directory stands for the *.toml files in it; "
+        "- reads standard input",
     )
     p.add_argument("--json", action="store_true", help="one JSON object: counts and every problem")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from vmstate.description_file import check_description_file
+
     files = _expand(args.files)
     problems = sorted(
         (p for f in files for p in check_description_file(f)),
@@ -62,17 +66,20 @@ def run(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _expand(paths: list[str]) -> list[Path]:
+def _expand(paths: list[str]) -> list[str]:
     """*paths* with each directory replaced by its ``*.toml`` files."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
+    from vmstate.errors import InputError
+
+    files: list[str] = []
+    for text in paths:
+        path = Path(text)
+        if text != "-" and path.is_dir():
             found = sorted(path.glob("*.toml"))
             if not found:
-                raise UsageError(f"{path}: no .toml files in this directory")
-            files.extend(found)
+                raise InputError("no .toml files in this directory", text)
+            files.extend(map(str, found))
         else:
-            files.append(path)
+            files.append(text)
     return files
 
 

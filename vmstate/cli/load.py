@@ -7,20 +7,15 @@ import contextlib
 import shlex
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
-from vmstate.device_load import LoadPlan, apply, plan_load
-from vmstate.errors import UsageError
-from vmstate.pci_host import is_mdev, normalize_name, open_for_reading, open_for_writing
-from vmstate.progress import reporter
-from vmstate.saved_file import read_file, snapshot
+if TYPE_CHECKING:
+    from vmstate.device_load import LoadPlan
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "load",
-        help="restore a saved state into a device bound to vfio-pci (or a mediated device)",
-        description="Check the whole file against the device (identity, BAR kinds and sizes, "
+def register(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Check the whole file against the device (identity, BAR kinds and sizes, "
         "capability layout, MSI-X size, read-only bits, device data framing and format), then "
         "load it as QEMU does: the device data (its driver checks it), the config while the "
         "device is stopped (decoding off, BARs, MSI, MSI-X, enables), then RUNNING. A rejected "
@@ -28,9 +23,9 @@ def register(sub: Any) -> None:
         "a PCI function when it is opened and restores its old config when it is closed, so "
         "a load into one lasts only while vmstate holds it open: give a COMMAND after --, "
         "which runs while the device is held, or the load is refused. A mediated device "
-        "keeps what it is given.",
+        "keeps what it is given."
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="a file written by vmstate save, - or a pipe")
     p.add_argument("name", metavar="BDF|UUID")
     p.add_argument(
         "--dry-run",
@@ -47,6 +42,12 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmstate.device_load import apply, plan_load
+    from vmstate.errors import UsageError
+    from vmstate.pci_host import is_mdev, normalize_name, open_for_reading, open_for_writing
+    from vmstate.progress import reporter
+    from vmstate.saved_file import read_file, snapshot
+
     name = normalize_name(args.name)
     if args.dry_run and args.command:
         raise UsageError("--dry-run writes nothing, so there is nothing to hold: drop COMMAND")

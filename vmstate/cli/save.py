@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-from vmstate._files import writes_stdout
-from vmstate.device_save import save
-from vmstate.pci_host import driver_of, normalize_name, open_for_reading, title
-from vmstate.progress import reporter
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "save",
-        help="save a device's config state, and its device data when it can migrate",
-        description="Save a device's state. A PCI function is read from sysfs: opening it "
+def register(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Save a device's state. A PCI function is read from sysfs: opening it "
         "through VFIO would reset it first (vfio-pci resets a function when it is opened), so "
         "its config is saved as it is, with the MSI-X table where it can be read (root, "
         "memory decoding on, D0); only without root, where sysfs gives 64 bytes of config, "
         "is a function bound to vfio-pci opened through VFIO, and the output says it was "
         "reset. A mediated device is opened through VFIO, and gives its device data in the "
-        "same file when it has VFIO migration.",
+        "same file when it has VFIO migration."
     )
     p.add_argument("name", metavar="BDF|UUID", help="a PCI address or a mediated device's UUID")
     p.add_argument(
@@ -41,6 +33,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmstate._files import writes_stdout
+    from vmstate.device_save import save
+    from vmstate.pci_host import driver_of, normalize_name, open_for_reading, title
+    from vmstate.progress import reporter
+
     name = normalize_name(args.name)
     device, how = open_for_reading(name)
     with device:
@@ -56,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         if saved.data_size is not None
         else f"no device data ({saved.reason})"
     )
+    for warning in saved.warnings:
+        print(f"vmstate: warning: {name}: {warning}", file=sys.stderr)
     report = sys.stderr if writes_stdout(args.output) else sys.stdout
     print(
         f"saved {name} ({title(name)}) {how}: config state, {data}; "

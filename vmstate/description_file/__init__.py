@@ -12,13 +12,14 @@ from vmstate.description_file.reader import (
     load_description_file,
     load_description_text,
 )
-from vmstate.description_file.writer import dump_description
+from vmstate.description_file.writer import description_document, dump_description
 
 __all__ = [
     "PROBLEM_CODES",
     "Diagnostic",
     "check_description_file",
     "check_description_text",
+    "description_document",
     "dump_description",
     "load_description_file",
     "load_description_text",

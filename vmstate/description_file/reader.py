@@ -45,6 +45,7 @@ from vmstate.description_file.schema import (
 from vmstate.errors import DescriptionError
 from vmstate.fields import Field
 from vmstate.hooks import registered_hooks
+from vmstate.interpreter.context import DEFAULT_LIMITS
 from vmstate.kinds.base import Element, Kind
 from vmstate.kinds.registry import kind_class
 from vmstate.kinds.scalar import SCALAR_TYPES, scalar_kind
@@ -90,6 +91,18 @@ PROBLEM_CODES: dict[str, str] = {
     "unknown-hook": "(warning) a hook not registered (yet)",
     "opaque-condition": "(warning) a QEMU test that was not exported",
     "unused-struct": "(warning) a struct nothing refers to",
+    "over-limit": "a fixed count or size larger than any load accepts (vmstate's Limits)",
+    "max-over-limit": "(warning) a max_count or max_size larger than any load accepts",
+    "unreadable": "the file cannot be read, is larger than 4 MiB or is not UTF-8 (reported alone)",
+}
+#: what a load accepts at most (the defaults of vmstate's Limits): count keys in elements,
+#: size keys in bytes, nbits in bits
+_LIMITS = {
+    "count": DEFAULT_LIMITS.max_elements,
+    "max_count": DEFAULT_LIMITS.max_elements,
+    "size": DEFAULT_LIMITS.max_buffer,
+    "max_size": DEFAULT_LIMITS.max_buffer,
+    "nbits": DEFAULT_LIMITS.max_buffer * 8,
 }
 _Path = tuple[str | int, ...]
 
@@ -432,6 +445,14 @@ class _Reader:
             if isinstance(value, int) and value < 0:
                 self.problem((*path, key), f"{key} must be at least 0", "bad-value")
                 ok = False
+            elif isinstance(value, int) and value > _LIMITS[key]:
+                refused = f"{key} {value} is above the {_LIMITS[key]} a load accepts"
+                if key.startswith("max_"):
+                    message = f"{refused}: longer data is refused all the same"
+                    self.problem((*path, key), message, "max-over-limit", "warning")
+                else:
+                    self.problem((*path, key), f"{refused}: this field never loads", "over-limit")
+                    ok = False
         if getattr(spec, "multiply", 1) < 1:
             self.problem((*path, "multiply"), "multiply must be at least 1", "bad-value")
             ok = False
@@ -501,27 +522,39 @@ def load_description_text(text: str, source: str = "<string>") -> Description:
 
 
 def check_description_file(path: str | os.PathLike[str]) -> list[Diagnostic]:
-    """Every problem of the description file at *path*, in file order."""
-    return check_description_text(_read_file(path), str(path))
+    """Every problem of the description file at *path*, in file order; a file that cannot
+    be read as text is one problem, where reading stopped."""
+    text = _read_file(path)
+    if isinstance(text, Diagnostic):
+        return [text]
+    return check_description_text(text, str(path))
 
 
 def load_description_file(path: str | os.PathLike[str]) -> Description:
     """The description in the file at *path*; :class:`DescriptionError` at its first error."""
-    return load_description_text(_read_file(path), str(path))
+    text = _read_file(path)
+    if isinstance(text, Diagnostic):
+        raise DescriptionError(text.message, location=str(path))
+    return load_description_text(text, str(path))
 
 
-def _read_file(path: str | os.PathLike[str]) -> str:
+def _read_file(path: str | os.PathLike[str]) -> str | Diagnostic:
+    """The text of the file at *path* (``-`` is standard input), or why there is none."""
+    source = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with open(os.dup(0) if source == "-" else path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise DescriptionError(f"cannot read: {e.strerror}", location=str(path)) from None
+        return Diagnostic(source, 1, 1, f"cannot read: {e.strerror}", "unreadable")
     if len(data) > MAX_FILE_BYTES:
-        raise DescriptionError(f"larger than {MAX_FILE_BYTES} bytes", location=str(path))
+        return Diagnostic(source, 1, 1, f"larger than {MAX_FILE_BYTES} bytes", "unreadable")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DescriptionError(f"not UTF-8 (byte {e.start})", location=str(path)) from None
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        message = f"not UTF-8: byte {data[e.start]:#04x} at offset {e.start}"
+        return Diagnostic(source, line, col, message, "unreadable")
 
 
 def _read(text: str, source: str) -> tuple[Description | None, list[Diagnostic]]:

@@ -78,13 +78,20 @@ class _Writer:
         return key
 
 
-def dump_description(desc: Description) -> str:
-    """*desc* as description-file text (TOML), one line per field."""
+def description_document(desc: Description) -> dict[str, Any]:
+    """*desc* as the data of a description file: ``description`` and, when it has nested
+    structs, ``structs`` (what ``vmstate describe --json`` prints)."""
     writer = _Writer()
     top = writer.description(desc)
+    return {"description": top, **({"structs": writer.structs} if writer.structs else {})}
+
+
+def dump_description(desc: Description) -> str:
+    """*desc* as description-file text (TOML), one line per field."""
+    document = description_document(desc)
     lines: list[str] = []
-    _write_table(lines, ["description"], top, array=False)
-    for key, table in writer.structs.items():
+    _write_table(lines, ["description"], document["description"], array=False)
+    for key, table in document.get("structs", {}).items():
         lines.append("")
         _write_table(lines, ["structs", key], table, array=False)
     return "\n".join(lines) + "\n"

@@ -175,7 +175,17 @@ class Scalar(Kind):
         try:
             return self._codec.pack(*values)
         except (struct.error, TypeError, OverflowError) as exc:
-            raise EncodeError(f"{value!r} does not fit {self.info}: {exc}") from None
+            code = self._codec.format.lstrip("<>")
+            if code not in INTEGER_CODES or self.info == "bool":
+                raise EncodeError(f"{value!r} does not fit {self.info}: {exc}") from None
+            bits = 8 * self.size
+            signed = code.islower()
+            lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+            raise EncodeError(
+                f"{self.info} cannot hold it",
+                expected=f"an integer in {lo}..{hi}",
+                found=repr(value)[:40],
+            ) from None
 
     def to_json(self, value: Any) -> Any:
         if self.info in _FLOATS and not math.isfinite(value):

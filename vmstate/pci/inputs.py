@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 
 from vmstate.device_regions import SysfsPciDevice
-from vmstate.errors import DecodeError, LimitError, UsageError
+from vmstate.errors import DecodeError, InputError, LimitError
 from vmstate.pci.model import PciAddress
 from vmstate.pci.registers import CONFIG_SIZES, EXPRESS_SIZE, HEADER_SIZE
 from vmstate.stream import MAGIC
@@ -196,8 +196,8 @@ def from_sysfs(folder: Path) -> ConfigInput:
     name = Path(os.path.realpath(folder)).name
     address = PciAddress.parse(name)
     if address is None or not (folder / "config").is_file():
-        raise UsageError(
-            f"{folder}: not a PCI device folder (no config, or not named like 0000:00:01.0)"
+        raise InputError(
+            "not a PCI device folder (no config, or not named like 0000:00:01.0)", str(folder)
         )
     data = read_bounded(str(folder / "config"), EXPRESS_SIZE)
     with SysfsPciDevice.open(name, Path(os.path.realpath(folder)).parent) as device:
