@@ -78,6 +78,7 @@ def test_a_terminal_bar_waits_then_is_erased() -> None:
         ["analyze", "STREAM", "--json"],
         ["show", "STREAM"],
         ["diff", "STREAM", "STREAM"],
+        ["check", "--stream", "STREAM", "--dst", "STREAM"],
     ],
     ids=" ".join,
 )

@@ -31,7 +31,7 @@ from vmstate.dump_layout import DumpLayouts
 from vmstate.errors import DecodeError, UsageError, format_path
 from vmstate.findings import ERROR, WARNING, Finding
 from vmstate.inputs import StreamInput, open_stream
-from vmstate.stream import Input, Section, Stream, find_vmdesc, parse, refuse_truncated
+from vmstate.stream import Input, Progress, Section, Stream, find_vmdesc, parse, refuse_truncated
 from vmstate.vfio_section import raw_sections
 from vmstate.waivers import NO_WAIVERS, Waivers
 
@@ -42,12 +42,14 @@ def check_stream(
     waivers: Waivers = NO_WAIVERS,
     device_data: Description | None = None,
     src: DescriptionSet | None = None,
+    progress: Progress | None = None,
 ) -> list[Finding]:
     """Every reason the stream in *path* (bare or in a libvirt save image) would not load
     into *dst*.  *device_data* is the format of VFIO devices' device data (see
     qemu_vfio); *src*, the source QEMU's dump, tells which sections are device types, so
     that one the destination's dump lacks is known to be missing there, and reads a
-    stream without vmdesc (see vmstate.dump_layout)."""
+    stream without vmdesc (see vmstate.dump_layout).  *progress* hears how far the
+    stream has been read."""
     with open_stream(path) as opened:
         buf = opened.data
         layouts = None
@@ -59,7 +61,7 @@ def check_stream(
                     "with --src to read its sections"
                 )
             layouts = DumpLayouts(src)
-        parsed = parse(buf, raw=raw_sections, fitter=layouts)
+        parsed = parse(buf, raw=raw_sections, fitter=layouts, progress=progress)
         problems = _stream_problems(opened, parsed, dst)
         for section in parsed.device_sections():
             fitted = layouts.fitted.get((section.idstr, section.instance_id)) if layouts else None

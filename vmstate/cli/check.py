@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from vmstate.compat import DUMP, compare
     from vmstate.errors import InputError, UsageError
     from vmstate.pci_host import normalize_name
+    from vmstate.progress import TerminalProgress
     from vmstate.sources import load_description_set
     from vmstate.state_check import check_state
     from vmstate.stream_check import check_stream
@@ -92,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
         if src is not None and src.kind != DUMP:
             raise InputError("with --stream, --src is the source QEMU's -dump-vmstate", args.src)
         data_format = registry.get(args.device_data) if args.device_data else None
-        problems = check_stream(
-            args.stream, load_description_set(args.dst), waivers, data_format, src=src
-        )
+        dst = load_description_set(args.dst)
+        with TerminalProgress(f"reading {args.stream}") as progress:
+            problems = check_stream(
+                args.stream, dst, waivers, data_format, src=src, progress=progress
+            )
     else:
         if not (args.src and args.dst):
             raise UsageError("give --src and --dst, --stream and --dst, or --state and --device")
