@@ -1,5 +1,6 @@
-"""Start-up of the command line: ``vmstate --help`` and a usage error, whole process,
-against a bare ``python3 -c pass`` (target: ``--help`` within 0.04 s).
+"""Start-up of the command line: ``vmstate --help`` and ``vmstate analyze --help``, whole
+process, against a bare ``python3 -c pass`` (target: ``--help`` within 0.04 s); and an
+interpreter that only imports attrs, the floor of every command that decodes.
 
     python3 bench/bench_startup.py [--rounds N]
 
@@ -24,6 +25,7 @@ def main() -> None:
     for name, argv in (
         ("--help", [PYTHON, "-m", "vmstate", "--help"]),
         ("analyze --help", [PYTHON, "-m", "vmstate", "analyze", "--help"]),
+        ("(import attrs)", [PYTHON, "-c", "import attrs"]),
     ):
         measured = pair(argv, bare, args.rounds, env)
         print(
