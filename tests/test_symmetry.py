@@ -271,3 +271,33 @@ def test_arrays_of_plain_structs_keep_any_field_name(names: tuple[str, ...]) -> 
     wrong["rows"][2] = {**wrong["rows"][2], "extra": 1}
     with pytest.raises(EncodeError):
         desc.save(wrong)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(sorted(SCALAR_TYPES)), st.data())
+def test_the_analyzers_view_of_many_scalars_is_that_of_each(
+    type_name: str, data: st.DataObject
+) -> None:
+    """Arrays are formatted for QEMU's analyzer in bulk; each element must read as
+    it does alone (signed values, floats and bools included)."""
+    from vmstate.kinds.scalar import qemu_values, scalar_kind
+
+    kind = scalar_kind(type_name)
+    bits = 8 * kind.size
+    if kind.value_type == "int" and kind.is_integer:
+        element = st.integers(-(1 << (bits - 1)), (1 << bits) - 1)
+    elif kind.value_type == "float":
+        element = st.floats(width=32 if kind.size == 4 else 64)
+    else:
+        element = st.booleans()
+    values = [v for v in data.draw(st.lists(element, max_size=12)) if _holds(kind, v)]
+    assert qemu_values(kind, values) == [kind.qemu_value(v) for v in values]
+
+
+def _holds(kind: Any, value: Any) -> bool:
+    """Whether *value* is a state value of *kind* (what a load can produce)."""
+    try:
+        kind.qemu_value(value)
+    except EncodeError:
+        return False
+    return True

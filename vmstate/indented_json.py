@@ -52,6 +52,11 @@ def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
             out.append("[]")
             return
         inner = newline + step
+        types = set(map(type, obj))
+        if len(types) == 1 and (leaf := _LEAVES.get(types.pop())) is not None:
+            # a list of one plain type (QEMU's arrays of hex strings): one join
+            out.append("[" + inner + ("," + inner).join(map(leaf, obj)) + newline + "]")
+            return
         out.append("[" + inner)
         for i, value in enumerate(obj):
             if i:
@@ -60,6 +65,11 @@ def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
         out.append(newline + "]")
     else:
         raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+#: how each element of a list of one of these exact types is written (bool, a
+#: subclass of int, and float with its special values, go the general way)
+_LEAVES = {str: encode_basestring_ascii, int: int.__repr__}
 
 
 def _float(value: float) -> str:

@@ -1,0 +1,35 @@
+"""vmstate.indented_json writes what Python's json module writes with an indent (QEMU's
+analyzer prints through it), byte for byte, for any JSON value."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmstate.indented_json import dumps
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["0x00", "0xff", '"{[,:]}"', "\\", "é\u2028"])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=5)
+    | st.lists(st.integers(), max_size=5)
+    | st.lists(st.text(max_size=4), max_size=5)
+    | st.lists(st.booleans() | st.integers(0, 1), max_size=5)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500)
+@given(VALUES, st.sampled_from([1, 4]))
+def test_the_same_text_as_json_dumps(value: object, indent: int) -> None:
+    assert dumps(value, indent) == json.dumps(value, indent=indent, separators=(",", ": "))
