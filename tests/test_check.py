@@ -551,7 +551,7 @@ def test_swapped_fields_are_named_a_swap_in_every_mode(
     """A stream's vmdesc lists only what was sent, so a field the destination has first
     might be a list sent empty; it is not when the source sends it later: a swap."""
     from vmstate.description_file import load_description_file
-    from vmstate.stream import DeviceSection, write
+    from vmstate.stream_writer import DeviceSection, write
 
     text = '[description]\nname = "dev"\nversion_id = 1\nfields = [\n{}\n]\n'
     a = '  { name = "a", type = "uint8" },'

@@ -25,7 +25,7 @@ from vmstate.inputs import open_stream
 from vmstate.pci.ids import pci_ids
 from vmstate.pci_vfio import CONFIG, DESCRIPTION_NAME, KIND_MEM32, KIND_MEM64
 from vmstate.saved_file import read_file
-from vmstate.stream import DeviceSection, write
+from vmstate.stream_writer import DeviceSection, write
 from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
 
 QEMU = Path(__file__).parent / "data" / "qemu"

@@ -18,7 +18,7 @@ from vmstate.device_save import save
 from vmstate.errors import DecodeError, DeviceError, IncompatibleError, LimitError, VMStateError
 from vmstate.migration import DeviceState
 from vmstate.saved_file import read_file
-from vmstate.stream import StreamWriter
+from vmstate.stream_writer import DeviceSection, StreamWriter
 from vmstate.testing.migration import EmulatedMigrationDevice
 from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
 from vmstate.vfio_section import (
@@ -231,7 +231,7 @@ def mtty_file(tmp_path: Path, data: bytes) -> Path:
     path = tmp_path / "mtty.vms"
     with open(path, "wb") as out:
         writer = StreamWriter(out, "vmstate")
-        writer.device(stream.DeviceSection(f"{dev.name}/vfio-pci-config", pci_vfio.description(), state))
+        writer.device(DeviceSection(f"{dev.name}/vfio-pci-config", pci_vfio.description(), state))
 
         def payload(f: Any) -> int:
             f.write(DEV_SETUP_STATE.to_bytes(8, "big") + END_OF_STATE.to_bytes(8, "big"))
@@ -254,7 +254,7 @@ def mtty_file(tmp_path: Path, data: bytes) -> Path:
             "dirty_pages": 0,
         }
         writer.device(
-            stream.DeviceSection(f"{dev.name}/vfio-device-state", registry.get("vfio-device-state"), meta)
+            DeviceSection(f"{dev.name}/vfio-device-state", registry.get("vfio-device-state"), meta)
         )
         writer.finish()
     return path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vmstate import fields as F
 from vmstate.description import Description, Subsection
-from vmstate.stream import DeviceSection, write
+from vmstate.stream_writer import DeviceSection, write
 
 DEV = Description(
     "demo-nic", 2, 1,

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import attrs
 
-from vmstate import pci_vfio, region_protocol, registry, stream
+from vmstate import pci_vfio, region_protocol, registry
 from vmstate._files import atomic_output
 from vmstate.device_data import Progress, save_device_data
 from vmstate.device_regions import Device
@@ -25,7 +25,7 @@ from vmstate.saved_file import (
     PROTOCOL_V2,
     format_name,
 )
-from vmstate.stream import StreamWriter
+from vmstate.stream_writer import DeviceSection, StreamWriter
 from vmstate.vfio_section import DEV_CONFIG_STATE, DEV_DATA_STATE, DEV_SETUP_STATE, END_OF_STATE
 
 _TAG = END_OF_STATE.to_bytes(8, "big")
@@ -85,7 +85,7 @@ def write_state(
     qemu_desc = registry.get(pci_vfio.QEMU_DESCRIPTION_NAME)
     writer = StreamWriter(counted, "vmstate")  # type: ignore[arg-type]
     name = f"{device.name}/{pci_vfio.DESCRIPTION_NAME}"
-    writer.device(stream.DeviceSection(name, pci_vfio.description(), state))
+    writer.device(DeviceSection(name, pci_vfio.description(), state))
     data_size: int | None = None
     reason = "it was not opened through VFIO" if caps is None else (caps.blocker or "")
     if caps is not None and caps.blocker is None:
@@ -95,11 +95,13 @@ def write_state(
         regions = region_protocol.DeviceStateRegions.find(device)
         if regions is not None:
             meta = _region_protocol_state(regions, dirty_range)
-            writer.device(stream.DeviceSection(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
+            writer.device(
+                DeviceSection(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta)
+            )
             reason, data_size = "", meta[f"{META_NAME}/region-config"]["size"]
         if qemu:
             idstr = f"{device.name}/{pci_vfio.QEMU_DESCRIPTION_NAME}"
-            writer.device(stream.DeviceSection(idstr, qemu_desc, qemu_state, held=qemu_held))
+            writer.device(DeviceSection(idstr, qemu_desc, qemu_state, held=qemu_held))
     writer.finish()
     warnings = ()
     wrote_qemu = qemu or (caps is not None and caps.blocker is None)
@@ -143,7 +145,7 @@ def _vfio_section(
         "data_size": size,
         "dirty_pages": 0,
     }
-    writer.device(stream.DeviceSection(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
+    writer.device(DeviceSection(f"{device.name}/{META_NAME}", registry.get(META_NAME), meta))
     return size
 
 
