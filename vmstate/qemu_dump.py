@@ -39,6 +39,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "format_qemu_dump",
     "load_qemu_dump",
     "parse_qemu_dump",
+    "read_json_file",
 ]
 
 #: a full x86 dump is under 1 MB; anything this big is not a dump
@@ -165,19 +167,27 @@ class QemuDump:
 def load_qemu_dump(path: str | os.PathLike[str]) -> QemuDump:
     """Read a dump file (``.gz`` too); :class:`DescriptionError` names what is wrong where."""
     source = os.fspath(path)
-    try:
-        with open(path, "rb") as raw:
-            stream = gzip.GzipFile(fileobj=raw) if source.endswith(".gz") else raw
-            data = stream.read(MAX_DUMP_BYTES + 1)
-    except (OSError, EOFError) as e:
-        raise DescriptionError(f"cannot read: {e}", location=source) from None
-    if len(data) > MAX_DUMP_BYTES:
-        raise DescriptionError(f"larger than {MAX_DUMP_BYTES} bytes", location=source)
+    data = read_json_file(source, MAX_DUMP_BYTES)
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as e:
         raise DescriptionError(f"not JSON: {e}", location=source) from None
     return parse_qemu_dump(obj, source)
+
+
+def read_json_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a JSON file, a ``.gz`` one decompressed as far as *limit* and no
+    further (a few kilobytes of gzip can hold gigabytes); DescriptionError past it."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if source.endswith(".gz") else raw
+            data = stream.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DescriptionError(f"cannot read: {e}", location=source) from None
+    if len(data) > limit:
+        raise DescriptionError(f"larger than {limit} bytes", location=source)
+    return data
 
 
 def parse_qemu_dump(obj: Any, source: str = "<dump>") -> QemuDump:
