@@ -16,6 +16,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import re
 import sys
 import time
 import traceback
@@ -30,6 +31,17 @@ from vmstate.errors import VMStateError
 
 def rng_for(seed: int, target: str, index: int) -> random.Random:
     return random.Random(f"{seed}:{target}:{index}")
+
+
+def signature(details: str) -> str:
+    """What tells one bug from another: the exception line (numbers dropped) and the
+    innermost frame inside vmstate/ or fuzz/."""
+    lines = details.strip().splitlines()
+    last = re.sub(r"0x[0-9a-f]+|\d+", "N", lines[-1] if lines else "")[:120]
+    frames = [line.strip() for line in lines if line.strip().startswith('File "')]
+    inner = next((f for f in reversed(frames) if "/vmstate/" in f), frames[-1] if frames else "")
+    where = re.sub(r'^File ".*/(vmstate|fuzz)/', r"\1/", inner)
+    return f"{last} @ {where}"
 
 
 def run_one(seed: int, target: str, index: int) -> tuple[str, str]:
@@ -106,8 +118,13 @@ def main() -> int:
     broken = sum(c["invariant"] for c in totals.values())
     print(f"total {total} inputs in {seconds:.0f} s: {foreign} foreign exceptions, "
           f"{broken} broken invariants (seed {seed})")
-    for target, index, outcome, details in sorted(failures)[:20]:
-        print(f"\n--- {outcome}: --seed {seed} --replay {target}:{index}\n{details}")
+    kinds: dict[tuple[str, str, str], list[tuple[int, str]]] = {}
+    for target, index, outcome, details in sorted(failures):
+        kinds.setdefault((target, outcome, signature(details)), []).append((index, details))
+    for (target, outcome, _), found in sorted(kinds.items(), key=lambda k: -len(k[1])):
+        index, details = found[0]
+        print(f"\n--- {outcome} x{len(found)}: python3 fuzz/run.py --seed {seed} "
+              f"--replay {target}:{index}\n{details}")
     return 1 if failures else 0
 
 
