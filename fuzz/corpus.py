@@ -240,7 +240,7 @@ def _mtty_file() -> bytes:
     import io
 
     from vmstate import pci_vfio, registry
-    from vmstate.stream import DeviceState, StreamWriter
+    from vmstate.stream import DeviceSection, StreamWriter
     from vmstate.testing.pci import e1000e_like
     from vmstate.vfio_section import DEV_DATA_STATE, DEV_SETUP_STATE, END_OF_STATE
 
@@ -250,7 +250,7 @@ def _mtty_file() -> bytes:
     dev = e1000e_like("83b8f4f2-509f-382f-3c1e-e6bfe0fa1001")
     out = io.BytesIO()
     writer = StreamWriter(out, "vmstate")
-    writer.device(DeviceState(f"{dev.name}/vfio-pci-config", pci_vfio.description(),
+    writer.device(DeviceSection(f"{dev.name}/vfio-pci-config", pci_vfio.description(),
                               pci_vfio.read_state(dev)))
     end = END_OF_STATE.to_bytes(8, "big")
 
@@ -263,7 +263,7 @@ def _mtty_file() -> bytes:
     fmt = b"mtty-migration-data"
     meta = {"protocol": 2, "flags": 7, "format_len": len(fmt), "format": fmt,
             "data_size": len(data), "dirty_pages": 0}
-    writer.device(DeviceState(f"{dev.name}/vfio-device-state", registry.get("vfio-device-state"),
+    writer.device(DeviceSection(f"{dev.name}/vfio-device-state", registry.get("vfio-device-state"),
                               meta))
     writer.finish()
     return out.getvalue()

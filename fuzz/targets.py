@@ -128,8 +128,9 @@ def vmdesc(rng: random.Random) -> None:
 def qemu_dump(rng: random.Random) -> None:
     """-dump-vmstate JSON of QEMU 7.2 or 10.0, a few device classes with nodes changed:
     what imports exports back equal, and compares with another QEMU's dump."""
-    from vmstate.compat import DUMP, DescriptionSet, compare
+    from vmstate.compat import compare
     from vmstate.qemu_dump import export_qemu_dump, parse_qemu_dump
+    from vmstate.sources import dump_description_set
 
     tree = corpus.dump_subset(rng)
     for _ in range(rng.randint(0, 4)):
@@ -140,11 +141,8 @@ def qemu_dump(rng: random.Random) -> None:
         located(e, 0)
         return
     require(export_qemu_dump(dump) == tree, "a dump exports back otherwise")
-    sections = {dev.type_name: dev.description for dev in dump.devices}
-    other = parse_qemu_dump(corpus.dump_subset(rng, 12), "other.json")
-    against = DescriptionSet({d.type_name: d.description for d in other.devices}, kind=DUMP,
-                             machine=other.machine)
-    mine = DescriptionSet(sections, kind=DUMP, machine=dump.machine)
+    mine = dump_description_set(dump, "fuzz.json")
+    against = dump_description_set(parse_qemu_dump(corpus.dump_subset(rng, 12)), "other.json")
     compare(mine, against)
     compare(against, mine)
 
