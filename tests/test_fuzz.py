@@ -12,12 +12,13 @@ mutation of something valid, not of garbage that is refused at its first byte.""
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import FUZZ_SEED
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # fuzz/ is a top-level package of the checkout
@@ -29,7 +30,7 @@ from fuzz.run import run_one  # noqa: E402
 from fuzz.stream_targets import extract  # noqa: E402
 from fuzz.targets import TARGETS  # noqa: E402
 
-SEED = int(os.environ.get("VMSTATE_FUZZ_SEED") or int.from_bytes(os.urandom(8), "big"))
+SEED = FUZZ_SEED
 #: inputs per target in one suite run: a few seconds each here (the long run is fuzz/run.py)
 INPUTS = {
     "interpreter": 800, "description_file": 300, "condition": 2000, "vmdesc": 1500,
@@ -41,6 +42,15 @@ INPUTS = {
 
 def test_every_target_runs_here() -> None:
     assert set(INPUTS) == set(TARGETS)
+
+
+def test_hypothesis_draws_fresh_examples_even_under_ci() -> None:
+    """Hypothesis's CI profile replays the same examples every run; ours does not, and
+    no test asks for that again (its seed is this run's, printed in the header)."""
+    assert not settings.default.derandomize
+    asking = [p.name for p in Path(__file__).parent.glob("*.py")
+              if "derandomize=True" in p.read_text() and p.name != "test_fuzz.py"]
+    assert asking == []
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
