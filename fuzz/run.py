@@ -123,9 +123,15 @@ def main() -> int:
     failures: list[tuple[str, int, str, str]] = []
     jobs = [(seed, target, start, count) for target, start, count in plan(args.inputs, targets)]
     results = _results(jobs, args.jobs)
+    seen: set[str] = set()
     for target, outcomes, found in results:
         totals[target] += outcomes
         failures += [(target, index, outcome, details) for index, outcome, details in found]
+        for index, outcome, details in found:  # each new kind of failure at once
+            if signature(details) not in seen:
+                seen.add(signature(details))
+                print(f"  {outcome}: python3 fuzz/run.py --seed {seed} --replay {target}:{index}"
+                      f"\n    {signature(details)}", flush=True)
         now = time.monotonic()
         if now - last_report >= 60:
             last_report = now

@@ -210,3 +210,17 @@ def test_waiver_files_that_are_no_toml_are_description_errors(tmp_path: Path, te
 def test_a_description_file_nested_too_deeply_is_a_lint_error() -> None:
     (problem,) = check_description_text("x = " + "[" * 5000 + "]" * 5000 + "\n", "deep.toml")
     assert (problem.code, problem.severity) == ("toml-syntax", "error")
+
+
+def test_a_dump_field_named_by_a_list_is_a_description_error() -> None:
+    """-dump-vmstate: a field whose "field" is not a string once escaped as a TypeError
+    while counting repeated names (found by the fuzzer, qemu_dump target)."""
+    from vmstate.qemu_dump import parse_qemu_dump
+
+    tree = json.loads((QEMU / "dump-pc-i440fx-7.2.json").read_text())
+    entry = next(v["Description"] for k, v in tree.items()
+                 if k != "vmschkmachine" and v.get("Description", {}).get("Fields"))
+    entry["Fields"][0]["field"] = ["not", "a", "name"]
+    with pytest.raises(DescriptionError, match="field") as e:
+        parse_qemu_dump(tree, "dump.json")
+    assert "Fields[0]" in str(e.value)

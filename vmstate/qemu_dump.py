@@ -273,7 +273,8 @@ def _description(
             "no field list: QEMU could not save this description", location=where
         )
     raw_fields = _get(obj, "Fields", list, where) if "Fields" in obj else []
-    counts = Counter(f.get("field") if isinstance(f, dict) else None for f in raw_fields)
+    names = (f.get("field") if isinstance(f, dict) else None for f in raw_fields)
+    counts = Counter(n for n in names if isinstance(n, str))  # others are refused below
     seen: Counter[str] = Counter()
     fields = [
         _field(raw, name, counts, seen, f"{where}.Fields[{i}]", (*path, "Fields", i), extra, depth)
