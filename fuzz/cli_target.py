@@ -21,6 +21,9 @@ NO_DEVICE = "0000:ff:1f.7"
 
 
 def cli(rng: random.Random) -> None:
+    """vmstate analyze, show, decode-config, check, check --stream, lint, describe and
+    load on generated files, in-process: exit 0 or 1 with one line, no traceback, and
+    a refused --extract-ram leaves no files."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         command = G.pick(rng, [_analyze] * 4 + [_show, _decode_config, _decode_config, _check,
