@@ -149,6 +149,9 @@ class QemuDump:
     #: whether the dump states array lengths ("num", QEMU 10.0+); without them any
     #: field may stand for an array of unknown length
     counts_known: bool = False
+    #: descriptions whose "Subsections" list was there but empty (QEMU writes one for
+    #: a subsection array holding only its NULL end): kept for export
+    empty_subsections: frozenset[JsonPath] = frozenset()
 
     @property
     def unknown_keys(self) -> frozenset[str]:
@@ -195,7 +198,7 @@ def parse_qemu_dump(obj: Any, source: str = "<dump>") -> QemuDump:
     if not isinstance(obj, dict):
         raise DescriptionError("a dump is a JSON object", location=source)
     machine = _get(_get(obj, MACHINE_KEY, dict, source), "Name", str, f"{source}: {MACHINE_KEY}")
-    extra: dict[JsonPath, dict[str, Any]] = {}
+    extra = _Extra()
     devices = [
         _device(name, value, f"{source}: {name}", extra)
         for name, value in obj.items()
@@ -207,7 +210,7 @@ def parse_qemu_dump(obj: Any, source: str = "<dump>") -> QemuDump:
         for d in dev.description.walk()
         for f in d.fields
     )
-    return QemuDump(machine, tuple(devices), extra, counts)
+    return QemuDump(machine, tuple(devices), extra.found, counts, frozenset(extra.empty))
 
 
 def _get(obj: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
@@ -222,10 +225,12 @@ def _get(obj: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
 
 
 class _Extra:
-    """Collects a newer QEMU's keys by where they were."""
+    """Collects what the model of a dump does not hold, by where it was: a newer QEMU's
+    keys, and empty "Subsections" lists."""
 
-    def __init__(self, found: dict[JsonPath, dict[str, Any]]) -> None:
-        self.found = found
+    def __init__(self) -> None:
+        self.found: dict[JsonPath, dict[str, Any]] = {}
+        self.empty: set[JsonPath] = set()
 
     def object(self, obj: Any, keys: frozenset[str], where: str, path: JsonPath) -> None:
         if not isinstance(obj, dict):
@@ -235,10 +240,7 @@ class _Extra:
             self.found[path] = unknown
 
 
-def _device(
-    type_name: str, obj: Any, where: str, found: dict[JsonPath, dict[str, Any]]
-) -> DumpedDevice:
-    extra = _Extra(found)
+def _device(type_name: str, obj: Any, where: str, extra: _Extra) -> DumpedDevice:
     extra.object(obj, _DEVICE_KEYS, where, (type_name,))
     version = _get(obj, "version_id", int, where)
     minimum = _get(obj, "minimum_version_id", int, where)
@@ -281,7 +283,10 @@ def _description(
         for i, raw in enumerate(raw_fields)
     ]
     subsections = []
-    for i, raw in enumerate(_get(obj, "Subsections", list, where) if "Subsections" in obj else []):
+    raw_subsections = _get(obj, "Subsections", list, where) if "Subsections" in obj else None
+    if raw_subsections == []:
+        extra.empty.add(path)
+    for i, raw in enumerate(raw_subsections or []):
         at = f"{where}.Subsections[{i}]"
         sub = _description(raw, at, (*path, "Subsections", i), extra, depth + 1)
         subsections.append(Subsection(sub, opaque_condition(sub.name)))
@@ -353,7 +358,7 @@ def export_qemu_dump(dump: QemuDump) -> dict[str, Any]:
         }
         if dev.described:
             out[dev.type_name]["Description"] = _description_json(
-                dev.description, (*path, "Description"), dump.extra, fields=not dev.unmigratable
+                dev.description, (*path, "Description"), dump, fields=not dev.unmigratable
             )
     return out
 
@@ -364,39 +369,34 @@ def format_qemu_dump(dump: QemuDump) -> str:
 
 
 def _description_json(
-    desc: Description,
-    path: JsonPath,
-    extra: Mapping[JsonPath, Mapping[str, Any]],
-    fields: bool = True,
+    desc: Description, path: JsonPath, dump: QemuDump, fields: bool = True
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": desc.name,
         "version_id": desc.version_id,
         "minimum_version_id": desc.minimum_version_id,
-        **extra.get(path, {}),
+        **dump.extra.get(path, {}),
     }
     if fields:
         out["Fields"] = [
-            _field_json(f, desc.name, (*path, "Fields", i), extra)
+            _field_json(f, desc.name, (*path, "Fields", i), dump)
             for i, f in enumerate(desc.fields)
         ]
-    if desc.subsections:
+    if desc.subsections or path in dump.empty_subsections:
         out["Subsections"] = [
-            _description_json(s.description, (*path, "Subsections", i), extra)
+            _description_json(s.description, (*path, "Subsections", i), dump)
             for i, s in enumerate(desc.subsections)
         ]
     return out
 
 
-def _field_json(
-    field: Field, owner: str, path: JsonPath, extra: Mapping[JsonPath, Mapping[str, Any]]
-) -> dict[str, Any]:
+def _field_json(field: Field, owner: str, path: JsonPath, dump: QemuDump) -> dict[str, Any]:
     head: dict[str, Any] = {"version_id": field.since, "field_exists": field.exists is not None}
 
     def nested(desc: Any) -> dict[str, Any]:
-        return _description_json(desc, (*path, "Description"), extra)
+        return _description_json(desc, (*path, "Description"), dump)
 
     try:
-        return field.kind.dump_field(field.name, head, extra.get(path, {}), nested)
+        return field.kind.dump_field(field.name, head, dump.extra.get(path, {}), nested)
     except DescriptionError as e:
         raise DescriptionError(e.message, location=owner) from None
