@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import sys
 import time
 import traceback
@@ -85,6 +86,11 @@ def plan(total: int, targets: list[str], chunk: int = 200) -> list[tuple[str, in
     return [(target, start, count) for _, target, start, count in sorted(jobs)]
 
 
+def _ignore_interrupts() -> None:
+    """In a worker: ^C is for the parent, which stops and reports what finished."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _results(jobs: list[tuple[int, str, int, int]], processes: int) -> Iterator[
         tuple[str, Counter[str], list[tuple[int, str, str]]]]:
     """Each chunk's results as they come: in this process for one job (no pool to
@@ -92,7 +98,7 @@ def _results(jobs: list[tuple[int, str, int, int]], processes: int) -> Iterator[
     if processes == 1:
         yield from map(_work, jobs)
         return
-    with multiprocessing.Pool(processes) as pool:
+    with multiprocessing.Pool(processes, _ignore_interrupts) as pool:
         yield from pool.imap_unordered(_work, jobs)
 
 
@@ -124,22 +130,28 @@ def main() -> int:
     jobs = [(seed, target, start, count) for target, start, count in plan(args.inputs, targets)]
     results = _results(jobs, args.jobs)
     seen: set[str] = set()
-    for target, outcomes, found in results:
-        totals[target] += outcomes
-        failures += [(target, index, outcome, details) for index, outcome, details in found]
-        for index, outcome, details in found:  # each new kind of failure at once
-            if signature(details) not in seen:
-                seen.add(signature(details))
-                print(f"  {outcome}: python3 fuzz/run.py --seed {seed} --replay {target}:{index}"
-                      f"\n    {signature(details)}", flush=True)
-        now = time.monotonic()
-        if now - last_report >= 60:
-            last_report = now
-            done = sum(sum(c.values()) for c in totals.values())
-            print(f"  {now - started:6.0f} s  {done} inputs  {len(failures)} failed", flush=True)
-        if args.seconds is not None and now - started >= args.seconds:
-            results.close()  # the pool, if any, is terminated with the generator
-            break
+    interrupted = False
+    try:
+        for target, outcomes, found in results:
+            totals[target] += outcomes
+            failures += [(target, index, outcome, details) for index, outcome, details in found]
+            for index, outcome, details in found:  # each new kind of failure at once
+                if signature(details) not in seen:
+                    seen.add(signature(details))
+                    print(f"  {outcome}: python3 fuzz/run.py --seed {seed} --replay "
+                          f"{target}:{index}\n    {signature(details)}", flush=True)
+            now = time.monotonic()
+            if now - last_report >= 60:
+                last_report = now
+                done = sum(sum(c.values()) for c in totals.values())
+                print(f"  {now - started:6.0f} s  {done} inputs  {len(failures)} failed", flush=True)
+            if args.seconds is not None and now - started >= args.seconds:
+                break
+    except KeyboardInterrupt:  # ^C: report the chunks that finished
+        interrupted = True
+        print("  interrupted: what follows counts the inputs that finished", flush=True)
+    finally:
+        results.close()  # the pool, if any, is terminated with the generator
     seconds = time.monotonic() - started
     for target in targets:
         counts = totals[target]
@@ -157,7 +169,7 @@ def main() -> int:
         index, details = found[0]
         print(f"\n--- {outcome} x{len(found)}: python3 fuzz/run.py --seed {seed} "
               f"--replay {target}:{index}\n{details}")
-    return 1 if failures else 0
+    return 1 if failures else 130 if interrupted else 0
 
 
 if __name__ == "__main__":
