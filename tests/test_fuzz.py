@@ -66,7 +66,7 @@ def test_target(target: str) -> None:
         pytest.fail(
             f"{len(failures)} of {INPUTS[target]} {target} inputs failed (seed {SEED}); the "
             f"first ({outcome}) replays with: python3 fuzz/run.py --seed {SEED} --replay "
-            f"{target}:{index}\n{details}",
+            f"{target}:{index} (this test: VMSTATE_FUZZ_SEED={SEED})\n{details}",
             pytrace=False,
         )
 
