@@ -143,6 +143,8 @@ def _flat(desc: DescriptionLike, steps: tuple[Step, ...]) -> Layout | None:
         return None
     step = steps[0]
     if not isinstance(step, Run):
+        if step.exists is not None:  # not always there: not a fixed layout
+            return None
         lay = step.kind.layout()
         if lay is None or not step.kind.stored:
             return None
