@@ -224,3 +224,31 @@ def test_a_dump_field_named_by_a_list_is_a_description_error() -> None:
     with pytest.raises(DescriptionError, match="field") as e:
         parse_qemu_dump(tree, "dump.json")
     assert "Fields[0]" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [("instance_id", "instance_id must be at most 4294967295"),
+     ("version_id", "version_id must be at most 4294967295"),
+     ("section_id", "section_id must be at most 4294967295"),
+     ("command", "data must be at most 65535 bytes")],
+)
+def test_encode_refuses_numbers_too_large_for_their_field_of_the_stream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: str, named: str
+) -> None:
+    """A document's section numbers are 32 bits on the wire and a command's data length
+    16: larger ones once escaped from encode as struct.error (found by fuzz/run.py, cli
+    target); now the document is refused naming the item, and nothing is written."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    if edit == "command":
+        doc["items"].insert(1, {"type": "command", "name": "PING", "data": "00" * 65536})
+    else:
+        section = next(i for i in doc["items"] if i.get("type") == "section")
+        section[edit] = 1 << 32
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vmstate: error: items[") and named in err and err.count("\n") == 1
+    assert not out.exists()

@@ -43,6 +43,8 @@ from vmstate.vmdesc import description_from_vmdesc, resolver_from_vmdesc
 
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
+#: the largest numbers a 32-bit and a 16-bit field of the stream hold
+_U32, _U16 = 0xFFFF_FFFF, 0xFFFF
 _KIND_NUMBERS = {name: number for number, name in SECTION_KINDS.items()}
 _COMMAND_NUMBERS = {name: number for number, (name, _) in COMMANDS.items()}
 _CHUNK = 1 << 24
@@ -115,8 +117,8 @@ class _Descriptions:
             where = f"items[{n}]"
             key = (
                 str(item.get("idstr")),
-                _int(item, "instance_id", where),
-                _int(item, "version_id", where),
+                _int(item, "instance_id", where, _U32),
+                _int(item, "version_id", where, _U32),
             )
             if "layout" in item:
                 layout = item["layout"]
@@ -177,10 +179,12 @@ def _bytes_size(kept: Any, where: str) -> int:
     raise InputError(f"{where} must be hex digits or a reference")
 
 
-def _int(item: Mapping[str, Any], key: str, where: str) -> int:
+def _int(item: Mapping[str, Any], key: str, where: str, most: int | None = None) -> int:
     value = item.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(f"{where}.{key} must be a non-negative integer, not {value!r}")
+    if most is not None and value > most:
+        raise InputError(f"{where}.{key} must be at most {most}, not {value}")
     return value
 
 
@@ -216,7 +220,10 @@ def _record(
         number = _COMMAND_NUMBERS.get(item.get("name"))  # type: ignore[arg-type]
         if number is None:
             raise InputError(f"{where}: unknown command {item.get('name')!r}")
-        yield _command(number, _hex(item.get("data", ""), f"{where}.data"))
+        data = _hex(item.get("data", ""), f"{where}.data")
+        if len(data) > _U16:  # its length is a 16-bit number on the wire
+            raise InputError(f"{where}.data must be at most {_U16} bytes, not {len(data)}")
+        yield _command(number, data)
     elif kind == "section":
         yield from _section(item, where, descriptions, source)
     elif kind == "eof":
@@ -245,12 +252,13 @@ def _section(
     kind = _KIND_NUMBERS.get(item.get("kind"))  # type: ignore[arg-type]
     if kind is None:
         raise InputError(f"{where}: section kind {item.get('kind')!r} is none of START PART END FULL")
-    section_id = _int(item, "section_id", where)
+    section_id = _int(item, "section_id", where, _U32)
     header = bytes([kind]) + _BE32.pack(section_id)
     idstr = item.get("idstr")
     if not isinstance(idstr, str):
         raise InputError(f"{where}.idstr must be a string")
-    instance_id, version_id = _int(item, "instance_id", where), _int(item, "version_id", where)
+    instance_id = _int(item, "instance_id", where, _U32)
+    version_id = _int(item, "version_id", where, _U32)
     if kind in (1, 4):  # START, FULL: the section's name and numbers
         name = idstr.encode()
         if not 0 < len(name) < 256:
