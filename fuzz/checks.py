@@ -44,7 +44,7 @@ def cli(argv: Sequence[str]) -> tuple[int, str]:
     :data:`USAGE`) and write at most one line to stderr (notes and --verify-roundtrip's
     list of differing sections aside), never a traceback.  Returns the exit status and
     standard output."""
-    from vmstate.cli import main
+    from vmstate.cli import EXIT_BUG, main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -53,12 +53,18 @@ def cli(argv: Sequence[str]) -> tuple[int, str]:
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1 if e.code else 0
     text = err.getvalue()
+    if code == EXIT_BUG:  # an exception escaped the library: a foreign one, with its traceback
+        at = list(argv).index("--") if "--" in argv else len(argv)
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            main([*argv[:at], "--debug", *argv[at:]])
+        raise RuntimeError(f"vmstate {' '.join(argv)} exited {code} (a bug):\n{err.getvalue()}")
     lines = [line for line in text.splitlines() if not line.startswith("vmstate: note:")
              and not (" re-encoding differs at offset " in line and "--verify-roundtrip" in argv)]
     require(code in (0, 1) or (code == 2 and any(u in text for u in USAGE)),
             f"vmstate {argv[0]} exited {code}: {text[-400:]!r}")
     require("Traceback" not in text and len(lines) <= 1,
             f"vmstate {argv[0]} wrote more than one line: {text[-400:]!r}")
-    require(code == 0 or len(lines) == 1 or argv[0] in ("check", "analyze", "lint"),
+    require(code == 0 or len(lines) == 1 or argv[0] in ("check", "analyze", "lint", "diff"),
             f"vmstate {argv[0]} exited {code} without saying why")
     return code, out.getvalue()

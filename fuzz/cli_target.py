@@ -21,18 +21,19 @@ NO_DEVICE = "0000:ff:1f.7"
 
 
 def cli(rng: random.Random) -> None:
-    """vmstate analyze, show, decode-config, check, check --stream, lint, describe and
-    load on generated files, in-process: exit 0 or 1 with one line, no traceback, and
-    a refused --extract-ram leaves no files."""
+    """vmstate analyze, show, decode-config, check, check --stream, lint, describe, load,
+    diff and encode on generated files, in-process: exit 0 or 1 with one line, no
+    traceback, and a refused --extract-ram or encode leaves no files."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         command = G.pick(rng, [_analyze] * 4 + [_show, _decode_config, _decode_config, _check,
-                                               _check, _check_stream, _lint, _load])
+                                               _check, _check_stream, _lint, _load, _diff,
+                                               _encode, _encode])
         argv = command(rng, root)
+        before = set(root.iterdir())
         code, _ = run_cli(argv)
-        if "--extract-ram" in argv and code == 1:
-            require(not (root / "ram").exists() and len(list(root.iterdir())) == 1,
-                    "a refused --extract-ram left files behind")
+        if code == 1 and ("--extract-ram" in argv or argv[0] == "encode"):
+            require(set(root.iterdir()) == before, f"a refused {argv[0]} left files behind")
 
 
 def _stream_file(rng: random.Random, root: Path, vmdesc: bool = True) -> tuple[Path, corpus.Window]:
@@ -172,6 +173,42 @@ def _check_stream(rng: random.Random, root: Path) -> list[str]:
     path, w = _stream_file(rng, root, vmdesc)
     src = [] if vmdesc else ["--src", str(w.dump)]
     return ["check", "--stream", str(path), "--dst", dst, *src, *_waivers(rng, root)]
+
+
+def _diff(rng: random.Random, root: Path) -> list[str]:
+    """Two streams (a window and a changed copy of it), two saved files, or two
+    description sets."""
+    choice = rng.randrange(3)
+    if choice == 0:
+        a, w = _stream_file(rng, root)
+        b = root / "b.mig"
+        b.write_bytes(G.stream_mutation(rng, w.data, list(w.sections), w.vmdesc_at)
+                      if rng.random() < 0.8 else w.data)
+    elif choice == 1:
+        a = _saved_file(rng, root).rename(root / "a.vms")
+        b = _saved_file(rng, root)
+    else:
+        a, b = _description_set(rng, root, "a"), _description_set(rng, root, "b")
+    return ["diff", str(a), str(b), *G.pick(rng, [[], ["--json"]])]
+
+
+def _encode(rng: random.Random, root: Path) -> list[str]:
+    """analyze --format json of a stream, its document changed (or the stream it keeps
+    bytes of by reference), encoded back."""
+    path, _ = _stream_file(rng, root)
+    code, document = run_cli(["analyze", str(path), "--format", "json"])
+    out = root / "out.mig"
+    doc = root / "doc.json"
+    if code != 0:
+        doc.write_text(G.pick(rng, ["", "{}", "[]", '{"sections": 1}', "\xff"]), "latin-1")
+        return ["encode", str(doc), "-o", str(out)]
+    tree = json.loads(document)
+    for _ in range(G.pick(rng, [0, 1, 1, 2, 4])):
+        G._mutate_json(rng, tree, 0)
+    doc.write_text(json.dumps(tree))
+    if rng.random() < 0.1:
+        path.write_bytes(X.mutate_bytes(rng, path.read_bytes()))
+    return ["encode", str(doc), "-o", str(out)]
 
 
 def _lint(rng: random.Random, root: Path) -> list[str]:
