@@ -252,3 +252,22 @@ def test_encode_refuses_numbers_too_large_for_their_field_of_the_stream(
     err = capsys.readouterr().err
     assert err.startswith("vmstate: error: items[") and named in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("separators", [5, [", "], [", ", ": ", ","], [1, 2], ", :"])
+def test_encode_refuses_vmdesc_separators_that_are_not_two_strings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], separators: Any
+) -> None:
+    """The vmdesc item's separators reproduce QEMU's JSON spacing; other values once
+    escaped from json.dumps as ValueError or TypeError (found by fuzz/run.py, cli
+    target, seed 11, input 2866)."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    vmdesc = next(i for i in doc["items"] if i.get("type") == "vmdesc")
+    vmdesc["separators"] = separators
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "separators must be two strings" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -230,8 +230,11 @@ def _record(
         yield bytes([EOF])
     elif kind == "vmdesc":
         if "json" in item:
-            separators = tuple(item.get("separators", (", ", ": ")))
-            text = json.dumps(item["json"], separators=separators)  # type: ignore[arg-type]
+            separators = item.get("separators", [", ", ": "])
+            if not (isinstance(separators, list) and len(separators) == 2
+                    and all(isinstance(part, str) for part in separators)):
+                raise InputError(f"{where}.separators must be two strings, as [\", \", \": \"]")
+            text = json.dumps(item["json"], separators=(separators[0], separators[1]))
         elif isinstance(item.get("text"), str):
             text = item["text"]
         else:
