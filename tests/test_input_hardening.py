@@ -271,3 +271,25 @@ def test_encode_refuses_vmdesc_separators_that_are_not_two_strings(
     err = capsys.readouterr().err
     assert "separators must be two strings" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["name", "kind"])
+@pytest.mark.parametrize("value", [{"a": 1}, ["FULL"], None, 4])
+def test_encode_refuses_a_command_name_or_section_kind_that_is_no_string(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: Any
+) -> None:
+    """A command's name and a section's kind are looked up in tables; a dict or a list
+    there once escaped as TypeError (unhashable; found by fuzz/run.py, cli target, seed
+    372358579285384695, input 1322)."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    if key == "name":
+        doc["items"].insert(1, {"type": "command", "name": value, "data": ""})
+    else:
+        next(i for i in doc["items"] if i.get("type") == "section")["kind"] = value
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vmstate: error: items[") and err.count("\n") == 1
+    assert not out.exists()

@@ -217,7 +217,8 @@ def _record(
         state = _from_json(CONFIGURATION_DESCRIPTION, item.get("state"), where)
         yield bytes([CONFIGURATION]) + _save(CONFIGURATION_DESCRIPTION, state, 0, where)
     elif kind == "command":
-        number = _COMMAND_NUMBERS.get(item.get("name"))  # type: ignore[arg-type]
+        name = item.get("name")
+        number = _COMMAND_NUMBERS.get(name) if isinstance(name, str) else None
         if number is None:
             raise InputError(f"{where}: unknown command {item.get('name')!r}")
         data = _hex(item.get("data", ""), f"{where}.data")
@@ -252,7 +253,8 @@ def _command(number: int, data: bytes) -> bytes:
 def _section(
     item: Mapping[str, Any], where: str, descriptions: _Descriptions, source: _Source
 ) -> Iterator[bytes]:
-    kind = _KIND_NUMBERS.get(item.get("kind"))  # type: ignore[arg-type]
+    kind_name = item.get("kind")
+    kind = _KIND_NUMBERS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         raise InputError(f"{where}: section kind {item.get('kind')!r} is none of START PART END FULL")
     section_id = _int(item, "section_id", where, _U32)
