@@ -390,9 +390,9 @@ def stream_mutation(rng: random.Random, data: bytes, sections: list[tuple[int, i
             at = rng.randrange(start + 8, end - 4)
             out[at : at + 2] = bytes([0x05, rng.randrange(256)])
     elif op == 6:
-        at = rng.randrange(len(out))
+        at = rng.randrange(len(out) + 1)
         out[at:at] = rng.randbytes(rng.randint(1, 16))
-    else:
+    elif out:  # an earlier mutation may have cut it all
         out[rng.randrange(len(out))] = rng.randrange(256)
     return bytes(out)
 
