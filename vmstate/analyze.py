@@ -72,7 +72,7 @@ class RamExtractor:
         path.touch(exist_ok=False)  # names are one-to-one: no block takes another's file
         self.paths[block.name] = path
 
-    def page(self, block: RamBlock, offset: int, page: bytes | int, page_size: int) -> None:
+    def __call__(self, block: RamBlock, offset: int, page: bytes | int, page_size: int) -> None:
         if page == 0:
             return  # a zero page: the file stays sparse there
         if self.open is None or self.open[0] != block.name:

@@ -82,7 +82,7 @@ class PageSink(Protocol):
         """A listed block, before any of its pages; may refuse it (a DecodeError
         located at ``block.listed_at``)."""
 
-    def page(self, block: RamBlock, offset: int, page: bytes | int, page_size: int) -> None:
+    def __call__(self, block: RamBlock, offset: int, page: bytes | int, page_size: int) -> None:
         """One page: its bytes, or the fill byte of a uniform page."""
 
 
@@ -133,7 +133,7 @@ class RamWalker:
                     if word & mask != zero_run or word & ~mask >= length:
                         break
                     if sink is not None:
-                        sink.page(block, word & ~mask, buf[pos + 8], page_size)
+                        sink(block, word & ~mask, buf[pos + 8], page_size)
                     pos += 9
             word = self.be64(pos, "RAM record")
             record = pos
@@ -196,11 +196,11 @@ class RamWalker:
         if flags & RAM_ZERO:
             need(self.buf, pos, 1, "RAM fill byte")
             if self.sink is not None:
-                self.sink.page(block, addr, self.buf[pos], page_size)
+                self.sink(block, addr, self.buf[pos], page_size)
             return pos + 1
         need(self.buf, pos, page_size, "RAM page")
         if self.sink is not None:
-            self.sink.page(block, addr, bytes(self.buf[pos : pos + page_size]), page_size)
+            self.sink(block, addr, bytes(self.buf[pos : pos + page_size]), page_size)
         return pos + page_size
 
     def block_list(self, pos: int, total: int) -> int:
@@ -316,7 +316,7 @@ class RamWalker:
                     break
                 at = mapped.pages_offset + page * mapped.page_size
                 offset = page * mapped.page_size
-                self.sink.page(
+                self.sink(
                     block,
                     offset,
                     bytes(self.buf[at : at + mapped.page_size]),
