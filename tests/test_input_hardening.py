@@ -293,3 +293,21 @@ def test_encode_refuses_a_command_name_or_section_kind_that_is_no_string(
     err = capsys.readouterr().err
     assert err.startswith("vmstate: error: items[") and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("devices", [5, "x", {"a": 1}])
+def test_encode_reads_a_vmdesc_whose_devices_are_no_list_as_describing_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], devices: Any
+) -> None:
+    """A document's vmdesc item with "devices" that is no list once escaped from the
+    resolver as TypeError (found by fuzz/run.py, cli target, seed 16014278314342596339,
+    input 7903); now its sections have no description, and encode says so."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    next(i for i in doc["items"] if i.get("type") == "vmdesc")["json"]["devices"] = devices
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vmstate: error: ") and err.count("\n") == 1
+    assert not out.exists()
