@@ -240,7 +240,7 @@ def _mtty_file() -> bytes:
     import io
 
     from vmstate import pci_vfio, registry
-    from vmstate.stream import DeviceSection, StreamWriter
+    from vmstate.stream_writer import DeviceSection, StreamWriter
     from vmstate.testing.pci import e1000e_like
     from vmstate.vfio_section import DEV_DATA_STATE, DEV_SETUP_STATE, END_OF_STATE
 
