@@ -9,11 +9,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from peers.apt import PeerError
 from peers.qemu import Qemu, backports_qemu, system_qemu
 
 DATA = Path(__file__).parent / "data"
 IN_CI = os.environ.get("CI") == "true"
+#: the seed of every randomized test in this run (test_fuzz.py's targets, hypothesis's
+#: draws): fresh each run, so that CI tries new inputs; VMSTATE_FUZZ_SEED replays a run
+FUZZ_SEED = int(os.environ.get("VMSTATE_FUZZ_SEED") or int.from_bytes(os.urandom(8), "big"))
+
+# Hypothesis's own CI profile derandomizes (the same examples every run); keep the
+# rest of whichever profile is active, but draw fresh examples from FUZZ_SEED.
+settings.register_profile("vmstate", parent=settings.default, derandomize=False)
+settings.load_profile("vmstate")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(FUZZ_SEED)
+
+
+def pytest_report_header() -> str:
+    return f"fuzz seed {FUZZ_SEED}: VMSTATE_FUZZ_SEED={FUZZ_SEED} replays this run's random inputs"
 
 
 def require_tool(name: str) -> str:

@@ -192,7 +192,6 @@ def _normalise_lspci_bugs(lines: list[str]) -> list[str]:
 @settings(
     max_examples=150,
     deadline=None,
-    derandomize=True,  # the same configs every run
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(seed=st.integers(0, 2**32 - 1), address=st.sampled_from(["00:00.0", "00:01.0", "00:00.3"]))

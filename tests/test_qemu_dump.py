@@ -249,6 +249,21 @@ def test_keys_of_a_newer_qemu_are_kept_and_listed() -> None:
     assert export_qemu_dump(parsed) == raw
 
 
+def test_an_empty_subsections_list_exports_back_as_qemu_wrote_it() -> None:
+    """savevm.c writes "Subsections": [] for a description whose subsection array holds
+    only its NULL end; that list, at the top and nested, exports back (it once vanished:
+    found by fuzz/run.py, qemu_dump target)."""
+    raw = _dump([_field("a")])
+    raw["dev"]["Description"]["Subsections"] = [
+        {"name": "dev/sub", "version_id": 1, "minimum_version_id": 1,
+         "Fields": [_field("b")], "Subsections": []}]
+    parsed = parse_qemu_dump(raw, "x.json")
+    assert parsed.unknown_keys == set()
+    assert export_qemu_dump(parsed) == raw
+    raw["dev"]["Description"]["Subsections"] = []
+    assert export_qemu_dump(parse_qemu_dump(raw, "x.json")) == raw
+
+
 def test_num_is_an_array_of_elements() -> None:
     """QEMU 10.0 writes "num" for fixed-size arrays; "size" stays one element's."""
     raw = _dump([_field("regs", 4, num=16), _field("flag", 1)])

@@ -43,6 +43,8 @@ from vmstate.vmdesc import description_from_vmdesc, resolver_from_vmdesc
 
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
+#: the largest numbers a 32-bit and a 16-bit field of the stream hold
+_U32, _U16 = 0xFFFF_FFFF, 0xFFFF
 _KIND_NUMBERS = {name: number for number, name in SECTION_KINDS.items()}
 _COMMAND_NUMBERS = {name: number for number, (name, _) in COMMANDS.items()}
 _CHUNK = 1 << 24
@@ -115,8 +117,8 @@ class _Descriptions:
             where = f"items[{n}]"
             key = (
                 str(item.get("idstr")),
-                _int(item, "instance_id", where),
-                _int(item, "version_id", where),
+                _int(item, "instance_id", where, _U32),
+                _int(item, "version_id", where, _U32),
             )
             if "layout" in item:
                 layout = item["layout"]
@@ -177,10 +179,12 @@ def _bytes_size(kept: Any, where: str) -> int:
     raise InputError(f"{where} must be hex digits or a reference")
 
 
-def _int(item: Mapping[str, Any], key: str, where: str) -> int:
+def _int(item: Mapping[str, Any], key: str, where: str, most: int | None = None) -> int:
     value = item.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(f"{where}.{key} must be a non-negative integer, not {value!r}")
+    if most is not None and value > most:
+        raise InputError(f"{where}.{key} must be at most {most}, not {value}")
     return value
 
 
@@ -213,18 +217,25 @@ def _record(
         state = _from_json(CONFIGURATION_DESCRIPTION, item.get("state"), where)
         yield bytes([CONFIGURATION]) + _save(CONFIGURATION_DESCRIPTION, state, 0, where)
     elif kind == "command":
-        number = _COMMAND_NUMBERS.get(item.get("name"))  # type: ignore[arg-type]
+        name = item.get("name")
+        number = _COMMAND_NUMBERS.get(name) if isinstance(name, str) else None
         if number is None:
             raise InputError(f"{where}: unknown command {item.get('name')!r}")
-        yield _command(number, _hex(item.get("data", ""), f"{where}.data"))
+        data = _hex(item.get("data", ""), f"{where}.data")
+        if len(data) > _U16:  # its length is a 16-bit number on the wire
+            raise InputError(f"{where}.data must be at most {_U16} bytes, not {len(data)}")
+        yield _command(number, data)
     elif kind == "section":
         yield from _section(item, where, descriptions, source)
     elif kind == "eof":
         yield bytes([EOF])
     elif kind == "vmdesc":
         if "json" in item:
-            separators = tuple(item.get("separators", (", ", ": ")))
-            text = json.dumps(item["json"], separators=separators)  # type: ignore[arg-type]
+            separators = item.get("separators", [", ", ": "])
+            if not (isinstance(separators, list) and len(separators) == 2
+                    and all(isinstance(part, str) for part in separators)):
+                raise InputError(f"{where}.separators must be two strings, as [\", \", \": \"]")
+            text = json.dumps(item["json"], separators=(separators[0], separators[1]))
         elif isinstance(item.get("text"), str):
             text = item["text"]
         else:
@@ -242,15 +253,17 @@ def _command(number: int, data: bytes) -> bytes:
 def _section(
     item: Mapping[str, Any], where: str, descriptions: _Descriptions, source: _Source
 ) -> Iterator[bytes]:
-    kind = _KIND_NUMBERS.get(item.get("kind"))  # type: ignore[arg-type]
+    kind_name = item.get("kind")
+    kind = _KIND_NUMBERS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         raise InputError(f"{where}: section kind {item.get('kind')!r} is none of START PART END FULL")
-    section_id = _int(item, "section_id", where)
+    section_id = _int(item, "section_id", where, _U32)
     header = bytes([kind]) + _BE32.pack(section_id)
     idstr = item.get("idstr")
     if not isinstance(idstr, str):
         raise InputError(f"{where}.idstr must be a string")
-    instance_id, version_id = _int(item, "instance_id", where), _int(item, "version_id", where)
+    instance_id = _int(item, "instance_id", where, _U32)
+    version_id = _int(item, "version_id", where, _U32)
     if kind in (1, 4):  # START, FULL: the section's name and numbers
         name = idstr.encode()
         if not 0 < len(name) < 256:

@@ -158,6 +158,7 @@ def _check_size(produced: int, max_size: int, at: int) -> None:
             offset=at,
             expected=f"<= {max_size} bytes of stream",
             found=f"more ({produced} bytes so far)",
+            path=("stream",),
         )
 
 
@@ -167,6 +168,7 @@ def _no_room(e: OSError, produced: int, at: int) -> LimitError:
         offset=at,
         expected=f"room for {produced} bytes of stream",
         found=e.strerror or str(e),
+        path=("stream",),
     )
 
 
@@ -274,6 +276,7 @@ def _decompress(
                         offset=reader.taken,
                         expected=f"the rest of the {what} stream",
                         found="end of file",
+                        path=("libvirt", what),
                     )
             data = decompressor.decompress(pending, CHUNK)
             pending = b""
@@ -285,6 +288,7 @@ def _decompress(
             offset=reader.taken,
             expected=f"{what} data (from offset {start:#x})",
             found=str(e) or type(e).__name__,
+            path=("libvirt", what),
         ) from None
 
 
@@ -298,6 +302,7 @@ def _lzop(fd: int, reader: _Reader, out: IO[bytes], max_size: int) -> None:
             offset=start,
             expected="lzop on PATH",
             found="no lzop",
+            path=("libvirt", "lzop"),
         )
     with tempfile.TemporaryFile() as errors, subprocess.Popen(
         [program, "-dc", "--ignore-warn"], stdin=fd, stdout=subprocess.PIPE, stderr=errors
@@ -318,6 +323,7 @@ def _lzop(fd: int, reader: _Reader, out: IO[bytes], max_size: int) -> None:
                 offset=start,
                 expected="lzop data",
                 found=f"lzop exit status {proc.returncode}",
+                path=("libvirt", "lzop"),
             )
 
 

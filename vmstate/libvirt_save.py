@@ -84,6 +84,7 @@ def read_header(read: Callable[[int], bytes]) -> SaveImage:
             offset=0,
             expected=MAGIC.decode(),
             found=PARTIAL.decode(),
+            path=("libvirt", "magic"),
         )
     if head[:16] != MAGIC:
         raise DecodeError(
@@ -91,6 +92,7 @@ def read_header(read: Callable[[int], bytes]) -> SaveImage:
             offset=0,
             expected=MAGIC.decode(),
             found=head[:16].decode("ascii", "replace"),
+            path=("libvirt", "magic"),
         )
     byte_order = "little"
     version, data_len, was_running, compression, cookie_offset = struct.unpack_from(
@@ -107,6 +109,7 @@ def read_header(read: Callable[[int], bytes]) -> SaveImage:
             offset=16,
             expected=f"1..{VERSION}",
             found=str(version),
+            path=("libvirt", "version"),
         )
     if compression >= len(FORMATS):
         raise DecodeError(
@@ -114,6 +117,7 @@ def read_header(read: Callable[[int], bytes]) -> SaveImage:
             offset=28,
             expected=f"0..{len(FORMATS) - 1} ({', '.join(FORMATS)})",
             found=str(compression),
+            path=("libvirt", "format"),
         )
     if FORMATS[compression] == "sparse":
         raise IncompatibleError(
@@ -121,10 +125,15 @@ def read_header(read: Callable[[int], bytes]) -> SaveImage:
             offset=28,
             expected="raw or a compressed format",
             found="sparse",
+            path=("libvirt", "format"),
         )
     if data_len == 0:
         raise DecodeError(
-            "libvirt save image has no domain XML", offset=20, expected="> 0", found="0"
+            "libvirt save image has no domain XML",
+            offset=20,
+            expected="> 0",
+            found="0",
+            path=("libvirt", "data_len"),
         )
     if data_len > MAX_DATA:
         raise LimitError(
@@ -132,6 +141,7 @@ def read_header(read: Callable[[int], bytes]) -> SaveImage:
             offset=20,
             expected=f"<= {MAX_DATA} bytes",
             found=str(data_len),
+            path=("libvirt", "data_len"),
         )
     if cookie_offset > data_len:
         raise DecodeError(
@@ -139,6 +149,7 @@ def read_header(read: Callable[[int], bytes]) -> SaveImage:
             offset=32,
             expected=f"<= {data_len}",
             found=str(cookie_offset),
+            path=("libvirt", "cookieOffset"),
         )
     data = _exactly(read, data_len, HEADER_SIZE, "domain XML")
     xml_end = data.find(b"\0", 0, cookie_offset or data_len)
@@ -164,6 +175,7 @@ def _exactly(read: Callable[[int], bytes], n: int, offset: int, what: str) -> by
             offset=offset + len(got),
             expected=f"{n} bytes",
             found=f"{len(got)} bytes",
+            path=("libvirt", "header" if offset == 0 else "xml"),
         )
     return got
 
@@ -177,6 +189,7 @@ def _text(raw: bytes) -> str:
             offset=HEADER_SIZE + e.start,
             expected="UTF-8",
             found=f"byte {raw[e.start]:#x}",
+            path=("libvirt", "xml"),
         ) from None
 
 
@@ -188,6 +201,7 @@ def _domain(xml: str) -> Domain:
             offset=HEADER_SIZE + xml.find("<!"),
             expected="a <domain> element, no DTD",
             found="<!DOCTYPE or <!ENTITY",
+            path=("libvirt", "xml"),
         )
     import xml.etree.ElementTree as ET  # only images have XML: bare streams skip the import
 
@@ -199,6 +213,7 @@ def _domain(xml: str) -> Domain:
             offset=HEADER_SIZE,
             expected="well-formed XML",
             found=f"an error at line {e.position[0]}, column {e.position[1]}",
+            path=("libvirt", "xml"),
         ) from None
     if root.tag != "domain":
         raise DecodeError(
@@ -206,6 +221,7 @@ def _domain(xml: str) -> Domain:
             offset=HEADER_SIZE,
             expected="<domain>",
             found=f"<{root.tag[:40]}>",
+            path=("libvirt", "xml"),
         )
     os_type = root.find("os/type")
     return Domain(

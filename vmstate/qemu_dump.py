@@ -39,6 +39,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "format_qemu_dump",
     "load_qemu_dump",
     "parse_qemu_dump",
+    "read_json_file",
 ]
 
 #: a full x86 dump is under 1 MB; anything this big is not a dump
@@ -147,6 +149,9 @@ class QemuDump:
     #: whether the dump states array lengths ("num", QEMU 10.0+); without them any
     #: field may stand for an array of unknown length
     counts_known: bool = False
+    #: descriptions whose "Subsections" list was there but empty (QEMU writes one for
+    #: a subsection array holding only its NULL end): kept for export
+    empty_subsections: frozenset[JsonPath] = frozenset()
 
     @property
     def unknown_keys(self) -> frozenset[str]:
@@ -165,14 +170,7 @@ class QemuDump:
 def load_qemu_dump(path: str | os.PathLike[str]) -> QemuDump:
     """Read a dump file (``.gz`` too); :class:`DescriptionError` names what is wrong where."""
     source = os.fspath(path)
-    try:
-        with open(path, "rb") as raw:
-            stream = gzip.GzipFile(fileobj=raw) if source.endswith(".gz") else raw
-            data = stream.read(MAX_DUMP_BYTES + 1)
-    except (OSError, EOFError) as e:
-        raise DescriptionError(f"cannot read: {e}", location=source) from None
-    if len(data) > MAX_DUMP_BYTES:
-        raise DescriptionError(f"larger than {MAX_DUMP_BYTES} bytes", location=source)
+    data = read_json_file(source, MAX_DUMP_BYTES)
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as e:
@@ -180,12 +178,27 @@ def load_qemu_dump(path: str | os.PathLike[str]) -> QemuDump:
     return parse_qemu_dump(obj, source)
 
 
+def read_json_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a JSON file, a ``.gz`` one decompressed as far as *limit* and no
+    further (a few kilobytes of gzip can hold gigabytes); DescriptionError past it."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if source.endswith(".gz") else raw
+            data = stream.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DescriptionError(f"cannot read: {e}", location=source) from None
+    if len(data) > limit:
+        raise DescriptionError(f"larger than {limit} bytes", location=source)
+    return data
+
+
 def parse_qemu_dump(obj: Any, source: str = "<dump>") -> QemuDump:
     """The dump in *obj*, parsed JSON."""
     if not isinstance(obj, dict):
         raise DescriptionError("a dump is a JSON object", location=source)
     machine = _get(_get(obj, MACHINE_KEY, dict, source), "Name", str, f"{source}: {MACHINE_KEY}")
-    extra: dict[JsonPath, dict[str, Any]] = {}
+    extra = _Extra()
     devices = [
         _device(name, value, f"{source}: {name}", extra)
         for name, value in obj.items()
@@ -197,7 +210,7 @@ def parse_qemu_dump(obj: Any, source: str = "<dump>") -> QemuDump:
         for d in dev.description.walk()
         for f in d.fields
     )
-    return QemuDump(machine, tuple(devices), extra, counts)
+    return QemuDump(machine, tuple(devices), extra.found, counts, frozenset(extra.empty))
 
 
 def _get(obj: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
@@ -212,10 +225,12 @@ def _get(obj: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
 
 
 class _Extra:
-    """Collects a newer QEMU's keys by where they were."""
+    """Collects what the model of a dump does not hold, by where it was: a newer QEMU's
+    keys, and empty "Subsections" lists."""
 
-    def __init__(self, found: dict[JsonPath, dict[str, Any]]) -> None:
-        self.found = found
+    def __init__(self) -> None:
+        self.found: dict[JsonPath, dict[str, Any]] = {}
+        self.empty: set[JsonPath] = set()
 
     def object(self, obj: Any, keys: frozenset[str], where: str, path: JsonPath) -> None:
         if not isinstance(obj, dict):
@@ -225,10 +240,7 @@ class _Extra:
             self.found[path] = unknown
 
 
-def _device(
-    type_name: str, obj: Any, where: str, found: dict[JsonPath, dict[str, Any]]
-) -> DumpedDevice:
-    extra = _Extra(found)
+def _device(type_name: str, obj: Any, where: str, extra: _Extra) -> DumpedDevice:
     extra.object(obj, _DEVICE_KEYS, where, (type_name,))
     version = _get(obj, "version_id", int, where)
     minimum = _get(obj, "minimum_version_id", int, where)
@@ -263,14 +275,18 @@ def _description(
             "no field list: QEMU could not save this description", location=where
         )
     raw_fields = _get(obj, "Fields", list, where) if "Fields" in obj else []
-    counts = Counter(f.get("field") if isinstance(f, dict) else None for f in raw_fields)
+    names = (f.get("field") if isinstance(f, dict) else None for f in raw_fields)
+    counts = Counter(n for n in names if isinstance(n, str))  # others are refused below
     seen: Counter[str] = Counter()
     fields = [
         _field(raw, name, counts, seen, f"{where}.Fields[{i}]", (*path, "Fields", i), extra, depth)
         for i, raw in enumerate(raw_fields)
     ]
     subsections = []
-    for i, raw in enumerate(_get(obj, "Subsections", list, where) if "Subsections" in obj else []):
+    raw_subsections = _get(obj, "Subsections", list, where) if "Subsections" in obj else None
+    if raw_subsections == []:
+        extra.empty.add(path)
+    for i, raw in enumerate(raw_subsections or []):
         at = f"{where}.Subsections[{i}]"
         sub = _description(raw, at, (*path, "Subsections", i), extra, depth + 1)
         subsections.append(Subsection(sub, opaque_condition(sub.name)))
@@ -342,7 +358,7 @@ def export_qemu_dump(dump: QemuDump) -> dict[str, Any]:
         }
         if dev.described:
             out[dev.type_name]["Description"] = _description_json(
-                dev.description, (*path, "Description"), dump.extra, fields=not dev.unmigratable
+                dev.description, (*path, "Description"), dump, fields=not dev.unmigratable
             )
     return out
 
@@ -353,39 +369,34 @@ def format_qemu_dump(dump: QemuDump) -> str:
 
 
 def _description_json(
-    desc: Description,
-    path: JsonPath,
-    extra: Mapping[JsonPath, Mapping[str, Any]],
-    fields: bool = True,
+    desc: Description, path: JsonPath, dump: QemuDump, fields: bool = True
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": desc.name,
         "version_id": desc.version_id,
         "minimum_version_id": desc.minimum_version_id,
-        **extra.get(path, {}),
+        **dump.extra.get(path, {}),
     }
     if fields:
         out["Fields"] = [
-            _field_json(f, desc.name, (*path, "Fields", i), extra)
+            _field_json(f, desc.name, (*path, "Fields", i), dump)
             for i, f in enumerate(desc.fields)
         ]
-    if desc.subsections:
+    if desc.subsections or path in dump.empty_subsections:
         out["Subsections"] = [
-            _description_json(s.description, (*path, "Subsections", i), extra)
+            _description_json(s.description, (*path, "Subsections", i), dump)
             for i, s in enumerate(desc.subsections)
         ]
     return out
 
 
-def _field_json(
-    field: Field, owner: str, path: JsonPath, extra: Mapping[JsonPath, Mapping[str, Any]]
-) -> dict[str, Any]:
+def _field_json(field: Field, owner: str, path: JsonPath, dump: QemuDump) -> dict[str, Any]:
     head: dict[str, Any] = {"version_id": field.since, "field_exists": field.exists is not None}
 
     def nested(desc: Any) -> dict[str, Any]:
-        return _description_json(desc, (*path, "Description"), extra)
+        return _description_json(desc, (*path, "Description"), dump)
 
     try:
-        return field.kind.dump_field(field.name, head, extra.get(path, {}), nested)
+        return field.kind.dump_field(field.name, head, dump.extra.get(path, {}), nested)
     except DescriptionError as e:
         raise DescriptionError(e.message, location=owner) from None

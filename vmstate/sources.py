@@ -66,23 +66,28 @@ def _as_set(found: _Read) -> DescriptionSet:
     if found.vmdesc is not None:
         return attrs.evolve(_from_vmdesc(found.vmdesc, found.origin), machine=found.machine or "")
     if found.dump is not None:
-        dump = found.dump
-        versions = {
-            dev.type_name: (dev.version_id, dev.minimum_version_id)
-            for dev in dump.devices
-            if (dev.version_id, dev.minimum_version_id)
-            != (dev.description.version_id, dev.description.minimum_version_id)
-        }
-        return DescriptionSet(
-            {dev.type_name: dev.description for dev in dump.devices},
-            frozenset(dev.type_name for dev in dump.devices if dev.unmigratable),
-            origin=found.origin,
-            kind=DUMP,
-            versions=versions,
-            machine=dump.machine,
-            counts_known=dump.counts_known,
-        )
+        return dump_description_set(found.dump, found.origin)
     return DescriptionSet({d.name: d for d in found.files}, origin=found.origin)
+
+
+def dump_description_set(dump: QemuDump, origin: str) -> DescriptionSet:
+    """A -dump-vmstate as check compares it: its device classes, which of them cannot
+    migrate, the versions its entries give where their descriptions differ."""
+    versions = {
+        dev.type_name: (dev.version_id, dev.minimum_version_id)
+        for dev in dump.devices
+        if (dev.version_id, dev.minimum_version_id)
+        != (dev.description.version_id, dev.description.minimum_version_id)
+    }
+    return DescriptionSet(
+        {dev.type_name: dev.description for dev in dump.devices},
+        frozenset(dev.type_name for dev in dump.devices if dev.unmigratable),
+        origin=origin,
+        kind=DUMP,
+        versions=versions,
+        machine=dump.machine,
+        counts_known=dump.counts_known,
+    )
 
 
 @attrs.frozen

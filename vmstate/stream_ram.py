@@ -18,13 +18,16 @@ and length there depends on the source's settings, which the stream states:
   others are zero.
 
 Pages are never held in memory: they are skipped, or handed one at a time to a
-sink (``--extract-ram``).
+sink (``--extract-ram``).  As QEMU's ``ram_load`` does, the walker refuses a page of
+a block the MEM_SIZE record did not list ("Can't find block") and a page at or past
+its block's length ("Illegal RAM offset"), so a sink only ever sees pages inside
+their block.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 
@@ -47,9 +50,6 @@ _MAPPED_HEADER = struct.Struct(">IQQQ")
 _BE64 = struct.Struct(">Q")
 _LE64 = struct.Struct("<Q")
 
-#: page sink: (block name, offset in the block, page bytes or the fill byte of a
-#: uniform page, page size) -> None
-PageSink = Callable[[str, int, bytes | int, int], None]
 
 
 @attrs.frozen
@@ -70,6 +70,20 @@ class RamBlock:
     #: the block's own page size, when a postcopy stream states it
     page_size: int | None = None
     mapped: MappedRam | None = None
+    #: where the MEM_SIZE record lists the block (its name's length byte), for errors
+    listed_at: int = attrs.field(default=0, eq=False)
+
+
+class PageSink(Protocol):
+    """Where pages go (``--extract-ram``): told every block the stream lists, then
+    each page, whose offset the walker has checked to lie inside its block."""
+
+    def block(self, block: RamBlock) -> None:
+        """A listed block, before any of its pages; may refuse it (a DecodeError
+        located at ``block.listed_at``)."""
+
+    def __call__(self, block: RamBlock, offset: int, page: bytes | int, page_size: int) -> None:
+        """One page: its bytes, or the fill byte of a uniform page."""
 
 
 @attrs.frozen
@@ -90,7 +104,9 @@ class RamWalker:
         self.settings = settings
         self.sink = sink
         self.blocks: list[RamBlock] = []
-        self.block = ""
+        self.by_name: dict[str, RamBlock] = {}
+        #: the block of the last page record: CONTINUE records go on in it
+        self.current: RamBlock | None = None
 
     def be64(self, pos: int, what: str) -> int:
         need(self.buf, pos, 8, what)
@@ -100,7 +116,7 @@ class RamWalker:
         need(self.buf, pos, 1, "RAM block name length")
         length = self.buf[pos]
         need(self.buf, pos + 1, length, "RAM block name")
-        return printable(bytes(self.buf[pos + 1 : pos + 1 + length])), pos + 1 + length
+        return block_name(bytes(self.buf[pos + 1 : pos + 1 + length])), pos + 1 + length
 
     def walk(self, pos: int) -> int:
         """Records from *pos* to the next EOS; returns the position after it."""
@@ -109,14 +125,16 @@ class RamWalker:
         buf, end, unpack, sink = self.buf, len(self.buf), _BE64.unpack_from, self.sink
         zero_run = RAM_ZERO | RAM_CONTINUE
         while True:
-            # fast path: a zero page of the current block, by far the commonest record
-            if pos + 9 <= end and self.block:
-                (word,) = unpack(buf, pos)
-                if word & mask == zero_run:
+            # fast path: zero pages of the current block, by far the commonest record
+            if (block := self.current) is not None:
+                length = block.length
+                while pos + 9 <= end:
+                    (word,) = unpack(buf, pos)
+                    if word & mask != zero_run or word & ~mask >= length:
+                        break
                     if sink is not None:
-                        sink(self.block, word & ~mask, buf[pos + 8], page_size)
+                        sink(block, word & ~mask, buf[pos + 8], page_size)
                     pos += 9
-                    continue
             word = self.be64(pos, "RAM record")
             record = pos
             pos += 8
@@ -147,8 +165,17 @@ class RamWalker:
                 path=("ram",),
             )
         if not flags & RAM_CONTINUE:
-            self.block, pos = self.name(pos)
-        elif not self.block:
+            name, pos = self.name(pos)
+            self.current = self.by_name.get(name)
+            if self.current is None:
+                raise DecodeError(
+                    "a page of a RAM block the stream does not list",
+                    offset=record + 8,
+                    expected=f"one of the {len(self.blocks)} blocks of the MEM_SIZE record",
+                    found=name[:80] or "an empty name",
+                    path=("ram",),
+                )
+        elif self.current is None:
             raise DecodeError(
                 "RAM page continues no block",
                 offset=record,
@@ -156,15 +183,24 @@ class RamWalker:
                 found="CONTINUE",
                 path=("ram",),
             )
+        block = self.current
+        if addr >= block.length:
+            raise DecodeError(
+                "RAM page outside its block",
+                offset=record,
+                expected=f"an offset below the block's length {block.length:#x}",
+                found=f"{addr:#x}",
+                path=("ram", block.name),
+            )
         page_size = self.settings.page_size
         if flags & RAM_ZERO:
             need(self.buf, pos, 1, "RAM fill byte")
             if self.sink is not None:
-                self.sink(self.block, addr, self.buf[pos], page_size)
+                self.sink(block, addr, self.buf[pos], page_size)
             return pos + 1
         need(self.buf, pos, page_size, "RAM page")
         if self.sink is not None:
-            self.sink(self.block, addr, bytes(self.buf[pos : pos + page_size]), page_size)
+            self.sink(block, addr, bytes(self.buf[pos : pos + page_size]), page_size)
         return pos + page_size
 
     def block_list(self, pos: int, total: int) -> int:
@@ -173,7 +209,19 @@ class RamWalker:
         while remaining > 0:
             if len(self.blocks) >= MAX_RAM_BLOCKS:
                 raise LimitError("too many RAM blocks", offset=pos, expected=f"<= {MAX_RAM_BLOCKS}")
+            listed_at = pos
             name, pos = self.name(pos)
+            if not name or name in self.by_name:
+                first = self.by_name.get(name)
+                raise DecodeError(
+                    "a RAM block listed twice" if first else "a RAM block without a name",
+                    offset=listed_at,
+                    expected="each block once, by a name of 1..255 bytes",
+                    found=f"its second entry (the first at {first.listed_at:#x})"
+                    if first
+                    else "name length 0",
+                    path=("ram", name) if name else ("ram",),
+                )
             size = self.be64(pos, "RAM block length")
             if size == 0 or size > remaining:
                 raise DecodeError(
@@ -193,9 +241,13 @@ class RamWalker:
                 pos += 8
             if self.settings.mapped_ram:
                 mapped, pos = self.mapped_header(pos, name, size)
-            self.blocks.append(RamBlock(name, size, address, page_size, mapped))
-            if mapped is not None and self.sink is not None:
-                self.mapped_pages(self.blocks[-1])
+            block = RamBlock(name, size, address, page_size, mapped, listed_at)
+            self.blocks.append(block)
+            self.by_name[name] = block
+            if self.sink is not None:
+                self.sink.block(block)
+                if mapped is not None:
+                    self.mapped_pages(block)
             remaining -= size
         return pos
 
@@ -265,7 +317,7 @@ class RamWalker:
                 at = mapped.pages_offset + page * mapped.page_size
                 offset = page * mapped.page_size
                 self.sink(
-                    block.name,
+                    block,
                     offset,
                     bytes(self.buf[at : at + mapped.page_size]),
                     mapped.page_size,
@@ -277,6 +329,27 @@ def printable(raw: bytes) -> str:
     a corrupt one must not break a one-line message)."""
     text = raw.decode("utf-8", "replace")
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def block_name(raw: bytes) -> str:
+    """A RAM block name read from the stream, one-to-one: printable characters as they
+    are, a backslash doubled, control characters as ``\\xHH`` (``\\u00HH`` from U+0080),
+    bytes that are no UTF-8 as ``\\xHH`` (80-ff).  Two blocks never get one name, so
+    a page never goes to another block, nor two blocks to one file."""
+    if raw.isascii() and b"\\" not in raw and (text := raw.decode()).isprintable():
+        return text  # QEMU's names: the fast way
+    out = []
+    for c in raw.decode("utf-8", "surrogateescape"):
+        if c == "\\":
+            out.append("\\\\")
+        elif c.isprintable():
+            out.append(c)
+        elif 0xDC80 <= (code := ord(c)) <= 0xDCFF:  # a byte that is no UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000
+                       else f"\\U{code:08x}")
+    return "".join(out)
 
 
 def _is_page_size(buf: bytes, pos: int) -> bool:

@@ -305,6 +305,8 @@ def _array(kind: Kind, count: int) -> Kind:
 def resolver_from_vmdesc(vmdesc: Mapping[str, Any]) -> Any:
     """A stream resolver: (idstr, instance_id, version) -> description, built on first use."""
     devices = vmdesc.get("devices", [])
+    if not isinstance(devices, list):  # nothing described: every lookup finds none
+        devices = []
     by_key: dict[tuple[str, int], tuple[int, Any]] = {}
     for n, dev in enumerate(devices):
         if (

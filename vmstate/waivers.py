@@ -131,6 +131,8 @@ def waivers_named(argument: str) -> Waivers:
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
+#: the shipped waivers are 7 kB; a file this big is no waiver file
+MAX_WAIVER_BYTES = 4 << 20
 
 
 def load_waivers(path: str | os.PathLike[str]) -> Waivers:
@@ -138,9 +140,14 @@ def load_waivers(path: str | os.PathLike[str]) -> Waivers:
     source = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            data: Any = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+            raw = f.read(MAX_WAIVER_BYTES + 1)
+        if len(raw) > MAX_WAIVER_BYTES:
+            raise DescriptionError(f"larger than {MAX_WAIVER_BYTES} bytes", location=source)
+        data: Any = tomllib.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise DescriptionError(f"cannot read waivers: {e}", location=source) from None
+    except RecursionError:
+        raise DescriptionError("cannot read waivers: nested too deeply", location=source) from None
     try:
         waivers = _converter.structure(data, Waivers)
     except cattrs.BaseValidationError as e:

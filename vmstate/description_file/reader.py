@@ -565,6 +565,8 @@ def _read(text: str, source: str) -> tuple[Description | None, list[Diagnostic]]
         line, col = (int(m.group(1)), int(m.group(2))) if m else (text.count("\n") + 1, 1)
         message = _TOML_ERROR_AT.sub("", str(e)).strip()
         return None, [Diagnostic(source, line, col, f"not TOML: {message}", "toml-syntax")]
+    except RecursionError:  # tomllib reads nested arrays and tables recursively
+        return None, [Diagnostic(source, 1, 1, "not TOML: nested too deeply", "toml-syntax")]
     reader = _Reader(source, index_positions(text), data)
     desc = reader.read()
     problems = sorted(reader.problems, key=lambda p: (p.line, p.col))

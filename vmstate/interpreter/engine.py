@@ -240,8 +240,13 @@ def save(
     unknown = set(state) - desc.stored_names
     if unknown:
         raise EncodeError(f"state has fields {sorted(unknown)} that {desc.name} does not know")
+    # what the conditions see is what is sent, as on load: a field not written is
+    # not there, whatever the state holds for it
     frame = Frame(dict(state), version_id, held, ctx, outer)
-    for step in plan(desc, version_id, fast=spans is None).steps:
+    planned = plan(desc, version_id, fast=spans is None)
+    for name in planned.unsent:
+        frame.values.pop(name, None)
+    for step in planned.steps:
         if step.__class__ is Run:
             try:
                 values = [state[n] for n in step.names] if step.packs_plain else step.pack(state)
@@ -253,6 +258,7 @@ def save(
             continue
         field: Field = step
         if field.exists is not None and not _exists_on_save(desc, field, state, frame):
+            frame.values.pop(field.name, None)
             continue
         start = len(out)
         parts: list[Span] | None = [] if spans is not None else None
@@ -291,7 +297,7 @@ def save(
                 state[sub.name],
                 sub.description.version_id,
                 ctx,
-                state,
+                frame.values,
                 held.get(sub.name) if held is not None else None,
                 parts,
             )

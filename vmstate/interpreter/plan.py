@@ -77,12 +77,16 @@ Step = Run | Any  # a Run, or a Field its kind handles
 class Plan:
     """The steps of one description at one version (see the module docstring)."""
 
-    __slots__ = ("description", "flat", "steps", "version")
+    __slots__ = ("description", "flat", "steps", "unsent", "version")
 
     def __init__(self, description: DescriptionLike, version: int, steps: tuple[Step, ...]) -> None:
         self.description = description
         self.version = version
         self.steps = steps
+        #: stored fields too new for this version: never on the wire, so a save's
+        #: conditions must not see them either (a load's cannot)
+        self.unsent = tuple(f.name for f in description.fields
+                            if f.exists is None and f.since > version and f.kind.stored)
         #: the description's own layout when it is one run and nothing else
         self.flat = _flat(description, steps)
 
@@ -139,6 +143,8 @@ def _flat(desc: DescriptionLike, steps: tuple[Step, ...]) -> Layout | None:
         return None
     step = steps[0]
     if not isinstance(step, Run):
+        if step.exists is not None:  # not always there: not a fixed layout
+            return None
         lay = step.kind.layout()
         if lay is None or not step.kind.stored:
             return None

@@ -77,7 +77,8 @@ class Layout:
             pack = _dicts_packer(n, k, flatten if self.getter else None, self.pack)
         else:
             def unpack(values: Sequence[Any]) -> list[Any]:
-                return [single(values[i : i + k]) for i in range(0, n * k, k)]
+                # k may be 0: a struct of no values (only padding, empty arrays)
+                return [single(values[i * k : i * k + k]) for i in range(n)]
 
             pack = _list_packer(n, self.pack)
         return Layout(self.fmt * n, self.order, n * k, unpack, pack, self.checked)

@@ -1,0 +1,313 @@
+"""Inputs that used to escape as foreign exceptions or drive writes (issue 12): each
+test here failed before its fix.  The fuzzer (fuzz/, tests/test_fuzz.py) looks for
+more of them; these pin the ones it and the issue found."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from vmstate import analyze, sources, stream
+from vmstate.cli import main
+from vmstate.description_file import check_description_text
+from vmstate.errors import DecodeError, DescriptionError, LimitError, VMStateError
+from vmstate.waivers import load_waivers
+
+QEMU = Path(__file__).parent / "data" / "qemu"
+
+
+def one_section(fields: list[dict[str, Any]], payload: bytes) -> bytes:
+    """QEVM, one FULL section "dev" with a footer, EOF, and a vmdesc describing it."""
+    out = b"QEVM" + struct.pack(">I", 3)
+    out += b"\x04" + struct.pack(">IB", 0, 3) + b"dev" + struct.pack(">II", 0, 1)
+    out += payload + b"\x7e" + struct.pack(">I", 0)
+    entry = {"name": "dev", "instance_id": 0, "vmsd_name": "dev", "version": 1, "fields": fields}
+    body = json.dumps({"page_size": 4096, "devices": [entry]}).encode()
+    return out + b"\x00\x06" + struct.pack(">I", len(body)) + body
+
+
+def test_an_array_of_structs_of_no_bytes_decodes() -> None:
+    """vmdesc: an array whose element is a struct of total size 0 (its only field an
+    empty array) once escaped from the fast array path as a ValueError."""
+    empty = {"vmsd_name": "s", "version": 1, "fields": [
+        {"name": "x", "type": "uint8", "size": 1, "array_len": 0}]}
+    data = one_section(
+        [{"name": "a", "type": "struct", "size": 0, "array_len": 3, "struct": empty},
+         {"name": "b", "type": "uint8", "size": 1}],
+        b"\x2a",
+    )
+    parsed = stream.parse(data)
+    (section,) = parsed.device_sections()
+    assert section.state == {"a": [{"x": []}] * 3, "b": 42}
+    assert analyze.verify_roundtrip(parsed, data) == (1, ())
+
+
+# -- RAM: pages, block names, files ---------------------------------------------------
+
+RAM_EOS, RAM_MEM_SIZE, RAM_PAGE, RAM_ZERO, RAM_CONTINUE = 0x10, 0x04, 0x08, 0x02, 0x20
+
+
+def ram_stream(blocks: list[tuple[bytes, int]], records: list[tuple[int, int, bytes | None, bytes]]
+               ) -> tuple[bytes, list[int]]:
+    """A stream whose ram section lists *blocks* (name, length), then has *records*
+    (address, flags, block name or None for CONTINUE, payload); also the offset of
+    every record."""
+    out = bytearray(b"QEVM" + struct.pack(">I", 3))
+    out += b"\x01" + struct.pack(">IB", 0, 3) + b"ram" + struct.pack(">II", 0, 4)
+    out += struct.pack(">Q", sum(size for _, size in blocks) | RAM_MEM_SIZE)
+    for name, size in blocks:
+        out += bytes([len(name)]) + name + struct.pack(">Q", size)
+    at = []
+    for addr, flags, name, payload in records:
+        at.append(len(out))
+        out += struct.pack(">Q", addr | flags)
+        if name is not None:
+            out += bytes([len(name)]) + name
+        out += payload
+    out += struct.pack(">Q", RAM_EOS) + b"\x7e" + struct.pack(">I", 0)
+    body = b'{"page_size": 4096, "devices": []}'
+    out += b"\x00\x06" + struct.pack(">I", len(body)) + body
+    return bytes(out), at
+
+
+def extract(data: bytes, target: Path) -> list[Path]:
+    extractor = analyze.RamExtractor(target)
+    try:
+        parsed = stream.parse(data, page_sink=extractor)
+    except BaseException:
+        extractor.abandon()
+        raise
+    return extractor.finish(parsed.ram_blocks)
+
+
+def test_a_page_past_its_block_is_refused_where_its_record_is(tmp_path: Path) -> None:
+    data, at = ram_stream(
+        [(b"pc.ram", 8192)],
+        [(0, RAM_PAGE, b"pc.ram", b"\x11" * 4096), (1 << 50, RAM_ZERO | RAM_CONTINUE, None, b"\x22")],
+    )
+    with pytest.raises(DecodeError) as info:
+        extract(data, tmp_path / "ram")
+    e = info.value
+    assert (e.offset, e.path, e.found) == (at[1], ("ram", "pc.ram"), f"{1 << 50:#x}")
+    assert "outside its block" in str(e)
+    assert not (tmp_path / "ram").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_page_at_the_block_length_is_outside_it_as_for_qemu() -> None:
+    """QEMU's offset_in_ramblock: offset < used_length ("Illegal RAM offset")."""
+    data, at = ram_stream([(b"pc.ram", 8192)], [(8192, RAM_ZERO, b"pc.ram", b"\x00")])
+    with pytest.raises(DecodeError, match="outside its block") as info:
+        stream.parse(data)
+    assert info.value.offset == at[0]
+    data, _ = ram_stream([(b"pc.ram", 8192)], [(4096, RAM_ZERO, b"pc.ram", b"\x00")])
+    assert stream.parse(data).ram_blocks[0].length == 8192
+
+
+def test_a_page_of_a_block_not_listed_is_refused() -> None:
+    """QEMU's ram_block_from_stream: "Can't find block"."""
+    data, at = ram_stream([(b"pc.ram", 8192)], [(0, RAM_ZERO, b"pc.rom", b"\x00")])
+    with pytest.raises(DecodeError, match="does not list") as info:
+        stream.parse(data)
+    assert (info.value.offset, info.value.found) == (at[0] + 8, "pc.rom")
+
+
+def test_a_block_listed_twice_is_refused() -> None:
+    data, _ = ram_stream([(b"pc.ram", 4096), (b"pc.ram", 4096)], [])
+    with pytest.raises(DecodeError, match="listed twice") as info:
+        stream.parse(data)
+    assert info.value.offset == 8 + 1 + 5 + 3 + 8 + 8 + 1 + 6 + 8
+
+
+def test_blocks_whose_names_differ_get_files_of_their_own(tmp_path: Path) -> None:
+    """"a/b" and "a_b" once went to one file, and "x\\0y" to open() as a ValueError."""
+    names = [b"a/b", b"a_b", b"/a/b", b"x\x00y", b"..", b".", b"x\\x00y", b"\xff", b"\xfe"]
+    records = [(0, RAM_ZERO, name, bytes([n + 1])) for n, name in enumerate(names)]
+    data, _ = ram_stream([(name, 4096) for name in names], records)
+    files = extract(data, tmp_path / "ram")
+    assert len(files) == len(names) and all(f.parent == tmp_path / "ram" for f in files)
+    by_name = {f.name: f.read_bytes() for f in files}
+    assert by_name["a_b"] == b"\x01" * 4096 and by_name["a%5Fb"] == b"\x02" * 4096
+    assert by_name["_a_b"] == b"\x03" * 4096 and by_name["%2E."] == b"\x05" * 4096
+    blocks = stream.parse(data).ram_blocks
+    # the file name gives the block's name back
+    assert sorted(unquote(f.name.replace("_", "/")) for f in files) == sorted(b.name for b in blocks)
+
+
+def test_a_block_name_too_long_for_a_file_is_refused_where_it_is_listed(tmp_path: Path) -> None:
+    data, _ = ram_stream([(b"\x01" * 200, 4096)], [])
+    with pytest.raises(LimitError, match="makes no file name") as info:
+        extract(data, tmp_path / "ram")
+    assert info.value.offset == 8 + 1 + 5 + 3 + 8 + 8
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_ram_keeps_qemus_names_readable(tmp_path: Path) -> None:
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--extract-ram", str(tmp_path / "r")]) == 0
+    names = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert "pc.ram" in names and "_rom@etc_acpi_tables" in names
+
+
+def test_no_traceback_for_a_bad_ram_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = ram_stream([(b"pc.ram", 4096)], [(1 << 40, RAM_ZERO, b"pc.ram", b"\x01")])
+    (tmp_path / "s.mig").write_bytes(data)
+    assert main(["analyze", str(tmp_path / "s.mig"), "--extract-ram", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "outside its block" in err
+
+
+# -- description sets, waivers, description files -------------------------------------
+
+
+def test_a_gz_description_set_is_decompressed_no_further_than_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 MiB of gzip'd zeros against a 1 MiB limit: refused having held about the limit."""
+    monkeypatch.setattr(sources, "_MAX_JSON", 1 << 20)
+    path = tmp_path / "dump.json.gz"
+    z = zlib.compressobj(1, wbits=16 + zlib.MAX_WBITS)
+    with open(path, "wb") as f:
+        for _ in range(64):
+            f.write(z.compress(bytes(1 << 20)))
+        f.write(z.flush())
+    tracemalloc.start()
+    try:
+        with pytest.raises(VMStateError, match="decompresses to too much"):
+            sources.load_description_set(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_a_corrupt_gz_description_set_is_rejected_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = bytearray(gzip.compress(b'{"vmschkmachine": {"Name": "pc"}}' * 100))
+    data[20:24] = b"\xff\xff\xff\xff"
+    (tmp_path / "d.json.gz").write_bytes(data)
+    assert main(["check", "--src", str(tmp_path / "d.json.gz"), "--dst", str(tmp_path / "d.json.gz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vmstate: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", b'x = "\xff"\n'],
+    ids=["nested-too-deeply", "not-utf-8"],
+)
+def test_waiver_files_that_are_no_toml_are_description_errors(tmp_path: Path, text: bytes) -> None:
+    (tmp_path / "w.toml").write_bytes(text)
+    with pytest.raises(DescriptionError, match="cannot read waivers"):
+        load_waivers(tmp_path / "w.toml")
+
+
+def test_a_description_file_nested_too_deeply_is_a_lint_error() -> None:
+    (problem,) = check_description_text("x = " + "[" * 5000 + "]" * 5000 + "\n", "deep.toml")
+    assert (problem.code, problem.severity) == ("toml-syntax", "error")
+
+
+def test_a_dump_field_named_by_a_list_is_a_description_error() -> None:
+    """-dump-vmstate: a field whose "field" is not a string once escaped as a TypeError
+    while counting repeated names (found by the fuzzer, qemu_dump target)."""
+    from vmstate.qemu_dump import parse_qemu_dump
+
+    tree = json.loads((QEMU / "dump-pc-i440fx-7.2.json").read_text())
+    entry = next(v["Description"] for k, v in tree.items()
+                 if k != "vmschkmachine" and v.get("Description", {}).get("Fields"))
+    entry["Fields"][0]["field"] = ["not", "a", "name"]
+    with pytest.raises(DescriptionError, match="field") as e:
+        parse_qemu_dump(tree, "dump.json")
+    assert "Fields[0]" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [("instance_id", "instance_id must be at most 4294967295"),
+     ("version_id", "version_id must be at most 4294967295"),
+     ("section_id", "section_id must be at most 4294967295"),
+     ("command", "data must be at most 65535 bytes")],
+)
+def test_encode_refuses_numbers_too_large_for_their_field_of_the_stream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: str, named: str
+) -> None:
+    """A document's section numbers are 32 bits on the wire and a command's data length
+    16: larger ones once escaped from encode as struct.error (found by fuzz/run.py, cli
+    target); now the document is refused naming the item, and nothing is written."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    if edit == "command":
+        doc["items"].insert(1, {"type": "command", "name": "PING", "data": "00" * 65536})
+    else:
+        section = next(i for i in doc["items"] if i.get("type") == "section")
+        section[edit] = 1 << 32
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vmstate: error: items[") and named in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("separators", [5, [", "], [", ", ": ", ","], [1, 2], ", :"])
+def test_encode_refuses_vmdesc_separators_that_are_not_two_strings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], separators: Any
+) -> None:
+    """The vmdesc item's separators reproduce QEMU's JSON spacing; other values once
+    escaped from json.dumps as ValueError or TypeError (found by fuzz/run.py, cli
+    target, seed 11, input 2866)."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    vmdesc = next(i for i in doc["items"] if i.get("type") == "vmdesc")
+    vmdesc["separators"] = separators
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "separators must be two strings" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["name", "kind"])
+@pytest.mark.parametrize("value", [{"a": 1}, ["FULL"], None, 4])
+def test_encode_refuses_a_command_name_or_section_kind_that_is_no_string(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: Any
+) -> None:
+    """A command's name and a section's kind are looked up in tables; a dict or a list
+    there once escaped as TypeError (unhashable; found by fuzz/run.py, cli target, seed
+    372358579285384695, input 1322)."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    if key == "name":
+        doc["items"].insert(1, {"type": "command", "name": value, "data": ""})
+    else:
+        next(i for i in doc["items"] if i.get("type") == "section")["kind"] = value
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vmstate: error: items[") and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("devices", [5, "x", {"a": 1}])
+def test_encode_reads_a_vmdesc_whose_devices_are_no_list_as_describing_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], devices: Any
+) -> None:
+    """A document's vmdesc item with "devices" that is no list once escaped from the
+    resolver as TypeError (found by fuzz/run.py, cli target, seed 16014278314342596339,
+    input 7903); now its sections have no description, and encode says so."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    next(i for i in doc["items"] if i.get("type") == "vmdesc")["json"]["devices"] = devices
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vmstate: error: ") and err.count("\n") == 1
+    assert not out.exists()
