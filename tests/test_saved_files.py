@@ -277,6 +277,8 @@ def test_mtty_data_decodes_field_by_field(
     assert (
         "mtty-migration-data" in out and "divisor: 0xc" in out and "uart_reg: [0x41, 5, 0xc1" in out
     )
+    # the device's migration flags by the names linux/vfio.h gives bits 0, 1 and 2
+    assert "flags: 0x7 (STOP_COPY|P2P|PRE_COPY)" in out and "protocol: 2 (VFIO migration v2)" in out
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def _print_text(opened: StreamInput, sections: list[Shown]) -> None:
                 sizes = {i: b["size"] for i, b in enumerate(state["bars"]) if b["size"]}
                 for line in render_text(decode_config(config, sizes)).splitlines():
                     print(f"{indent}| {line}")
-            for line in render_tree(desc, state, indent, _labels(desc.name)):
+            for line in render_tree(desc, state, indent, _labels(desc.name, state)):
                 print(line)
 
 
@@ -169,9 +169,10 @@ def _print_json(opened: StreamInput, sections: list[Shown]) -> None:
     print(json.dumps(out, indent=2))
 
 
-def _labels(description: str) -> Labels:
+def _labels(description: str, state: Mapping[str, Any]) -> Labels:
     """How show names the values of the shipped descriptions' coded fields: PCI IDs as
-    QEMU and lspci print them (four hex digits), BAR kinds and protocols by name."""
+    QEMU and lspci print them (four hex digits), BAR kinds, protocols and the device's
+    migration flags (which the protocol in *state* defines) by name."""
     from vmstate import pci_vfio, saved_file
 
     ids: dict[str, Callable[[Any], str]] = {
@@ -195,8 +196,44 @@ def _labels(description: str) -> Labels:
             saved_file.PROTOCOL_REGIONS: "device state regions (2019 patch)",
             saved_file.PROTOCOL_V2: "VFIO migration v2",
         }
-        return {"protocol": _named(protocols)}
+        flags = _migration_flags(state.get("protocol"))
+        return {"protocol": _named(protocols), "flags": _flag_names(flags)}
     return {}
+
+
+def _migration_flags(protocol: int | None) -> dict[int, str]:
+    """The names of a saved device's migration flags under *protocol* (the VFIO
+    constants only: showing a file loads no VFIO bindings)."""
+    from vmstate import saved_file
+
+    if protocol == saved_file.PROTOCOL_V2:
+        from vmstate._lowlevel import vfio
+
+        return {
+            vfio.VFIO_MIGRATION_STOP_COPY: "STOP_COPY",
+            vfio.VFIO_MIGRATION_P2P: "P2P",
+            vfio.VFIO_MIGRATION_PRE_COPY: "PRE_COPY",
+        }
+    if protocol == saved_file.PROTOCOL_REGIONS:
+        from vmstate import region_protocol
+
+        return {
+            region_protocol.CAP_DEVICE_MEMORY: "DEVICE_MEMORY",
+            region_protocol.CAP_SYSTEM_MEMORY: "SYSTEM_MEMORY",
+        }
+    return {}
+
+
+def _flag_names(names: dict[int, str]) -> Callable[[Any], str]:
+    """``0x5 (STOP_COPY|PRE_COPY)``: each set bit by its name, unknown bits in hex."""
+
+    def label(value: Any) -> str:
+        known = [name for bit, name in sorted(names.items()) if value & bit]
+        rest = value & ~sum(names)
+        parts = known + ([f"{rest:#x}"] if rest else [])
+        return f"{value:#x} ({'|'.join(parts) or 'none'})"
+
+    return label
 
 
 def _hex(digits: int) -> Callable[[Any], str]:
