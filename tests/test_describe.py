@@ -171,7 +171,7 @@ def test_a_section_of_a_vmdesc_is_described_as_it_was_written(
     each field's name, QEMU's type name and size as the vmdesc records them."""
     import json
 
-    (entry,) = [d for d in json.loads(VMDESC.read_text())["devices"] if d["name"] == "timer"]
+    (entry,) = (d for d in json.loads(VMDESC.read_text())["devices"] if d["name"] == "timer")
     lines = _described(capsys, str(source), "timer")
     assert lines[0].startswith(f"timer v{entry['version']} ")
     fields = [line.split() for line in lines[1:]]

@@ -106,7 +106,7 @@ def test_a_package_is_measured_again(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert status == 0, err
     found = stream.parse(again, stream.resolver_from({}))
     assert found.command_names()[2:] == ("PACKAGED", "POSTCOPY_LISTEN", "POSTCOPY_RUN")
-    (command,) = [c for c in found.commands if c.name == "PACKAGED"]
+    (command,) = (c for c in found.commands if c.name == "PACKAGED")
     assert int.from_bytes(command.data, "big") == 10  # two bare commands of 5 bytes
 
 
@@ -206,7 +206,7 @@ def test_qemu_loads_an_edited_stream_and_shows_the_edit(
         uri = f"exec:cat {tmp_path / f'{name}.mig'}"
         with loaded(qemu_7_2, args, tmp_path / name, uri) as vm:
             (bus,) = vm.qmp.command("query-pci")
-            (nic,) = [d for d in bus["devices"] if d["slot"] == 2]
+            (nic,) = (d for d in bus["devices"] if d["slot"] == 2)
             memory = next(r for r in nic["regions"] if r["bar"] == 1)
             seen[name] = (nic["irq"], memory["address"])
     assert seen == {"original": (IRQ_BEFORE, BAR1_BEFORE), "edited": (IRQ_AFTER, BAR1_AFTER)}

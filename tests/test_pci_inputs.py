@@ -212,7 +212,7 @@ def test_lspci_dump_text_through_a_pipe_and_one_slot(tmp_path: Path) -> None:
         .stdout.rstrip("\n")
         .split("\n")
     )
-    (function,) = [f for f in parse_lspci_dump(text.decode(), "dump") if str(f.address) == slot]
+    (function,) = (f for f in parse_lspci_dump(text.decode(), "dump") if str(f.address) == slot)
     expected, got = comparable(theirs, out, [decode_config(function.data)])
     assert got == expected
 

@@ -517,9 +517,9 @@ def test_save_qemu_warns_when_the_msix_field_is_written_as_zeros(
     said, err = capsys.readouterr()
     assert said.startswith("saved 0000:00:05.0 (an e1000e-like function) read-only from sysfs")
     with open_stream(out) as opened:
-        (qemu,) = [
+        (qemu,) = (
             s for s in stream.parse(opened.data).sections if s.idstr.endswith("/VFIOPCIDevice")
-        ]
+        )
     msix = qemu.state["pdev[1]"]["msix"]
     assert len(msix) == 5 * 16 + 1
     if pmcsr == 0:

@@ -32,7 +32,7 @@ def test_the_readme_commands_run_as_shown(
     shell_env: dict[str, str],  # noqa: F811 (a fixture)
 ) -> None:
     """Its console block, on the QEMU 7.2 stream it speaks of (tests/data/qemu/pc-minimal)."""
-    (block,) = [b for b in blocks(README.read_text()) if b.lang == "console"]
+    (block,) = (b for b in blocks(README.read_text()) if b.lang == "console")
     shutil.copy(README.parent / "tests" / "data" / "qemu" / "pc-minimal.mig", tmp_path / "vm.mig")
     cmds = commands(block.body)
     results = run_console(cmds, tmp_path, shell_env)

@@ -226,7 +226,7 @@ def test_analyze_decodes_qemus_mtty_sections_field_by_field(
     ) in summary
     assert main(["analyze", path, "--device-data", FORMAT, "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    (decoded,) = [device for device in doc["vfio"] if device["idstr"] == IDSTR]
+    (decoded,) = (device for device in doc["vfio"] if device["idstr"] == IDSTR)
     assert sum(i.get("idstr") == IDSTR for i in doc["items"]) == len(decoded["sections"])
     config = decoded["config"]["state"]["pdev[0]"]
     assert config["version_id"] == 2
