@@ -81,7 +81,7 @@ def plan(total: int, targets: list[str], chunk: int = 200) -> list[tuple[str, in
     weight = sum(WEIGHTS[t] for t in targets)
     jobs = []
     for target in targets:
-        n = max(1, total * WEIGHTS[target] // weight)
+        n = max(1, -(-total * WEIGHTS[target] // weight))  # rounded up: at least *total* in all
         jobs += [(start / n, target, start, min(chunk, n - start)) for start in range(0, n, chunk)]
     return [(target, start, count) for _, target, start, count in sorted(jobs)]
 
