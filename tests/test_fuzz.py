@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:  # fuzz/ is a top-level package of the checkout
 
 from fuzz import corpus  # noqa: E402
 from fuzz import generate as G  # noqa: E402
-from fuzz.run import run_one  # noqa: E402
+from fuzz.run import plan, run_one  # noqa: E402
 from fuzz.stream_targets import extract  # noqa: E402
 from fuzz.targets import TARGETS  # noqa: E402
 
@@ -148,3 +148,10 @@ def test_a_vmdesc_nesting_200_structs_deep_is_refused_as_too_deep() -> None:
     data = w.data[: w.vmdesc_at] + b"\x06" + len(body).to_bytes(4, "big") + body
     with pytest.raises(DecodeError, match="vmdesc nests too deeply"):
         stream.parse(data)
+
+
+@pytest.mark.parametrize("total", [1, 15, 1000, 1_000_000])
+def test_the_long_run_runs_at_least_the_inputs_asked_for(total: int) -> None:
+    chunks = plan(total, list(TARGETS))
+    assert sum(count for _, _, count in chunks) >= total
+    assert {target for target, _, _ in chunks} == set(TARGETS)
