@@ -182,7 +182,7 @@ def vfio_framing(rng: random.Random, data: bytes) -> bytes:
         out[at : at + 8] = struct.pack(">Q", pick(rng, [*_TAGS, 0, 2**64 - 1]))
     elif at + 16 <= len(out):  # the size after a DEV_DATA_STATE
         out[at + 8 : at + 16] = struct.pack(">Q", pick(rng, [
-            0, 1, 2**63, 2**64 - 1, (64 << 20) + 1, struct.unpack_from(">Q", out, at + 8)[0] + 1,
+            0, 1, 2**63, 2**64 - 1, (64 << 20) + 1, (struct.unpack_from(">Q", out, at + 8)[0] + 1) % 2**64,
             max(0, struct.unpack_from(">Q", out, at + 8)[0] - 1), interesting_int(rng) % 2**64]))
     return bytes(out)
 
