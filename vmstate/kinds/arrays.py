@@ -8,6 +8,7 @@ on load an element is NULL where the destination holds NULL.
 
 from __future__ import annotations
 
+import abc
 import functools
 import operator
 import struct
@@ -71,8 +72,9 @@ class _List(Kind):
     is_list: ClassVar[bool] = True
     value_type: ClassVar[str] = "list"
 
+    @abc.abstractmethod
     def element_kinds(self, n: int) -> Sequence[Kind]:
-        raise NotImplementedError
+        """The kinds of the first *n* elements (one kind repeated, or a sequence's own)."""
 
     @property
     def info(self) -> str:  # type: ignore[override]
