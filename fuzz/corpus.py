@@ -185,33 +185,9 @@ def configs() -> tuple[tuple[str, bytes], ...]:
 def migratable(name: str = "dst", size: int = 600) -> Any:
     """An emulated PCI function (e1000e-shaped) whose device data is an emulated
     migration-v2 device's: what ``vmstate save`` and ``load`` talk to."""
-    from vmstate.testing.migration import EmulatedMigrationDevice
-    from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
+    from vmstate.testing.migratable import MigratablePci
 
-    class Migratable(EmulatedPciDevice):
-        def __init__(self) -> None:
-            base = e1000e_like(name)
-            bars = {r.index: base.read(r.index, 0, r.size) for r in base.regions() if r.index != 7}
-            super().__init__(name, base.read(7, 0, 4096), base._wmask, base._w1cmask, bars)
-            self.migration = EmulatedMigrationDevice(name, seed=7, size=size)
-
-        def device_feature(self, flags: int, payload: bytes = b"") -> bytes:
-            return self.migration.device_feature(flags, payload)
-
-        def precopy_info(self, data_fd: int) -> Any:
-            return self.migration.precopy_info(data_fd)
-
-        def read_data(self, data_fd: int, buffer: memoryview) -> int:
-            return self.migration.read_data(data_fd, buffer)
-
-        def write_data(self, data_fd: int, data: memoryview) -> int:
-            return self.migration.write_data(data_fd, data)
-
-        def reset(self) -> None:
-            super().reset()
-            self.migration.reset()
-
-    return Migratable()
+    return MigratablePci(name, seed=7, size=size)
 
 
 @functools.cache

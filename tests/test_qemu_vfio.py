@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -21,8 +20,8 @@ from vmstate.device_regions import RegionInfo
 from vmstate.device_save import save
 from vmstate.errors import DecodeError, TruncatedError
 from vmstate.saved_file import read_file
-from vmstate.testing.migration import EmulatedMigrationDevice
-from vmstate.testing.pci import EmulatedPciBuilder, EmulatedPciDevice
+from vmstate.testing.migratable import MigratablePci
+from vmstate.testing.pci import EmulatedPciBuilder
 from vmstate.vfio_section import (
     DEV_CONFIG_STATE,
     DEV_DATA_STATE,
@@ -231,11 +230,12 @@ def test_check_stream_checks_device_data_against_its_format(
     assert "--device-data goes with --stream" in capsys.readouterr().err
 
 
-class ShortConfigMtty(EmulatedPciDevice):
+class ShortConfigMtty(MigratablePci):
     """mtty's shape: a conventional function whose config region is 0xff bytes, with
     migration v2 (an emulated driver's data stands in for mtty's)."""
 
     def __init__(self, name: str, region_size: int) -> None:
+        self.region_size = region_size
         built = (
             EmulatedPciBuilder()
             .header(0x4348, 0x3253, 0x070002, revision=0x10, interrupt_pin=1)
@@ -243,10 +243,7 @@ class ShortConfigMtty(EmulatedPciDevice):
             .bar(1, 8, io=True)
             .build(name)
         )
-        bars = {r.index: built.read(r.index, 0, r.size) for r in built.regions() if r.index < 6}
-        super().__init__(name, built.read(7, 0, 256), built._wmask, built._w1cmask, bars)
-        self.region_size = region_size
-        self.migration = EmulatedMigrationDevice(name, size=72)
+        super().__init__(name, built, size=72)
 
     def region(self, index: int) -> RegionInfo:
         info = super().region(index)
@@ -254,18 +251,6 @@ class ShortConfigMtty(EmulatedPciDevice):
 
     def regions(self) -> tuple[RegionInfo, ...]:
         return tuple(self.region(r.index) for r in super().regions())
-
-    def device_feature(self, flags: int, payload: bytes = b"") -> bytes:
-        return self.migration.device_feature(flags, payload)
-
-    def precopy_info(self, data_fd: int) -> Any:
-        return self.migration.precopy_info(data_fd)
-
-    def read_data(self, data_fd: int, buffer: memoryview) -> int:
-        return self.migration.read_data(data_fd, buffer)
-
-    def write_data(self, data_fd: int, data: memoryview) -> int:
-        return self.migration.write_data(data_fd, data)
 
 
 @pytest.mark.parametrize(("region_size", "saved"), [(0xFF, 4096), (256, 256)])

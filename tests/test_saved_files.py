@@ -19,8 +19,8 @@ from vmstate.errors import DecodeError, DeviceError, IncompatibleError, LimitErr
 from vmstate.migration import DeviceState
 from vmstate.saved_file import read_file
 from vmstate.stream_writer import DeviceSection, StreamWriter
-from vmstate.testing.migration import EmulatedMigrationDevice
-from vmstate.testing.pci import EmulatedPciDevice, e1000e_like
+from vmstate.testing.migratable import MigratablePci
+from vmstate.testing.pci import e1000e_like
 from vmstate.vfio_section import (
     DEV_CONFIG_STATE,
     DEV_DATA_STATE,
@@ -28,32 +28,6 @@ from vmstate.vfio_section import (
     END_OF_STATE,
     walk_vfio,
 )
-
-
-class MigratablePci(EmulatedPciDevice):
-    """An emulated PCI function whose device data is an EmulatedMigrationDevice's."""
-
-    def __init__(self, name: str, **migration: Any) -> None:
-        base = e1000e_like(name)
-        bars = {r.index: base.read(r.index, 0, r.size) for r in base.regions() if r.index != 7}
-        super().__init__(name, base.read(7, 0, 4096), base._wmask, base._w1cmask, bars)
-        self.migration = EmulatedMigrationDevice(name, **migration)
-
-    def device_feature(self, flags: int, payload: bytes = b"") -> bytes:
-        return self.migration.device_feature(flags, payload)
-
-    def precopy_info(self, data_fd: int) -> Any:
-        return self.migration.precopy_info(data_fd)
-
-    def read_data(self, data_fd: int, buffer: memoryview) -> int:
-        return self.migration.read_data(data_fd, buffer)
-
-    def write_data(self, data_fd: int, data: memoryview) -> int:
-        return self.migration.write_data(data_fd, data)
-
-    def reset(self) -> None:
-        super().reset()
-        self.migration.reset()
 
 
 def state_of(dev: MigratablePci) -> DeviceState:
@@ -129,19 +103,12 @@ def test_config_is_checked_before_any_device_data_moves(tmp_path: Path) -> None:
     path = tmp_path / "dev.vms"
     save(src, path)
 
-    class Other(MigratablePci):
-        def __init__(self) -> None:
-            base = (
-                EmulatedPciBuilder(config_size=4096)
-                .header(vendor=0x1AF4, device=0x1041, class_code=0x020000)
-                .build("o")
-            )
-            EmulatedPciDevice.__init__(
-                self, "other", base.read(7, 0, 4096), base._wmask, base._w1cmask
-            )
-            self.migration = EmulatedMigrationDevice("other", seed=7, size=3 << 20)
-
-    other = Other()
+    base = (
+        EmulatedPciBuilder(config_size=4096)
+        .header(vendor=0x1AF4, device=0x1041, class_code=0x020000)
+        .build("o")
+    )
+    other = MigratablePci("other", base, seed=7, size=3 << 20)
     with pytest.raises(IncompatibleError, match="vendor id: source 0x8086, destination 0x1af4"):
         load(other, path.read_bytes())
     assert other.migration.arcs == [], "no state change may be requested before the checks pass"
