@@ -521,23 +521,18 @@ def test_shipped_waivers_by_name_from_anywhere(tmp_path: Path) -> None:
     an empty directory, where no file of that name is); an unknown name is a usage error."""
     ten = Path(__file__).parent / "data" / "qemu-10.0"
     src, dst = QEMU / "dump-pc-i440fx-7.2.json", ten / "dump-pc-i440fx-7.2.json"
-    run = [sys.executable, "-m", "vmstate", "check", "--src", str(src), "--dst", str(dst)]
-    named = subprocess.run(
-        [*run, "--no-shipped-waivers", "--waivers", "qemu"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    default = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, check=False)
-    bare = subprocess.run(
-        [*run, "--no-shipped-waivers"], cwd=tmp_path, capture_output=True, text=True, check=False
-    )
+    command = [sys.executable, "-m", "vmstate", "check", "--src", str(src), "--dst", str(dst)]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *extra], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+
+    named, default = run("--no-shipped-waivers", "--waivers", "qemu"), run()
+    bare = run("--no-shipped-waivers")
     assert named.returncode == default.returncode == bare.returncode == 1
     assert named.stdout == default.stdout != bare.stdout  # 3 errors, not QEMU's renames
-    unknown = subprocess.run(
-        [*run, "--waivers", "qemmu"], cwd=tmp_path, capture_output=True, text=True, check=False
-    )
+    unknown = run("--waivers", "qemmu")
     assert unknown.returncode == 2
     assert (
         unknown.stderr.strip()
