@@ -101,6 +101,49 @@ def test_a_page_past_its_block_is_refused_where_its_record_is(tmp_path: Path) ->
     assert not (tmp_path / "ram").exists() and list(tmp_path.iterdir()) == []
 
 
+def _zero_run(count: int, bad: int, word: int) -> list[tuple[int, int, bytes | None, bytes]]:
+    """*count* zero pages continuing pc.ram, record *bad* of them with *word* as its
+    address and flags instead."""
+    records = [(0, RAM_PAGE, b"pc.ram", b"\x11" * 4096)]
+    records += [((1 + i % 2047) * 4096, RAM_ZERO | RAM_CONTINUE, None, b"\x00") for i in range(count)]
+    records[1 + bad] = (word, 0, None, b"\x00")
+    return records
+
+
+@pytest.mark.parametrize(
+    ("word", "error"),
+    [
+        ((1 << 30) | RAM_ZERO | RAM_CONTINUE, "outside its block"),
+        (4096 | 0x100 | RAM_ZERO | RAM_CONTINUE, "unsupported RAM record flags"),
+        (4096 | RAM_ZERO, "does not list"),
+    ],
+)
+def test_a_bad_record_deep_in_a_long_run_of_zero_pages_is_refused_where_it_is(
+    word: int, error: str
+) -> None:
+    """Runs of zero pages are skipped many records at a time: a record that ends the run
+    (an address past the block, a flag bit no record has, a block name) is still found
+    at its own offset."""
+    for bad in (0, 1023, 1024, 2500, 2999):
+        data, at = ram_stream([(b"pc.ram", 8 << 20)], _zero_run(3000, bad, word))
+        with pytest.raises(DecodeError, match=error) as info:
+            stream.parse(data)
+        assert info.value.offset in (at[1 + bad], at[1 + bad] + 8), (bad, info.value)
+
+
+def test_a_long_run_of_zero_pages_reads_as_record_by_record(tmp_path: Path) -> None:
+    """The same stream without a sink (runs skipped together) and with one (each page
+    handed over): both read to the end, and the sink saw every zero page."""
+    records = _zero_run(5000, 4000, 0)
+    records[1 + 4000] = (4096 * 1500, RAM_PAGE | RAM_CONTINUE, None, b"\x33" * 4096)
+    data, _ = ram_stream([(b"pc.ram", 8 << 20)], records)
+    assert stream.parse(data).ram_blocks[0].length == 8 << 20
+    (ram,) = extract(data, tmp_path / "ram")
+    content = ram.read_bytes()
+    assert content[:4096] == b"\x11" * 4096 and content[1500 * 4096 : 1501 * 4096] == b"\x33" * 4096
+    assert content[4096 : 1500 * 4096].count(0) == 1499 * 4096
+
+
 def test_a_page_at_the_block_length_is_outside_it_as_for_qemu() -> None:
     """QEMU's offset_in_ramblock: offset < used_length ("Illegal RAM offset")."""
     data, at = ram_stream([(b"pc.ram", 8192)], [(8192, RAM_ZERO, b"pc.ram", b"\x00")])

@@ -26,6 +26,7 @@ their block.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Protocol
 
@@ -49,6 +50,10 @@ MAPPED_RAM_VERSION = 1
 _MAPPED_HEADER = struct.Struct(">IQQQ")
 _BE64 = struct.Struct(">Q")
 _LE64 = struct.Struct("<Q")
+#: zero-page records looked at together when nothing takes the pages (9 bytes each)
+_RUN = 1024
+_RUN_WORDS = struct.Struct(">" + "Qx" * _RUN)
+_ZERO_RUN = bytes([RAM_ZERO | RAM_CONTINUE])
 
 
 
@@ -96,6 +101,31 @@ class RamSettings:
     mapped_ram: bool = False
 
 
+def _skip_zero_runs(buf: bytes, pos: int, length: int, mask: int) -> int:
+    """Past the zero-page records at *pos* that continue a block of *length*, _RUN at a
+    time: their flag bytes compared as two strided slices, their addresses as one
+    ``max``; where a run ends (or an address is out of the block) the caller's record
+    loop takes over.  Page sizes up to 64 KiB: the flags then lie in a record's last
+    two bytes."""
+    middle = _flag_bits(mask >> 8)
+    while len(buf) - pos >= 9 * _RUN and buf[pos + 7] == RAM_ZERO | RAM_CONTINUE:
+        stop = pos + 9 * _RUN
+        n = _RUN - len(buf[pos + 7 : stop : 9].lstrip(_ZERO_RUN))
+        n = min(n, _RUN - len(buf[pos + 6 : stop : 9].translate(middle).lstrip(b"\0")))
+        if n == 0 or max(_RUN_WORDS.unpack_from(buf, pos)[:n]) & ~mask >= length:
+            return pos
+        pos += 9 * n
+        if n < _RUN:
+            return pos
+    return pos
+
+
+@functools.cache
+def _flag_bits(bits: int) -> bytes:
+    """A translate table: a byte to 0 when it has none of *bits*, else to 1."""
+    return bytes(0 if b & bits == 0 else 1 for b in range(256))
+
+
 class RamWalker:
     """Walks the records of every part of one stream's ram section."""
 
@@ -128,6 +158,8 @@ class RamWalker:
             # fast path: zero pages of the current block, by far the commonest record
             if (block := self.current) is not None:
                 length = block.length
+                if sink is None and page_size <= 1 << 16:
+                    pos = _skip_zero_runs(buf, pos, length, mask)
                 while pos + 9 <= end:
                     (word,) = unpack(buf, pos)
                     if word & mask != zero_run or word & ~mask >= length:
