@@ -15,7 +15,7 @@ from fuzz import corpus
 from fuzz import formats as X
 from fuzz import generate as G
 from fuzz.checks import located, require
-from vmstate import analyze, stream
+from vmstate import analyze, ram_extract, stream
 from vmstate.errors import VMStateError
 from vmstate.vmdesc import resolver_from_vmdesc
 
@@ -139,7 +139,7 @@ def extract(data: bytes, expected: dict[str, bytes] | None = None) -> None:
     one file per block, and (given *expected*) exactly the pages the stream holds."""
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "ram"
-        extractor = analyze.RamExtractor(target)
+        extractor = ram_extract.RamExtractor(target)
         try:
             parsed = stream.parse(data, page_sink=extractor)
         except VMStateError as e:
@@ -154,7 +154,7 @@ def extract(data: bytes, expected: dict[str, bytes] | None = None) -> None:
         require(len(files) == len(parsed.ram_blocks), "a RAM block has no file of its own")
         require(all(p.parent == target for p in files), "a file written outside its directory")
         for block in parsed.ram_blocks:
-            path = target / analyze.ram_file_name(block)
+            path = target / ram_extract.ram_file_name(block)
             require(path.stat().st_size == block.length, f"{path.name}: not the block's length")
             if expected is not None:
                 require(path.read_bytes() == expected[block.name], f"{block.name}: other pages")

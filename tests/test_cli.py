@@ -21,6 +21,7 @@ from test_inputs import image
 from test_pci_vfio import host_bdfs, require_root
 
 from vmstate import analyze as analyze_module
+from vmstate import ram_extract
 from vmstate.cli import COMMANDS, main
 
 STREAM = DATA / "qemu" / "pc-minimal.mig"
@@ -228,16 +229,16 @@ def test_interrupted_ram_extraction_leaves_nothing(
 ) -> None:
     """^C half way through the pages: exit 130, one line, no directory, no temporary one."""
     pages = 0
-    write_page = analyze_module.RamExtractor.__call__
+    write_page = ram_extract.RamExtractor.__call__
 
-    def interrupted(self: analyze_module.RamExtractor, *args: object) -> None:
+    def interrupted(self: ram_extract.RamExtractor, *args: object) -> None:
         nonlocal pages
         pages += 1
         if pages == 100:
             raise KeyboardInterrupt
         write_page(self, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(analyze_module.RamExtractor, "__call__", interrupted)
+    monkeypatch.setattr(ram_extract.RamExtractor, "__call__", interrupted)
     target = tmp_path / "ram"
     assert main(["analyze", str(STREAM), "--extract-ram", str(target)]) == 130
     assert capsys.readouterr().err == "vmstate: interrupted\n"
@@ -409,17 +410,24 @@ def test_saved_states_are_read_from_every_form_by_load_and_check(tmp_path: Path)
 
 def _imported(*args: str) -> tuple[set[str], set[str]]:
     """The vmstate modules and the third-party packages a run of the command imports."""
-    code = (
-        "import sys, json\nfrom vmstate.cli import main\n"
-        f"main({list(args)!r})\n"
-        "names = sorted(sys.modules)\n"
-        "print(json.dumps(names))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    names = json.loads(done.stdout.splitlines()[-1])
+    names = _modules_after(f"from vmstate.cli import main\nmain({list(args)!r})\n")
     ours = {n for n in names if n == "vmstate" or n.startswith("vmstate.")}
     third = {n.split(".")[0] for n in names} & {"attrs", "attr", "cattrs", "cffi", "backports"}
     return ours, third
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules in sys.modules after *code* runs in a new interpreter."""
+    script = f"import sys, json\n{code}print(json.dumps(sorted(sys.modules)))\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+#: standard modules a bare stream needs none of: decompressors and programs (libvirt
+#: images), temporary files (pipes, RAM extraction), tracebacks (--debug)
+UNPACKING_MODULES = {
+    "bz2", "lzma", "subprocess", "shutil", "tempfile", "traceback", "pathlib", "zipfile",
+}  # fmt: skip
 
 
 def test_help_imports_nothing_of_the_library() -> None:
@@ -438,15 +446,18 @@ ANALYZE_MODULES = {
     "vmstate.kinds.arrays", "vmstate.kinds.base", "vmstate.kinds.bitmap",
     "vmstate.kinds.buffer", "vmstate.kinds.nullptr", "vmstate.kinds.padding",
     "vmstate.kinds.qtailq", "vmstate.kinds.scalar", "vmstate.kinds.struct",
-    "vmstate.kinds.vbuffer64", "vmstate.inputs", "vmstate.libvirt_save", "vmstate.progress",
+    "vmstate.kinds.vbuffer64", "vmstate.inputs", "vmstate.progress",
     "vmstate.stream", "vmstate.stream_config", "vmstate.stream_ram", "vmstate.vfio_section",
     "vmstate.vmdesc",
 }  # fmt: skip
 
 
 def test_analyze_imports_the_stream_reader_only() -> None:
-    """No PCI decoding, VFIO bindings, description files (TOML, cattrs), checks or
-    decompressors: a bare stream needs none of them."""
+    """No PCI decoding, VFIO bindings, description files (TOML, cattrs), checks, libvirt
+    images or decompressors: a bare stream needs none of them."""
     ours, third = _imported("analyze", str(STREAM))
     assert ours == ANALYZE_MODULES
     assert third == {"attrs", "attr"}
+    added = _modules_after(f"from vmstate.cli import main\nmain(['analyze', {str(STREAM)!r}])\n")
+    bare = _modules_after("")
+    assert (added - bare) & UNPACKING_MODULES == set()

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from vmstate import analyze, sources, stream
+from vmstate import analyze, ram_extract, sources, stream
 from vmstate.cli import main
 from vmstate.description_file import check_description_text
 from vmstate.errors import DecodeError, DescriptionError, LimitError, VMStateError
@@ -79,7 +79,7 @@ def ram_stream(blocks: list[tuple[bytes, int]], records: list[tuple[int, int, by
 
 
 def extract(data: bytes, target: Path) -> list[Path]:
-    extractor = analyze.RamExtractor(target)
+    extractor = ram_extract.RamExtractor(target)
     try:
         parsed = stream.parse(data, page_sink=extractor)
     except BaseException:

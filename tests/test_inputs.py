@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from vmstate import libvirt_save
 from vmstate.cli import main
 from vmstate.errors import DecodeError, IncompatibleError, LimitError, TruncatedError, VMStateError
-from vmstate.inputs import CHUNK, open_stream
+from vmstate.inputs import open_stream
+from vmstate.unpack import CHUNK
 
 QEMU = Path(__file__).parent / "data" / "qemu"
 STREAM = QEMU / "pc-minimal.mig"

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -129,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_REJECTED if e.code else 0
     except KeyboardInterrupt:
         if debug:
-            traceback.print_exc()
+            _traceback()
         print("vmstate: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -137,10 +136,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REJECTED
     except Exception as e:  # every failure is one line; --debug shows where
         if debug:
-            traceback.print_exc()
+            _traceback()
         status, text = failure(e)
         print(f"vmstate: {text}", file=sys.stderr)
         return status
+
+
+def _traceback() -> None:
+    """The traceback of the exception being handled (``--debug``; only then imported)."""
+    import traceback
+
+    traceback.print_exc()
 
 
 def failure(error: Exception) -> tuple[int, str]:

@@ -128,9 +128,9 @@ def _dump_desc(opened: StreamInput) -> int:
 
 
 def _extract_ram(opened: StreamInput, decoder: Decoder | None, directory: str) -> int:
-    from vmstate import analyze
+    from vmstate.ram_extract import RamExtractor
 
-    extractor = analyze.RamExtractor(directory)
+    extractor = RamExtractor(directory)
     try:
         parsed = _parse(opened, decoder, page_sink=extractor)
         paths = extractor.finish(parsed.ram_blocks)
