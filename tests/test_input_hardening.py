@@ -131,6 +131,23 @@ def test_a_bad_record_deep_in_a_long_run_of_zero_pages_is_refused_where_it_is(
         assert info.value.offset in (at[1 + bad], at[1 + bad] + 8), (bad, info.value)
 
 
+@pytest.mark.parametrize("sink", [False, True])
+def test_a_page_past_its_block_among_continued_pages_is_refused_where_it_is(
+    sink: bool, tmp_path: Path
+) -> None:
+    """Whole pages continuing a block take the fast path too: one past the block is
+    refused at its own record, with or without a sink."""
+    records: list[tuple[int, int, bytes | None, bytes]] = [(0, RAM_PAGE, b"pc.ram", b"\x11" * 4096)]
+    for i in range(1, 40):
+        flags = RAM_PAGE if i % 3 else RAM_ZERO
+        records.append((i * 4096, flags | RAM_CONTINUE, None, b"\x22" * 4096 if i % 3 else b"\x00"))
+    records.append((64 * 4096, RAM_PAGE | RAM_CONTINUE, None, b"\x33" * 4096))
+    data, at = ram_stream([(b"pc.ram", 64 * 4096)], records)
+    with pytest.raises(DecodeError, match="outside its block") as info:
+        extract(data, tmp_path / "ram") if sink else stream.parse(data)
+    assert info.value.offset == at[-1]
+
+
 def test_a_long_run_of_zero_pages_reads_as_record_by_record(tmp_path: Path) -> None:
     """The same stream without a sink (runs skipped together) and with one (each page
     handed over): both read to the end, and the sink saw every zero page."""

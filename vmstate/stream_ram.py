@@ -54,6 +54,8 @@ _LE64 = struct.Struct("<Q")
 _RUN = 1024
 _RUN_WORDS = struct.Struct(">" + "Qx" * _RUN)
 _ZERO_RUN = bytes([RAM_ZERO | RAM_CONTINUE])
+#: zero pages read one by one before the rest of their run is skipped in bulk
+_RUN_AFTER = 16
 
 
 
@@ -152,21 +154,9 @@ class RamWalker:
         """Records from *pos* to the next EOS; returns the position after it."""
         page_size = self.settings.page_size
         mask = page_size - 1
-        buf, end, unpack, sink = self.buf, len(self.buf), _BE64.unpack_from, self.sink
-        zero_run = RAM_ZERO | RAM_CONTINUE
         while True:
-            # fast path: zero pages of the current block, by far the commonest record
-            if (block := self.current) is not None:
-                length = block.length
-                if sink is None and page_size <= 1 << 16:
-                    pos = _skip_zero_runs(buf, pos, length, mask)
-                while pos + 9 <= end:
-                    (word,) = unpack(buf, pos)
-                    if word & mask != zero_run or word & ~mask >= length:
-                        break
-                    if sink is not None:
-                        sink(block, word & ~mask, buf[pos + 8], page_size)
-                    pos += 9
+            if self.current is not None:
+                pos = self.continued(pos)
             word = self.be64(pos, "RAM record")
             record = pos
             pos += 8
@@ -186,6 +176,41 @@ class RamWalker:
                 pos = self.page(pos, record, flags, addr)
             if flags & RAM_EOS:
                 return pos
+
+    def continued(self, pos: int) -> int:
+        """The fast path: past the records from *pos* that continue the current block
+        with a zero page or a whole page inside it, by far the commonest records; the
+        first other record is left to :meth:`walk`.  Runs of zero pages are skipped many
+        at a time when nothing takes the pages."""
+        block = self.current
+        assert block is not None
+        page_size = self.settings.page_size
+        mask = page_size - 1
+        buf, end, unpack, sink, length = self.buf, len(self.buf), _BE64.unpack_from, self.sink, block.length
+        zero_run, page_run, page_record = RAM_ZERO | RAM_CONTINUE, RAM_PAGE | RAM_CONTINUE, 8 + page_size
+        skip = sink is None and page_size <= 1 << 16
+        zeros = 0
+        while pos + 9 <= end:
+            (word,) = unpack(buf, pos)
+            addr = word & ~mask
+            if addr >= length:
+                break
+            flags = word & mask
+            if flags == zero_run:
+                if sink is not None:
+                    sink(block, addr, buf[pos + 8], page_size)
+                pos += 9
+                zeros += 1
+                if skip and zeros == _RUN_AFTER:
+                    pos = _skip_zero_runs(buf, pos, length, mask)
+            elif flags == page_run and pos + page_record <= end:
+                if sink is not None:
+                    sink(block, addr, bytes(buf[pos + 8 : pos + page_record]), page_size)
+                pos += page_record
+                zeros = 0
+            else:
+                break
+        return pos
 
     def page(self, pos: int, record: int, flags: int, addr: int) -> int:
         if self.settings.mapped_ram:
