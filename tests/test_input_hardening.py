@@ -19,6 +19,7 @@ from vmstate import analyze, ram_extract, sources, stream
 from vmstate.cli import main
 from vmstate.description_file import check_description_text
 from vmstate.errors import DecodeError, DescriptionError, LimitError, VMStateError
+from vmstate.inputs import open_stream
 from vmstate.waivers import load_waivers
 
 QEMU = Path(__file__).parent / "data" / "qemu"
@@ -159,6 +160,39 @@ def test_a_long_run_of_zero_pages_reads_as_record_by_record(tmp_path: Path) -> N
     content = ram.read_bytes()
     assert content[:4096] == b"\x11" * 4096 and content[1500 * 4096 : 1501 * 4096] == b"\x33" * 4096
     assert content[4096 : 1500 * 4096].count(0) == 1499 * 4096
+
+
+def _rss_file_kib() -> int:
+    """This process's resident file-backed memory (the kernel's RssFile)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_guest_ram_of_a_mapped_stream_is_walked_in_bounded_memory(tmp_path: Path) -> None:
+    """32 MiB of page records in a mapped file: the walk lets go of the pages it has
+    passed, so the process holds a few MiB of the file, not all of it (the kernel's
+    count); the result is the same as from bytes, and an error after the released part
+    still shows its bytes."""
+    pages = [(0, RAM_PAGE, b"pc.ram", bytes([1]) * 4096)]
+    pages += [(i * 4096, RAM_PAGE | RAM_CONTINUE, None, bytes([i % 251]) * 4096) for i in range(1, 8192)]
+    data, _ = ram_stream([(b"pc.ram", 8192 * 4096)], pages)
+    path = tmp_path / "big.mig"
+    path.write_bytes(data)
+    with open_stream(path) as opened:
+        before = _rss_file_kib()
+        parsed = stream.parse(opened.data)
+        grown = _rss_file_kib() - before
+    assert parsed.ram_blocks == stream.parse(data).ram_blocks
+    assert grown < 16 << 10, f"{grown} KiB of the 32 MiB file stayed resident"
+    broken = data[: len(data) - 40] + b"\xff" * 8 + data[len(data) - 32 :]
+    path.write_bytes(broken)
+    with open_stream(path) as opened, pytest.raises(DecodeError) as info:
+        stream.parse(opened.data)
+    with pytest.raises(DecodeError) as from_bytes:
+        stream.parse(broken)
+    assert str(info.value) == str(from_bytes.value)
 
 
 def test_a_page_at_the_block_length_is_outside_it_as_for_qemu() -> None:

@@ -27,6 +27,7 @@ their block.
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 from typing import Protocol
 
@@ -54,6 +55,8 @@ _LE64 = struct.Struct("<Q")
 _RUN = 1024
 _RUN_WORDS = struct.Struct(">" + "Qx" * _RUN)
 _ZERO_RUN = bytes([RAM_ZERO | RAM_CONTINUE])
+#: how far the walk goes between two releases of the pages it has passed
+_RELEASE = 8 << 20
 #: zero pages read one by one before the rest of their run is skipped in bulk
 _RUN_AFTER = 16
 
@@ -139,6 +142,8 @@ class RamWalker:
         self.by_name: dict[str, RamBlock] = {}
         #: the block of the last page record: CONTINUE records go on in it
         self.current: RamBlock | None = None
+        #: where the pages of the mapping this walk has let go of end (see :meth:`release`)
+        self.released = 0
 
     def be64(self, pos: int, what: str) -> int:
         need(self.buf, pos, 8, what)
@@ -190,7 +195,11 @@ class RamWalker:
         zero_run, page_run, page_record = RAM_ZERO | RAM_CONTINUE, RAM_PAGE | RAM_CONTINUE, 8 + page_size
         skip = sink is None and page_size <= 1 << 16
         zeros = 0
+        releasing = hasattr(buf, "madvise")
+        release_at = self.released + _RELEASE if releasing else end
         while pos + 9 <= end:
+            if pos >= release_at:
+                release_at = self.release(pos) + _RELEASE
             (word,) = unpack(buf, pos)
             addr = word & ~mask
             if addr >= length:
@@ -211,6 +220,17 @@ class RamWalker:
             else:
                 break
         return pos
+
+    def release(self, upto: int) -> int:
+        """Let go of the mapped stream's pages before *upto* (page-aligned down), which
+        the walk has passed: the kernel keeps them cached, but they leave this process's
+        memory, so guest RAM of any size is walked in bounded memory.  What later reads
+        them (nothing does in the RAM section) faults them in again."""
+        upto -= upto % mmap.PAGESIZE
+        if upto > self.released:
+            self.buf.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)  # type: ignore[attr-defined]
+            self.released = upto
+        return self.released
 
     def page(self, pos: int, record: int, flags: int, addr: int) -> int:
         if self.settings.mapped_ram:
