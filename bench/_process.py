@@ -5,6 +5,12 @@ each round runs the two commands of a pair back to back (in alternating order, s
 machine that drifts affects both alike), the ratio is taken pair by pair, and the
 medians are reported.  Peak memory is the child's maximum resident set, from the
 kernel's accounting of the reaped process (``wait4``).
+
+Linux counts in a process's maximum resident set the memory of whatever it was
+before ``exec``: a command started straight from this (large) process would be
+charged this process's size.  Each command is therefore started by a small
+launcher (an isolated interpreter without site packages) that forks it, times it
+from fork to exit and reports its ``wait4`` figures.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,20 +64,33 @@ class Pair:
         return max(r.peak_mib for r in self.b)
 
 
+#: forks argv[1:] with its output discarded; prints seconds, exit status, peak KiB
+_LAUNCHER = """\
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - start, os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def run_once(argv: Sequence[str], env: dict[str, str] | None = None) -> Run:
     """One whole process, its output discarded; a failing command is a failed benchmark."""
-    start = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    assert child.stderr is not None
-    err = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
+    done = subprocess.run(
+        [PYTHON, "-I", "-S", "-c", _LAUNCHER, *argv], capture_output=True, env=env, check=False
+    )
+    seconds, status, peak_kib = done.stdout.split()
+    if done.returncode != 0 or int(status) != 0:
         raise SystemExit(
-            f"{' '.join(argv)} exited {child.returncode}: {err.decode(errors='replace')[-500:]}"
+            f"{' '.join(argv)} exited {int(status)}: {done.stderr.decode(errors='replace')[-500:]}"
         )
-    return Run(seconds, usage.ru_maxrss / 1024)
+    return Run(float(seconds), int(peak_kib) / 1024)
 
 
 def pair(

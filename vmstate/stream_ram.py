@@ -56,7 +56,7 @@ _RUN = 1024
 _RUN_WORDS = struct.Struct(">" + "Qx" * _RUN)
 _ZERO_RUN = bytes([RAM_ZERO | RAM_CONTINUE])
 #: how far the walk goes between two releases of the pages it has passed
-_RELEASE = 8 << 20
+_RELEASE = 1 << 20
 #: zero pages read one by one before the rest of their run is skipped in bulk
 _RUN_AFTER = 16
 
