@@ -26,6 +26,7 @@ from vmstate.kinds.base import (
     Element,
     Kind,
     Layout,
+    LazySpec,
     ResolvedRefs,
     Spans,
     SpecWriter,
@@ -40,16 +41,18 @@ NULLPTR_MARKER = 0x30
 COUNT_TYPES = frozenset({"uint8", "uint16", "uint32", "int32"})
 
 
-@attrs.frozen(kw_only=True)
 class ArraySpec:
+    """The description-file table of the ``Array`` kind (an attrs class once ``Array.Spec`` is read)."""
+
     type: str
     element: Element
     count: int
     nullable: bool = False
 
 
-@attrs.frozen(kw_only=True)
 class VArraySpec:
+    """The description-file table of the ``VArray`` kind (an attrs class once ``VArray.Spec`` is read)."""
+
     type: str
     element: Element
     count: str
@@ -59,8 +62,9 @@ class VArraySpec:
     nullable: bool = False
 
 
-@attrs.frozen(kw_only=True)
 class SeqSpec:
+    """The description-file table of the ``Seq`` kind (an attrs class once ``Seq.Spec`` is read)."""
+
     type: str
     elements: tuple[Element, ...]
 
@@ -240,7 +244,7 @@ class Array(_Elements):
     count: int = attrs.field(validator=attrs.validators.ge(0))
     nullable: bool = False
     type_name: ClassVar[str] = "array"
-    Spec: ClassVar[type] = ArraySpec
+    Spec: ClassVar[type] = LazySpec(ArraySpec)
 
     @property
     def size(self) -> int | None:  # type: ignore[override]
@@ -293,7 +297,7 @@ class Array(_Elements):
         return cls(resolved.element, spec.count, spec.nullable)
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return ArraySpec(type="array", element=writer.element(self.element), count=self.count,
+        return self.Spec(type="array", element=writer.element(self.element), count=self.count,
                          nullable=self.nullable)
 
 
@@ -308,7 +312,7 @@ class VArray(_Elements):
     multiply: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     nullable: bool = False
     type_name: ClassVar[str] = "varray"
-    Spec: ClassVar[type] = VArraySpec
+    Spec: ClassVar[type] = LazySpec(VArraySpec)
     variable: ClassVar[bool] = True
 
     def compare_shape(self, other: Kind) -> Iterator[tuple[str, str]]:
@@ -365,7 +369,7 @@ class VArray(_Elements):
                    spec.nullable)
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return VArraySpec(type="varray", element=writer.element(self.element),
+        return self.Spec(type="varray", element=writer.element(self.element),
                           count=self.count_field, max_count=self.max_count,
                           count_type=self.count_type, multiply=self.multiply,
                           nullable=self.nullable)
@@ -377,7 +381,7 @@ class Seq(_List):
 
     elements: tuple[Kind, ...]
     type_name: ClassVar[str] = "seq"
-    Spec: ClassVar[type] = SeqSpec
+    Spec: ClassVar[type] = LazySpec(SeqSpec)
 
     def element_kinds(self, n: int) -> Sequence[Kind]:
         return self.elements
@@ -436,4 +440,4 @@ class Seq(_List):
         return cls(tuple(resolved.elements))
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return SeqSpec(type="seq", elements=tuple(writer.element(e) for e in self.elements))
+        return self.Spec(type="seq", elements=tuple(writer.element(e) for e in self.elements))

@@ -16,6 +16,8 @@ import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NewType, Protocol
 
+import attrs
+
 from vmstate.errors import DescriptionError, EncodeError
 
 if TYPE_CHECKING:
@@ -163,6 +165,24 @@ def codec(order: str, fmt: str) -> struct.Struct:
 def single(value: Any) -> Sequence[Any]:
     """The ``pack`` of a layout whose one value is the state's value as it is."""
     return (value,)
+
+
+class LazySpec:
+    """``Kind.Spec``: the kind module declares its description-file table as a plain
+    annotated class, made an attrs class (in place) the first time ``Kind.Spec`` is
+    read.  Only description files use the specs; reading a stream never does, and
+    twelve attrs classes cost about 10 ms at every start of ``vmstate``.  Always reach
+    a spec through ``Kind.Spec`` (``self.Spec(...)``), never by its class name."""
+
+    def __init__(self, declared: type) -> None:
+        self.declared = declared
+        self.built = False
+
+    def __get__(self, instance: object, owner: type) -> type:
+        if not self.built:
+            attrs.frozen(kw_only=True, slots=False)(self.declared)
+            self.built = True
+        return self.declared
 
 
 class Kind(abc.ABC):
@@ -348,6 +368,7 @@ class Kind(abc.ABC):
     # -- description files -----------------------------------------------------
 
     #: the attrs class of its description-file table (the TOML keys), with ``type``
+    #: (a :class:`LazySpec` in the kind's class body)
     Spec: ClassVar[type]
 
     @classmethod

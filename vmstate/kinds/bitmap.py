@@ -14,13 +14,14 @@ import attrs
 
 from vmstate.errors import EncodeError
 from vmstate.interpreter.context import Frame, need
-from vmstate.kinds.base import Kind, Layout, ResolvedRefs, Spans, SpecWriter, bytes_text
+from vmstate.kinds.base import Kind, Layout, LazySpec, ResolvedRefs, Spans, SpecWriter, bytes_text
 
 _MASK = (1 << 64) - 1
 
 
-@attrs.frozen(kw_only=True)
 class BitmapSpec:
+    """The description-file table of the ``Bitmap`` kind (an attrs class once ``Bitmap.Spec`` is read)."""
+
     type: str
     nbits: int
 
@@ -33,7 +34,7 @@ class Bitmap(Kind):
     info: ClassVar[str] = "bitmap"
     value_type: ClassVar[str] = "int"
     type_name: ClassVar[str] = "bitmap"
-    Spec: ClassVar[type] = BitmapSpec
+    Spec: ClassVar[type] = LazySpec(BitmapSpec)
     size: int = attrs.field(init=False)  # type: ignore[misc]
     _layout: Layout = attrs.field(init=False, repr=False, eq=False)
 
@@ -92,4 +93,4 @@ class Bitmap(Kind):
         return cls(spec.nbits)
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return BitmapSpec(type="bitmap", nbits=self.nbits)
+        return self.Spec(type="bitmap", nbits=self.nbits)

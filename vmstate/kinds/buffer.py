@@ -17,6 +17,7 @@ from vmstate.interpreter.context import Frame, need
 from vmstate.kinds.base import (
     Kind,
     Layout,
+    LazySpec,
     ResolvedRefs,
     Spans,
     SpecWriter,
@@ -26,15 +27,17 @@ from vmstate.kinds.base import (
 )
 
 
-@attrs.frozen(kw_only=True)
 class BufferSpec:
+    """The description-file table of the ``Buffer`` kind (an attrs class once ``Buffer.Spec`` is read)."""
+
     type: str
     size: int
     info: str = "buffer"
 
 
-@attrs.frozen(kw_only=True)
 class VBufferSpec:
+    """The description-file table of the ``VBuffer`` kind (an attrs class once ``VBuffer.Spec`` is read)."""
+
     type: str
     size: str
     max_size: int
@@ -69,7 +72,7 @@ class Buffer(_Bytes):
     size: int = attrs.field(validator=attrs.validators.ge(0))  # type: ignore[misc]
     info: str = "buffer"  # type: ignore[misc]
     type_name: ClassVar[str] = "buffer"
-    Spec: ClassVar[type] = BufferSpec
+    Spec: ClassVar[type] = LazySpec(BufferSpec)
     _layout: Layout = attrs.field(init=False, repr=False, eq=False)
 
     def certain_size(self) -> int | None:
@@ -109,7 +112,7 @@ class Buffer(_Bytes):
         return cls(spec.size, spec.info)
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return BufferSpec(type="buffer", size=self.size, info=self.info)
+        return self.Spec(type="buffer", size=self.size, info=self.info)
 
 
 def count_of(frame: Frame, field: str, pos: int, what: str) -> int:
@@ -150,7 +153,7 @@ class VBuffer(_Bytes):
     multiply: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     info: str = "buffer"  # type: ignore[misc]
     type_name: ClassVar[str] = "vbuffer"
-    Spec: ClassVar[type] = VBufferSpec
+    Spec: ClassVar[type] = LazySpec(VBufferSpec)
     #: what ``vmstate lint`` wants the size field to be (None: any integer)
     size_type: ClassVar[str | None] = None
     variable: ClassVar[bool] = True

@@ -15,11 +15,12 @@ import attrs
 from vmstate.errors import DecodeError, EncodeError
 from vmstate.interpreter.context import Frame, need
 from vmstate.kinds.arrays import NULLPTR_MARKER
-from vmstate.kinds.base import Kind, ResolvedRefs, Spans, SpecWriter
+from vmstate.kinds.base import Kind, LazySpec, ResolvedRefs, Spans, SpecWriter
 
 
-@attrs.frozen(kw_only=True)
 class NullPointerSpec:
+    """The description-file table of the ``NullPointer`` kind (an attrs class once ``NullPointer.Spec`` is read)."""
+
     type: str
 
 
@@ -29,7 +30,7 @@ class NullPointer(Kind):
 
     info: ClassVar[str] = "nullptr"
     type_name: ClassVar[str] = "nullptr"
-    Spec: ClassVar[type] = NullPointerSpec
+    Spec: ClassVar[type] = LazySpec(NullPointerSpec)
     size: int = attrs.field(default=1, init=False)  # type: ignore[misc]
 
     def load(self, buf: Any, pos: int, frame: Frame, name: str, spans: Spans) -> tuple[Any, int]:
@@ -62,4 +63,4 @@ class NullPointer(Kind):
         return cls()
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return NullPointerSpec(type=self.type_name)
+        return self.Spec(type=self.type_name)

@@ -9,17 +9,19 @@ from typing import Any, ClassVar
 import attrs
 
 from vmstate.interpreter.context import Frame, need
-from vmstate.kinds.base import Kind, Layout, ResolvedRefs, Spans, SpecWriter, bytes_text
+from vmstate.kinds.base import Kind, Layout, LazySpec, ResolvedRefs, Spans, SpecWriter, bytes_text
 
 
-@attrs.frozen(kw_only=True)
 class UnusedSpec:
+    """The description-file table of the ``Unused`` kind (an attrs class once ``Unused.Spec`` is read)."""
+
     type: str
     size: int
 
 
-@attrs.frozen(kw_only=True)
 class ValidateSpec:
+    """The description-file table of the ``Validate`` kind (an attrs class once ``Validate.Spec`` is read)."""
+
     type: str
 
 
@@ -36,7 +38,7 @@ class Unused(Kind):
     type_name: ClassVar[str] = "unused"
     stored: ClassVar[bool] = False
     anonymous: ClassVar[bool] = True
-    Spec: ClassVar[type] = UnusedSpec
+    Spec: ClassVar[type] = LazySpec(UnusedSpec)
     _layout: Layout = attrs.field(init=False, repr=False, eq=False)
 
     def certain_size(self) -> int | None:
@@ -73,7 +75,7 @@ class Unused(Kind):
         return cls(spec.size)
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return UnusedSpec(type="unused", size=self.size)
+        return self.Spec(type="unused", size=self.size)
 
 
 @attrs.frozen
@@ -85,7 +87,7 @@ class Validate(Kind):
     size: int = attrs.field(default=0, init=False)  # type: ignore[misc]
     stored: ClassVar[bool] = False
     validates: ClassVar[bool] = True
-    Spec: ClassVar[type] = ValidateSpec
+    Spec: ClassVar[type] = LazySpec(ValidateSpec)
 
     def load(self, buf: Any, pos: int, frame: Frame, name: str, spans: Spans) -> tuple[Any, int]:
         return None, pos
@@ -101,4 +103,4 @@ class Validate(Kind):
         return cls()
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return ValidateSpec(type="validate")
+        return self.Spec(type="validate")

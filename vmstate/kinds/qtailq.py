@@ -11,11 +11,20 @@ from vmstate.errors import DecodeError, EncodeError
 from vmstate.interpreter.context import Frame, need
 from vmstate.interpreter.spans import Span
 from vmstate.kinds.arrays import _List
-from vmstate.kinds.base import DescriptionLike, Element, Kind, ResolvedRefs, Spans, SpecWriter
+from vmstate.kinds.base import (
+    DescriptionLike,
+    Element,
+    Kind,
+    LazySpec,
+    ResolvedRefs,
+    Spans,
+    SpecWriter,
+)
 
 
-@attrs.frozen(kw_only=True)
 class QTailQSpec:
+    """The description-file table of the ``QTailQ`` kind (an attrs class once ``QTailQ.Spec`` is read)."""
+
     type: str
     element: Element
 
@@ -27,7 +36,7 @@ class QTailQ(_List):
     element: Kind
     info: ClassVar[str] = "qtailq"  # type: ignore[misc]
     type_name: ClassVar[str] = "qtailq"
-    Spec: ClassVar[type] = QTailQSpec
+    Spec: ClassVar[type] = LazySpec(QTailQSpec)
     variable: ClassVar[bool] = True
 
     def one_element(self) -> Kind | None:
@@ -102,4 +111,4 @@ class QTailQ(_List):
         return cls(resolved.element)
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return QTailQSpec(type="qtailq", element=writer.element(self.element))
+        return self.Spec(type="qtailq", element=writer.element(self.element))

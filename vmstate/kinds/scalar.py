@@ -22,6 +22,7 @@ from vmstate.interpreter.context import Frame, need
 from vmstate.kinds.base import (
     Kind,
     Layout,
+    LazySpec,
     ResolvedRefs,
     Spans,
     SpecWriter,
@@ -73,8 +74,9 @@ _D = struct.Struct(">d")
 _Q = struct.Struct(">Q")
 
 
-@attrs.frozen(kw_only=True)
 class ScalarSpec:
+    """The description-file table of the ``Scalar`` kind (an attrs class once ``Scalar.Spec`` is read)."""
+
     type: str
 
 
@@ -103,7 +105,7 @@ class Scalar(Kind):
 
     info: str = attrs.field()  # type: ignore[misc]
     scalar: ClassVar[bool] = True
-    Spec: ClassVar[type] = ScalarSpec
+    Spec: ClassVar[type] = LazySpec(ScalarSpec)
     size: int = attrs.field(init=False)
     #: "" none, "equal" or "le": compared with the destination's held value on load
     check: str = attrs.field(init=False)
@@ -240,7 +242,7 @@ class Scalar(Kind):
         return scalar_kind(spec.type)
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return ScalarSpec(type=self.info)
+        return self.Spec(type=self.info)
 
     def element_ref(self, writer: SpecWriter) -> Any:
         return self.info

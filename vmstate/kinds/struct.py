@@ -21,6 +21,7 @@ from vmstate.kinds.base import (
     DescriptionLike,
     Kind,
     Layout,
+    LazySpec,
     ResolvedRefs,
     Spans,
     SpecWriter,
@@ -28,8 +29,9 @@ from vmstate.kinds.base import (
 )
 
 
-@attrs.frozen(kw_only=True)
 class StructSpec:
+    """The description-file table of the ``Struct`` kind (an attrs class once ``Struct.Spec`` is read)."""
+
     type: str
     struct: str
     version: int | None = None
@@ -46,7 +48,7 @@ class Struct(Kind):
     type_name: ClassVar[str] = "struct"
     container: ClassVar[bool] = True
     value_type: ClassVar[str] = "dict"
-    Spec: ClassVar[type] = StructSpec
+    Spec: ClassVar[type] = LazySpec(StructSpec)
 
     @property
     def load_version(self) -> int:
@@ -126,7 +128,7 @@ class Struct(Kind):
         return cls(resolved.struct, spec.version, spec.info)
 
     def to_spec(self, writer: SpecWriter) -> Any:
-        return StructSpec(type="struct", struct=writer.struct_key(self.description),
+        return self.Spec(type="struct", struct=writer.struct_key(self.description),
                           version=self.version, info=self.info)
 
     def element_ref(self, writer: SpecWriter) -> Any:
