@@ -461,3 +461,38 @@ def test_analyze_imports_the_stream_reader_only() -> None:
     added = _modules_after(f"from vmstate.cli import main\nmain(['analyze', {str(STREAM)!r}])\n")
     bare = _modules_after("")
     assert (added - bare) & UNPACKING_MODULES == set()
+
+
+# -- the program as installed ---------------------------------------------------------
+
+
+def test_the_program_writes_all_of_qemus_text_before_it_ends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``vmstate`` (``python -m vmstate``, the console script's ``program``) ends
+    without tearing the interpreter down: its whole output must be flushed first.
+    The text is QEMU 7.2's analyzer's own, 1.7 MB; the exit statuses are main's."""
+    stream = DATA / "qemu" / "q35-e1000e-virtio.mig"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run(
+        [sys.executable, "-m", "vmstate", "analyze", "--format", "qemu", str(stream)],
+        capture_output=True, check=False, env=buffered,
+    )
+    expected = stream.with_name("q35-e1000e-virtio.state.json").read_bytes()
+    assert (done.returncode, done.stdout, done.stderr) == (0, expected, b"")
+    # the summary is many short prints, held in the buffer until the flush
+    summary = subprocess.run(
+        [sys.executable, "-m", "vmstate", "analyze", str(stream)],
+        capture_output=True, text=True, check=False, env=buffered,
+    )
+    main(["analyze", str(stream)])
+    assert (summary.returncode, summary.stdout) == (0, capsys.readouterr().out)
+    refused = subprocess.run(
+        [sys.executable, "-m", "vmstate", "analyze", str(DATA / "qemu" / "MANIFEST.json")],
+        capture_output=True, text=True, check=False,
+    )
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("vmstate: ")
+    usage = subprocess.run([sys.executable, "-m", "vmstate", "analyze"], capture_output=True,
+                           text=True, check=False)
+    assert usage.returncode == 2 and "usage:" in usage.stderr

@@ -1,5 +1,3 @@
-import sys
+from vmstate.cli import program
 
-from vmstate.cli import main
-
-sys.exit(main())
+program()

@@ -142,6 +142,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
 
+def program() -> NoReturn:
+    """The ``vmstate`` program: :func:`main`, its output flushed, then the process ends
+    without tearing the interpreter down.  Freeing every object of a decoded stream at
+    exit took 24 ms of a 250 ms analysis; nothing of vmstate runs at exit (files are
+    complete and renamed, devices released, before main returns)."""
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader went away (| head)
+            status = status or EXIT_REJECTED
+        except (OSError, ValueError):  # closed or no descriptor: nothing more to say
+            pass
+    os._exit(status)
+
+
 def _traceback() -> None:
     """The traceback of the exception being handled (``--debug``; only then imported)."""
     import traceback
@@ -178,4 +194,4 @@ def _quiet_stdout() -> None:
         pass
 
 
-__all__ = ["COMMANDS", "build_parser", "failure", "main"]
+__all__ = ["COMMANDS", "build_parser", "failure", "main", "program"]
