@@ -26,6 +26,7 @@ command) shows the traceback too.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
+#: allocations between two passes of the cyclic collector in the program (Python: 700)
+GC_THRESHOLD = 70_000
 
 
 class _Version(argparse.Action):
@@ -146,7 +149,11 @@ def program() -> NoReturn:
     """The ``vmstate`` program: :func:`main`, its output flushed, then the process ends
     without tearing the interpreter down.  Freeing every object of a decoded stream at
     exit took 24 ms of a 250 ms analysis; nothing of vmstate runs at exit (files are
-    complete and renamed, devices released, before main returns)."""
+    complete and renamed, devices released, before main returns).  The cyclic
+    collector runs a hundredth as often as Python's default: a command's objects are
+    freed by reference counting, and its passes over the objects of imports and of a
+    decoded stream took 5-8 ms of an analysis."""
+    gc.set_threshold(GC_THRESHOLD)
     status = main()
     for stream in (sys.stdout, sys.stderr):
         try:
