@@ -128,6 +128,29 @@ def test_qemu_10_splits_arrays_into_pieces() -> None:
     assert section.state is not None and len(section.state["bmdma"]) == 2
 
 
+def test_alike_elements_of_an_array_in_pieces_share_one_kind() -> None:
+    """QEMU 7.2's piix4_pm writes acpi_pcihp_pci_status as 256 entries, one per element:
+    their struct is built once (decoding as QEMU's analyzer does is checked above); an
+    element that differs, even after an empty piece, gets a kind of its own."""
+    section = next(
+        s for s in parsed(QEMU / "pc-minimal.mig").sections if s.idstr.endswith("piix4_pm")
+    )
+    assert section.description is not None
+    kind = next(f.kind for f in section.description.fields if f.name.endswith("pci_status"))
+    assert isinstance(kind, PiecedSeq) and len(kind.elements) == 256
+    assert len({id(k) for k in kind.elements}) == 1
+    def entry(size: int, **extra: int) -> dict[str, object]:
+        return {"name": "a", "type": "uint32", "size": size, **extra}
+
+    desc = description_from_vmdesc({"vmsd_name": "d", "version": 1, "fields": [
+        entry(4, index=0), entry(4, index=1, array_len=0), entry(4, index=1), entry(2, index=2),
+        entry(2),
+    ]})  # fmt: skip
+    (seq,) = (f.kind for f in desc.fields)
+    assert [k.size for k in seq.elements] == [4, 4, 2, 2]
+    assert seq.elements[2] is seq.elements[3] and seq.elements[0] is seq.elements[1]
+
+
 def test_reencoded_state_from_vmdesc_description_is_stable() -> None:
     path = STREAMS[0]
     with open_stream(path) as opened:

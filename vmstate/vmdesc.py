@@ -260,11 +260,15 @@ def _pieces(entries: list[Any], where: Where, depth: int) -> PiecedSeq:
     """One array from its consecutive entries; an ``index`` must be the element's position."""
     kinds: list[Kind] = []
     pieces = []
+    last: tuple[Any, Kind] | None = None
     for f in entries:
         if INDEX in f and (index := _get(f, INDEX, int, where)) != len(kinds):
             raise DescriptionError(f"element index {index} out of order", location=_at(where))
         at = (where, "[", len(kinds), "]")
-        kind = _element(f, at, depth)
+        # QEMU writes an array of structs as one entry per element (256 alike in
+        # piix4_pm): an element like the one before is the same kind, built once
+        kind = last[1] if last is not None and _alike(f, last[0]) else _element(f, at, depth)
+        last = f, kind
         count = _count(f, at) if ARRAY_LEN in f else 1
         if len(kinds) + count > MAX_ENTRIES:
             raise DescriptionError(f"more than {MAX_ENTRIES} elements", location=_at(where))
@@ -272,6 +276,19 @@ def _pieces(entries: list[Any], where: Where, depth: int) -> PiecedSeq:
         key = ARRAY_LEN if ARRAY_LEN in f else INDEX if INDEX in f else None
         pieces.append(Piece(count, key))
     return PiecedSeq(tuple(kinds), pieces=tuple(pieces))
+
+
+def _alike(f: Any, other: Mapping[str, Any]) -> bool:
+    """Whether an entry describes the same element as *other*, an entry already read
+    (every key but ``index`` equal)."""
+    return (
+        isinstance(f, dict)
+        and len(f) == len(other)
+        and all(k == INDEX or other.get(k, _MISSING) == v for k, v in f.items())
+    )
+
+
+_MISSING = object()
 
 
 def _element(f: Mapping[str, Any], where: Where, depth: int) -> Kind:
