@@ -150,6 +150,11 @@ class _Elements(_List):
     def one_element(self) -> Kind | None:
         return self.element
 
+    def qemu_value(self, value: Any) -> Any:
+        if self.element.scalar:  # one kind throughout: no need to check each element's
+            return qemu_values(self.element, value)  # type: ignore[arg-type]
+        return [self.element.qemu_value(v) for v in value]
+
     def _load_n(
         self, buf: Any, pos: int, frame: Frame, name: str, n: int, spans: Spans
     ) -> tuple[Any, int]:

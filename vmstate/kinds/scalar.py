@@ -273,15 +273,20 @@ def _qemu_renderer(info: str, size: int) -> Any:
 def qemu_values(kind: Scalar, values: list[Any]) -> list[Any]:
     """Many scalars as the analyzer prints them; the common case (in range,
     non-negative) without a Python call each."""
-    size = kind.size
-    if values and (kind.info in _UNSIGNED or kind.info in _SIGNED):
-        limit = 1 << (8 * size - (kind.info in _SIGNED))
-        if min(values) >= 0 and max(values) < limit:
-            if size == 1:
-                return list(map(_BYTE_HEX.__getitem__, values))
-            # one hex string of all of them, split in C: far faster than formatting each
+    size, info = kind.size, kind.info
+    in_range = info in _UNSIGNED or (
+        info in _SIGNED and bool(values) and min(values) >= 0 and max(values) < 1 << (8 * size - 1)
+    )
+    if values and in_range:
+        # one hex string of all of them, split in C: far faster than formatting each;
+        # packing refuses what is out of an unsigned range (then each is rendered alone)
+        try:
             data = struct.pack(f">{len(values)}{_UNSIGNED_CODE[size]}", *values)
-            return ("0x" + data.hex(" ", size).replace(" ", " 0x")).split(" ")
+        except struct.error:
+            return [kind.qemu_value(v) for v in values]
+        if size == 1:
+            return list(map(_BYTE_HEX.__getitem__, data))
+        return ("0x" + data.hex(" ", size).replace(" ", " 0x")).split(" ")
     return [kind.qemu_value(v) for v in values]
 
 
