@@ -39,22 +39,27 @@ def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
             out.append("{}")
             return
         inner = newline + step
-        first = True
+        opening, comma = "{" + inner, "," + inner
         for key, value in obj.items():
-            out.append("{" + inner if first else "," + inner)
-            first = False
-            out.append(encode_basestring_ascii(_key(key)))
-            out.append(": ")
-            _value(value, out, inner, step)
+            head = opening + encode_basestring_ascii(key if type(key) is str else _key(key))
+            opening = comma
+            if type(value) is str:  # most values (QEMU's hex strings): no call each
+                out.append(head + ": " + encode_basestring_ascii(value))
+            else:
+                out.append(head + ": ")
+                _value(value, out, inner, step)
         out.append(newline + "}")
     elif isinstance(obj, list | tuple):
         if not obj:
             out.append("[]")
             return
         inner = newline + step
+        if _plain_strings(obj):  # QEMU's arrays of hex strings: written as they are
+            out.append("[" + inner + '"' + ('",' + inner + '"').join(obj) + '"' + newline + "]")
+            return
         types = set(map(type, obj))
         if len(types) == 1 and (leaf := _LEAVES.get(types.pop())) is not None:
-            # a list of one plain type (QEMU's arrays of hex strings): one join
+            # a list of one plain type: one join
             out.append("[" + inner + ("," + inner).join(map(leaf, obj)) + newline + "]")
             return
         out.append("[" + inner)
@@ -70,6 +75,18 @@ def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
 #: how each element of a list of one of these exact types is written (bool, a
 #: subclass of int, and float with its special values, go the general way)
 _LEAVES = {str: encode_basestring_ascii, int: int.__repr__}
+
+
+def _plain_strings(items: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether every item is a string written as it is inside JSON quotes: printable
+    ASCII without quote or backslash (hex strings), so none needs escaping."""
+    if type(items[0]) is not str:
+        return False
+    try:
+        text = "".join(items)  # refuses anything but strings
+    except TypeError:
+        return False
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 def _float(value: float) -> str:
