@@ -78,6 +78,11 @@ class Description:
     subsections_by_wire_name: dict[bytes, Subsection] = attrs.field(
         init=False, eq=False, repr=False, hash=False
     )
+    #: (name, kind) of each stored field, then (name, description) of each subsection:
+    #: the parts a state may hold, in wire order (see :meth:`parts`)
+    part_kinds: tuple[tuple[str, Any], ...] = attrs.field(
+        init=False, eq=False, repr=False, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > 255:
@@ -112,6 +117,10 @@ class Description:
         object.__setattr__(self, "subsections_by_wire_name", by_wire)
         object.__setattr__(self, "stored_names", frozenset(seen) | frozenset(
             s.name for s in self.subsections))
+        object.__setattr__(self, "part_kinds", (
+            *((f.name, f.kind) for f in self.fields if f.stored),
+            *((s.name, s.description) for s in self.subsections),
+        ))
 
     # -- derived ----------------------------------------------------------
 
@@ -135,12 +144,7 @@ class Description:
     def parts(self, state: Mapping[str, Any]) -> list[tuple[str | int, Any, Any]]:
         """(name, kind, value) of each stored field in *state*, then (name, description,
         value) of each subsection it holds, in wire order."""
-        out: list[tuple[str | int, Any, Any]] = [
-            (f.name, f.kind, state[f.name]) for f in self.fields if f.stored and f.name in state
-        ]
-        out += [(s.name, s.description, state[s.name]) for s in self.subsections
-                if s.name in state]
-        return out
+        return [(name, part, state[name]) for name, part in self.part_kinds if name in state]
 
     # -- views of a state -------------------------------------------------
 
@@ -168,7 +172,7 @@ class Description:
 
     def qemu_value(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """*state* as QEMU's ``analyze-migration.py -d state`` prints it."""
-        return {name: part.qemu_value(value) for name, part, value in self.parts(state)}
+        return {name: part.qemu_value(state[name]) for name, part in self.part_kinds if name in state}
 
     def vmdesc_entry(self, span: Span, version: int | None = None) -> dict[str, Any]:
         """What QEMU writes to vmdesc for this description, given the span of an

@@ -111,6 +111,8 @@ class Scalar(Kind):
     check: str = attrs.field(init=False)
     _codec: struct.Struct = attrs.field(init=False, repr=False, eq=False)
     _layout: Layout = attrs.field(init=False, repr=False, eq=False)
+    #: how QEMU's analyzer prints one value; None: as its hex bytes (_qemu_renderer)
+    _qemu: Any = attrs.field(init=False, repr=False, eq=False)
 
     @info.validator
     def _known(self, _a: attrs.Attribute[str], value: str) -> None:
@@ -131,6 +133,7 @@ class Scalar(Kind):
         object.__setattr__(self, "_codec", codec(order or ">", code))
         object.__setattr__(self, "size", layout.size)
         object.__setattr__(self, "check", check)
+        object.__setattr__(self, "_qemu", _qemu_renderer(self.info, self.size))
 
     @property
     def type_name(self) -> str:  # type: ignore[override]
@@ -223,10 +226,8 @@ class Scalar(Kind):
         return repr(value)
 
     def qemu_value(self, value: Any) -> Any:
-        render = _qemu_renderer(self.info, self.size)
-        if render is not None:
-            return render(value)
-        return self.pack(value).hex(" ")
+        render = self._qemu
+        return render(value) if render is not None else self.pack(value).hex(" ")
 
     def describe(self) -> tuple[str, str]:
         return self.info, bytes_text(self.size)
