@@ -79,8 +79,9 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The whole parser; only *command*'s module is imported to add its arguments, the
-    others stand as their names and help."""
+    """The parser of *command* (a known one): the others are left out, as each costs
+    an ArgumentParser; with no command, every command stands as its name and help
+    (``vmstate --help``).  Only *command*'s module is imported, to add its arguments."""
     parser = argparse.ArgumentParser(
         prog="vmstate",
         description="Describe, serialise and check VM device state (QEMU VMState encoding).",
@@ -91,6 +92,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
+        if command is not None and name != command:
+            continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
             p.add_argument(
