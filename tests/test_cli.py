@@ -6,7 +6,7 @@ command, --version, a did-you-mean, ^C and a reader that goes away, and what
 
 from __future__ import annotations
 
-import json
+import ast
 import os
 import signal
 import subprocess
@@ -417,10 +417,20 @@ def _imported(*args: str) -> tuple[set[str], set[str]]:
 
 
 def _modules_after(code: str) -> set[str]:
-    """The modules in sys.modules after *code* runs in a new interpreter."""
-    script = f"import sys, json\n{code}print(json.dumps(sorted(sys.modules)))\n"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return set(json.loads(done.stdout.splitlines()[-1]))
+    """The modules in sys.modules after *code* runs in a new interpreter started as on a
+    clean machine: without site (-S), so that no .pth file of this one imports anything
+    first; the library and its dependencies are found through PYTHONPATH."""
+    import site
+
+    import vmstate
+
+    paths = [str(Path(vmstate.__file__).resolve().parents[1]), *site.getsitepackages()]
+    script = f"import sys\n{code}sys.stdout.write('\\n' + repr(sorted(sys.modules)))\n"
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+    )
+    return set(ast.literal_eval(done.stdout.splitlines()[-1]))
 
 
 #: standard modules a bare stream needs none of: decompressors and programs (libvirt
@@ -431,7 +441,11 @@ UNPACKING_MODULES = {
 
 
 def test_help_imports_nothing_of_the_library() -> None:
+    """Nor typing, nor shutil (argparse's formatter takes it for the terminal's width),
+    nor any of the library: ``vmstate --help`` costs argparse."""
     assert _imported("--help") == ({"vmstate", "vmstate.cli"}, set())
+    added = _modules_after("from vmstate.cli import main\nmain(['--help'])\n") - _modules_after("")
+    assert added & {"typing", "shutil", "bz2", "lzma", "tempfile", "subprocess"} == set()
     ours, third = _imported("analyze", "--no-such-option")
     assert (ours, third) == ({"vmstate", "vmstate.cli", "vmstate.cli.analyze"}, set())
 
