@@ -21,12 +21,16 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
-#: the interpreter the benchmarks run, so that both sides start the same Python
+#: the interpreter that starts each measured command (see _LAUNCHER)
 PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+#: where commands run: not the checkout, whose vmstate/ would shadow the installed one
+NEUTRAL = "/"
 
 
 @attrs.frozen
@@ -83,7 +87,8 @@ print(time.perf_counter() - start, os.waitstatus_to_exitcode(status), usage.ru_m
 def run_once(argv: Sequence[str], env: dict[str, str] | None = None) -> Run:
     """One whole process, its output discarded; a failing command is a failed benchmark."""
     done = subprocess.run(
-        [PYTHON, "-I", "-S", "-c", _LAUNCHER, *argv], capture_output=True, env=env, check=False
+        [PYTHON, "-I", "-S", "-c", _LAUNCHER, *argv],
+        capture_output=True, env=env, check=False, cwd=NEUTRAL,
     )
     seconds, status, peak_kib = done.stdout.split()
     if done.returncode != 0 or int(status) != 0:
@@ -110,18 +115,33 @@ def pair(
     return Pair(tuple(runs_a), tuple(runs_b))
 
 
-def installed_env() -> dict[str, str]:
-    """The environment of an installed vmstate: its modules byte-compiled, as ``pip
-    install`` leaves them (a checkout run with PYTHONDONTWRITEBYTECODE=1 would compile
-    every module on every start, which no user's installation does)."""
-    import compileall
+@attrs.frozen
+class Installed:
+    """vmstate as a user installs it: its interpreter, its ``vmstate`` console script,
+    and the environment they run in."""
 
-    import vmstate
+    python: str
+    vmstate: str
+    env: dict[str, str]
 
-    compileall.compile_dir(os.path.dirname(vmstate.__file__), quiet=1)
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
+
+def installed() -> Installed:
+    """A virtual environment of the benchmarks' own, this checkout ``pip install``-ed
+    into it (byte-compiled, as pip leaves it; dependencies from the index once).
+
+    Its interpreter starts as a user's does: none of this machine's site packages and
+    ``.pth`` files run (here a sandbox's ``.pth`` imports certifi at every start of the
+    system interpreter, about 55 ms, a floor under every Python command that no user
+    has).  QEMU's analyzers, which need only the standard library, run on it too."""
+    venv = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmstate-bench" / "venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(ROOT)], check=True, env=env)  # dependencies, when missing
+    subprocess.run([*pip, "--force-reinstall", "--no-deps", str(ROOT)], check=True, env=env)
+    return Installed(str(python), str(venv / "bin" / "vmstate"), env)
 
 
 def emit(record: dict[str, Any]) -> None:

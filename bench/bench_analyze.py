@@ -28,7 +28,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from _process import PYTHON, Pair, emit, installed_env, pair
+from _process import NEUTRAL, Pair, emit, installed, pair
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = {"7.2": ROOT / "tests" / "data" / "qemu", "10.0": ROOT / "tests" / "data" / "qemu-10.0"}
@@ -45,7 +45,7 @@ def streams_of(series: str) -> list[Path]:
 
 
 def output(argv: list[str], env: dict[str, str]) -> object | None:
-    done = subprocess.run(argv, capture_output=True, env=env, check=False)
+    done = subprocess.run(argv, capture_output=True, env=env, check=False, cwd=NEUTRAL)
     return json.loads(done.stdout) if done.returncode == 0 else None
 
 
@@ -69,17 +69,20 @@ def main() -> None:
             parser.error(f"{script} not found: give --qemu-{series} (see the module docstring)")
     work = [("tests/data", s, p) for s in DATA for p in streams_of(s)]
     if args.streams:
-        work = [("given", "10.0" if "10.0" in str(p.parent) else "7.2", p) for p in args.streams]
+        work = [
+            ("given", "10.0" if "10.0" in str(p.parent) else "7.2", p.resolve()) for p in args.streams
+        ]
     if args.guest:
         from guest_streams import guest_stream
 
         work += [("booted guest", s, guest_stream(s)) for s in DATA]
-    env = installed_env()
-    floor = pair([PYTHON, "-c", "import attrs"], [PYTHON, "-c", "pass"], args.rounds, env)
+    venv = installed()
+    env, python, vmstate = venv.env, venv.python, venv.vmstate
+    floor = pair([python, "-c", "import attrs"], [python, "-c", "pass"], args.rounds, env)
     results: dict[str, list[Pair]] = {}
     for group, series, stream in work:
-        ours = [PYTHON, "-m", "vmstate", "analyze", "--format", "qemu", str(stream)]
-        theirs = [PYTHON, str(scripts[series]), "-f", str(stream), "-d", "state"]
+        ours = [vmstate, "analyze", "--format", "qemu", str(stream)]
+        theirs = [python, str(scripts[series]), "-f", str(stream), "-d", "state"]
         expected = output(theirs, env)
         if expected is None:
             print(f"{stream.name:36s} QEMU {series}'s analyzer cannot read it: not timed")

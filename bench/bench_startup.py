@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from _process import PYTHON, emit, installed_env, pair
+from _process import emit, installed, pair
 
 TARGET_SECONDS = 0.04
 
@@ -20,12 +20,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
     args = parser.parse_args()
-    env = installed_env()
-    bare = [PYTHON, "-c", "pass"]
+    venv = installed()
+    env, python, vmstate = venv.env, venv.python, venv.vmstate
+    bare = [python, "-c", "pass"]
     for name, argv in (
-        ("vmstate --help", [PYTHON, "-m", "vmstate", "--help"]),
-        ("vmstate analyze --help", [PYTHON, "-m", "vmstate", "analyze", "--help"]),
-        ("python3 -c 'import attrs'", [PYTHON, "-c", "import attrs"]),
+        ("vmstate --help", [vmstate, "--help"]),
+        ("vmstate analyze --help", [vmstate, "analyze", "--help"]),
+        ("python3 -c 'import attrs'", [python, "-c", "import attrs"]),
     ):
         measured = pair(argv, bare, args.rounds, env)
         print(
