@@ -8,9 +8,11 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from typing import Any
+
     from vmstate.pci.inputs import ConfigInput
     from vmstate.pci.model import ConfigSpace
     from vmstate.stream import Input

@@ -9,8 +9,8 @@ device type of a dump, a section of a stream), else every one is described.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from vmstate.description import Description
 

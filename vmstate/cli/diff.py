@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from typing import Any
+
     from vmstate.diff import Difference
     from vmstate.inputs import StreamInput
     from vmstate.stream import Stream

@@ -7,8 +7,8 @@ import contextlib
 import shlex
 import subprocess
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from vmstate.device_load import LoadPlan
 
