@@ -13,25 +13,44 @@ Values in state are plain Python data: ``int``, ``bool``, ``float``, ``bytes``,
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from vmstate.errors import DescriptionError
 from vmstate.kinds.arrays import COUNT_TYPES, NULLPTR_MARKER, Array, Seq, VArray
 from vmstate.kinds.base import Kind, Layout
-from vmstate.kinds.bitmap import Bitmap
 from vmstate.kinds.buffer import Buffer, VBuffer
-from vmstate.kinds.padding import Unused, Validate
-from vmstate.kinds.qtailq import QTailQ
 from vmstate.kinds.scalar import SCALAR_TYPES, Scalar, scalar_kind
 from vmstate.kinds.struct import Struct
-from vmstate.kinds.vbuffer64 import VBufferUint64
 from vmstate.predicates import Condition, as_condition
 
 if TYPE_CHECKING:
     from vmstate.kinds.base import DescriptionLike
+    from vmstate.kinds.bitmap import Bitmap
+    from vmstate.kinds.padding import Unused, Validate
+    from vmstate.kinds.qtailq import QTailQ
+    from vmstate.kinds.vbuffer64 import VBufferUint64
+
+#: kinds no stream's vmdesc uses, so that reading a stream never needs them: their
+#: modules are imported when a constructor below or ``vmstate.fields.<Kind>`` first
+#: asks (PEP 562), not at every start (about 9 ms)
+_LATER_KINDS = {
+    "Bitmap": "vmstate.kinds.bitmap",
+    "Unused": "vmstate.kinds.padding",
+    "Validate": "vmstate.kinds.padding",
+    "QTailQ": "vmstate.kinds.qtailq",
+    "VBufferUint64": "vmstate.kinds.vbuffer64",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LATER_KINDS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vmstate.fields' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 __all__ = [
     "COUNT_TYPES",
@@ -133,18 +152,26 @@ def vbuffer_uint64(
     name: str, size_field: str, max_size: int, *, multiply: int = 1, since: int = 0,
     exists: Exists = None,
 ) -> Field:
+    from vmstate.kinds.vbuffer64 import VBufferUint64
+
     return Field(name, VBufferUint64(size_field, max_size, multiply), since, exists)
 
 
 def bitmap(name: str, nbits: int, *, since: int = 0, exists: Exists = None) -> Field:
+    from vmstate.kinds.bitmap import Bitmap
+
     return Field(name, Bitmap(nbits), since, exists)
 
 
 def unused(size: int, *, since: int = 0) -> Field:
+    from vmstate.kinds.padding import Unused
+
     return Field("unused", Unused(size), since)
 
 
 def validate(name: str, test: str | Condition) -> Field:
+    from vmstate.kinds.padding import Validate
+
     return Field(name, Validate(), 0, test)
 
 
@@ -187,4 +214,6 @@ def varray(
 
 
 def qtailq(name: str, element: DescriptionLike, *, since: int = 0, exists: Exists = None) -> Field:
+    from vmstate.kinds.qtailq import QTailQ
+
     return Field(name, QTailQ(Struct(element)), since, exists)
