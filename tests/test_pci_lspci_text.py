@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DATA, require_tool
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from vmstate.cli import main
@@ -181,11 +181,16 @@ def random_config(seed: int) -> bytes:
 
 def _normalise_lspci_bugs(lines: list[str]) -> list[str]:
     """lspci 3.9 tests DOE's Error bit with mask 0x3 (Busy or IntSta); the spec (and later
-    pciutils) have it at bit 2, as we do.  Its Error is replaced by ours' rule here."""
+    pciutils) have it at bit 2, as we do.  Its Error is replaced by ours' rule here.
+
+    lspci's show_size prints a size as ``(unsigned) x`` after scaling it to K/M/G/T, so a
+    64-bit bridge window of 4096 T or more loses its high bits (seed 1990: 10806049640609M
+    printed as 4206891169M); ours keeps the whole number, cut to 32 bits here."""
     out = []
     for line in lines:
         m = re.match(r"(\t\tDOESta: Busy([+-]) IntSta([+-]) )Error[+-]( .*)", line)
-        out.append(line if m is None else f"{m[1]}Error? {m[4]}")
+        line = line if m is None else f"{m[1]}Error? {m[4]}"
+        out.append(re.sub(r"\[size=(\d+)", lambda s: f"[size={int(s[1]) % (1 << 32)}", line))
     return out
 
 
@@ -195,6 +200,7 @@ def _normalise_lspci_bugs(lines: list[str]) -> list[str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(seed=st.integers(0, 2**32 - 1), address=st.sampled_from(["00:00.0", "00:01.0", "00:00.3"]))
+@example(seed=1990, address="00:00.0")  # a bridge window of 9.8 EiB: lspci cuts its size
 def test_random_configs_print_as_lspci_prints_them(
     seed: int, address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
