@@ -174,7 +174,7 @@ def test_a_bug_is_one_line_with_its_own_status(
     def broken(*args: object) -> None:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(analyze_module, "qemu_state", broken)
+    monkeypatch.setattr(analyze_module, "qemu_sections", broken)
     assert main(["analyze", str(STREAM), "--format", "qemu"]) == 70
     assert capsys.readouterr().err == (
         "vmstate: internal error (a bug: --debug shows where): ZeroDivisionError: division by zero\n"

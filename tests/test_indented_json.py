@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmstate.indented_json import dumps
+from vmstate.indented_json import dump_items, dumps
 
 SCALARS = (
     st.none()
@@ -33,3 +33,14 @@ VALUES = st.recursive(
 @given(VALUES, st.sampled_from([1, 4]))
 def test_the_same_text_as_json_dumps(value: object, indent: int) -> None:
     assert dumps(value, indent) == json.dumps(value, indent=indent, separators=(",", ": "))
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(st.text(max_size=5), VALUES, max_size=6), st.sampled_from([1, 4]))
+def test_an_object_written_item_by_item_is_the_same_text(value: dict[str, object], indent: int) -> None:
+    """``vmstate analyze --format qemu`` writes QEMU's top-level object one section at a
+    time (dump_items): the same text as json.dumps of the whole, written in pieces."""
+    pieces: list[str] = []
+    dump_items(iter(value.items()), pieces.append, indent)
+    assert "".join(pieces) == json.dumps(value, indent=indent, separators=(",", ": "))
+    assert len(pieces) == len(value) + 1  # each item, then the closing brace

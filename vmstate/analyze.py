@@ -3,6 +3,7 @@ byte-exact re-encoding checks."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -12,19 +13,28 @@ from vmstate.stream import Input, Section, Stream
 
 def qemu_state(stream: Stream) -> dict[str, Any]:
     """What ``scripts/analyze-migration.py -d state`` prints, as data."""
-    out: dict[str, Any] = {}
+    return dict(qemu_sections(stream))
+
+
+def qemu_sections(stream: Stream) -> Iterator[tuple[str, Any]]:
+    """:func:`qemu_state` one section at a time, in its order: the command line writes
+    each and lets it go, so a big machine's state is never all held as text."""
+    seen: set[str] = set()
     ram_sizes: dict[str, str] = {
         block.name: f"0x{block.length:016x}" for block in stream.ram_blocks
     }
     for section in stream.sections:
         key = f"{section.idstr} ({section.section_id})"
+        if key in seen:
+            continue
         if section.state is None:
             if section.idstr == "ram":  # vfio sections, walked raw, are not QEMU's to print
-                out.setdefault(key, {"section sizes": ram_sizes})
-        elif key not in out:
+                seen.add(key)
+                yield key, {"section sizes": ram_sizes}
+        else:
             assert section.description is not None
-            out[key] = section.description.qemu_value(section.state)
-    return out
+            seen.add(key)
+            yield key, section.description.qemu_value(section.state)
 
 
 @attrs.frozen
@@ -62,4 +72,4 @@ def compare_section(section: Section, buf: Input, again: bytes) -> Mismatch | No
     return Mismatch(section, section.start + at, original[at : at + 8], again[at : at + 8])
 
 
-__all__ = ["Mismatch", "compare_section", "qemu_state", "verify_roundtrip"]
+__all__ = ["Mismatch", "compare_section", "qemu_sections", "qemu_state", "verify_roundtrip"]

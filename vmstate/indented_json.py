@@ -10,6 +10,7 @@ the same text with the C string escaper, one pass, no generators.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
@@ -19,6 +20,19 @@ def dumps(obj: Any, indent: int = 4) -> str:
     out: list[str] = []
     _value(obj, out, "\n", " " * indent)
     return "".join(out)
+
+
+def dump_items(items: Iterable[tuple[Any, Any]], write: Callable[[str], object], indent: int = 4) -> None:
+    """The text of ``dumps(dict(items), indent)`` through *write*, one item at a time: an
+    item's value is made into text, written and let go before the next is taken."""
+    step = "\n" + " " * indent
+    opening = "{" + step
+    for key, value in items:
+        out = [opening, encode_basestring_ascii(key if type(key) is str else _key(key)), ": "]
+        _value(value, out, step, " " * indent)
+        write("".join(out))
+        opening = "," + step
+    write("{}" if opening.startswith("{") else "\n}")
 
 
 def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
@@ -109,4 +123,4 @@ def _key(key: Any) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
-__all__ = ["dumps"]
+__all__ = ["dump_items", "dumps"]

@@ -157,7 +157,10 @@ def _report(
     if args.verify_roundtrip:
         return _verify(parsed, opened, vfio)
     if form == "qemu":
-        _print_qemu_json(analyze.qemu_state(parsed))
+        from vmstate.indented_json import dump_items
+
+        dump_items(analyze.qemu_sections(parsed), sys.stdout.write)
+        sys.stdout.write("\n")
     elif form == "json":
         from vmstate.indented_json import dumps
         from vmstate.progress import TerminalProgress
