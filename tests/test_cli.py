@@ -511,3 +511,10 @@ def test_the_program_writes_all_of_qemus_text_before_it_ends(
     usage = subprocess.run([sys.executable, "-m", "vmstate", "analyze"], capture_output=True,
                            text=True, check=False)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+    with open("/dev/full", "w") as full:  # the output held until the end cannot be written
+        lost = subprocess.run([sys.executable, "-m", "vmstate", "analyze", str(stream)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, check=False,
+                              env=buffered)
+    assert (lost.returncode, lost.stderr) == (
+        1, "vmstate: cannot write the output: No space left on device\n"
+    )

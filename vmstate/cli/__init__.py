@@ -177,23 +177,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def program() -> NoReturn:
-    """The ``vmstate`` program: :func:`main`, its output flushed, then the process ends
-    without tearing the interpreter down.  Freeing every object of a decoded stream at
-    exit took 24 ms of a 250 ms analysis; nothing of vmstate runs at exit (files are
-    complete and renamed, devices released, before main returns).  The cyclic
-    collector runs a hundredth as often as Python's default: a command's objects are
-    freed by reference counting, and its passes over the objects of imports and of a
-    decoded stream took 5-8 ms of an analysis."""
+    """The ``vmstate`` program: :func:`main`, its output flushed (output that cannot be
+    written is exit 1 with its line, as any error), then the process ends without
+    tearing the interpreter down.  Freeing every object of a decoded stream at exit
+    took 24 ms of a 250 ms analysis; nothing of vmstate runs at exit (files are complete
+    and renamed, devices released, before main returns).  The cyclic collector runs a
+    hundredth as often as Python's default: a command's objects are freed by reference
+    counting, and its passes over the objects of imports and of a decoded stream took
+    5-8 ms of an analysis."""
     gc.set_threshold(GC_THRESHOLD)
     status = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BrokenPipeError:  # the reader went away (| head)
-            status = status or EXIT_REJECTED
-        except (OSError, ValueError):  # closed or no descriptor: nothing more to say
-            pass
-    os._exit(status)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say
+        status = status or EXIT_REJECTED
+    except OSError as e:  # output lost (a full disk): said, as main says errors
+        print(f"vmstate: cannot write the output: {e.strerror or e}", file=sys.stderr)
+        status = status or EXIT_REJECTED
+    except ValueError:  # standard output closed: nothing to flush
+        pass
+    os._exit(status)  # standard error is line-buffered: every line said is out
 
 
 def _traceback() -> None:
