@@ -22,6 +22,7 @@ kinds of the fields a condition names (:meth:`Condition.type_problems`).
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -68,10 +69,14 @@ def registered_predicates() -> frozenset[str]:
     return frozenset(_REGISTRY)
 
 
-_TOKEN = re.compile(
-    r"\s*(?:(?P<num>0[xX][0-9a-fA-F]+|0[bB][01]+|\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<op><<|>>|==|!=|<=|>=|//|[-+*%&|^~<>()]))"
-)
+@functools.cache
+def _token() -> re.Pattern[str]:
+    """The tokenizer, compiled when an expression is first parsed (a stream's vmdesc
+    has none to parse)."""
+    return re.compile(
+        r"\s*(?:(?P<num>0[xX][0-9a-fA-F]+|0[bB][01]+|\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+        r"|(?P<op><<|>>|==|!=|<=|>=|//|[-+*%&|^~<>()]))"
+    )
 #: operator -> (precedence, function, what it takes: "int", "number" (int or float) or "any")
 _BINARY: dict[str, tuple[int, Callable[[Any, Any], Any], str]] = {
     "or": (1, lambda a, b: a or b, "any"),
@@ -107,10 +112,11 @@ Node = tuple[Any, ...]
 def _tokenize(source: str) -> list[str]:
     tokens: list[str] = []
     pos = 0
+    token = _token()
     while pos < len(source):
         if source[pos:].strip() == "":
             break
-        m = _TOKEN.match(source, pos)
+        m = token.match(source, pos)
         if m is None:
             raise DescriptionError(f"unexpected {source[pos:].strip()[:10]!r} at column {pos + 1}")
         tokens.append(m.group(m.lastgroup or "op"))
