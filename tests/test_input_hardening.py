@@ -320,6 +320,22 @@ def test_a_dump_field_named_by_a_list_is_a_description_error() -> None:
     assert "Fields[0]" in str(e.value)
 
 
+def _document(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """``vmstate analyze --json`` of QEMU 7.2's pc-minimal stream, as data to edit."""
+    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
+    doc: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return doc
+
+
+def _encode_refused(doc: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """``vmstate encode`` of *doc*: refused (exit 1), nothing written; its error line."""
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    out = tmp_path / "out.mig"
+    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
+    assert not out.exists()
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("edit", "named"),
     [("instance_id", "instance_id must be at most 4294967295"),
@@ -333,19 +349,14 @@ def test_encode_refuses_numbers_too_large_for_their_field_of_the_stream(
     """A document's section numbers are 32 bits on the wire and a command's data length
     16: larger ones once escaped from encode as struct.error (found by fuzz/run.py, cli
     target); now the document is refused naming the item, and nothing is written."""
-    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    doc = _document(capsys)
     if edit == "command":
         doc["items"].insert(1, {"type": "command", "name": "PING", "data": "00" * 65536})
     else:
         section = next(i for i in doc["items"] if i.get("type") == "section")
         section[edit] = 1 << 32
-    (tmp_path / "doc.json").write_text(json.dumps(doc))
-    out = tmp_path / "out.mig"
-    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
-    err = capsys.readouterr().err
+    err = _encode_refused(doc, tmp_path, capsys)
     assert err.startswith("vmstate: error: items[") and named in err and err.count("\n") == 1
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("separators", [5, [", "], [", ", ": ", ","], [1, 2], ", :"])
@@ -355,16 +366,11 @@ def test_encode_refuses_vmdesc_separators_that_are_not_two_strings(
     """The vmdesc item's separators reproduce QEMU's JSON spacing; other values once
     escaped from json.dumps as ValueError or TypeError (found by fuzz/run.py, cli
     target, seed 11, input 2866)."""
-    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    doc = _document(capsys)
     vmdesc = next(i for i in doc["items"] if i.get("type") == "vmdesc")
     vmdesc["separators"] = separators
-    (tmp_path / "doc.json").write_text(json.dumps(doc))
-    out = tmp_path / "out.mig"
-    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
-    err = capsys.readouterr().err
+    err = _encode_refused(doc, tmp_path, capsys)
     assert "separators must be two strings" in err and err.count("\n") == 1
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("key", ["name", "kind"])
@@ -375,18 +381,13 @@ def test_encode_refuses_a_command_name_or_section_kind_that_is_no_string(
     """A command's name and a section's kind are looked up in tables; a dict or a list
     there once escaped as TypeError (unhashable; found by fuzz/run.py, cli target, seed
     372358579285384695, input 1322)."""
-    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    doc = _document(capsys)
     if key == "name":
         doc["items"].insert(1, {"type": "command", "name": value, "data": ""})
     else:
         next(i for i in doc["items"] if i.get("type") == "section")["kind"] = value
-    (tmp_path / "doc.json").write_text(json.dumps(doc))
-    out = tmp_path / "out.mig"
-    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
-    err = capsys.readouterr().err
+    err = _encode_refused(doc, tmp_path, capsys)
     assert err.startswith("vmstate: error: items[") and err.count("\n") == 1
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("devices", [5, "x", {"a": 1}])
@@ -396,12 +397,7 @@ def test_encode_reads_a_vmdesc_whose_devices_are_no_list_as_describing_nothing(
     """A document's vmdesc item with "devices" that is no list once escaped from the
     resolver as TypeError (found by fuzz/run.py, cli target, seed 16014278314342596339,
     input 7903); now its sections have no description, and encode says so."""
-    assert main(["analyze", str(QEMU / "pc-minimal.mig"), "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    doc = _document(capsys)
     next(i for i in doc["items"] if i.get("type") == "vmdesc")["json"]["devices"] = devices
-    (tmp_path / "doc.json").write_text(json.dumps(doc))
-    out = tmp_path / "out.mig"
-    assert main(["encode", str(tmp_path / "doc.json"), "-o", str(out)]) == 1
-    err = capsys.readouterr().err
+    err = _encode_refused(doc, tmp_path, capsys)
     assert err.startswith("vmstate: error: ") and err.count("\n") == 1
-    assert not out.exists()

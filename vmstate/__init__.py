@@ -13,6 +13,7 @@ import importlib
 #: typing.TYPE_CHECKING without importing typing (with re, 10 ms of a bare start)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from vmstate.description import Description, Hooks, Subsection, register_hook
@@ -46,13 +47,24 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vmstate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def lazy_getattr(
+    module: str, names: Mapping[str, str], namespace: dict[str, Any]
+) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562), here and in :mod:`vmstate.fields`: *names* maps
+    each name to the module that defines it, imported on first use; the value is then
+    kept in *namespace* (the module's globals)."""
+
+    def __getattr__(name: str) -> Any:
+        where = names.get(name)
+        if where is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = namespace[name] = getattr(importlib.import_module(where), name)
+        return value
+
+    return __getattr__
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

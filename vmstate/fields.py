@@ -13,12 +13,12 @@ Values in state are plain Python data: ``int``, ``bool``, ``float``, ``bytes``,
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
+from vmstate import lazy_getattr
 from vmstate.errors import DescriptionError
 from vmstate.kinds.arrays import COUNT_TYPES, NULLPTR_MARKER, Array, Seq, VArray
 from vmstate.kinds.base import Kind, Layout
@@ -46,11 +46,7 @@ _LATER_KINDS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LATER_KINDS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vmstate.fields' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _LATER_KINDS, globals())
 
 __all__ = [
     "COUNT_TYPES",

@@ -25,14 +25,14 @@ def dumps(obj: Any, indent: int = 4) -> str:
 def dump_items(items: Iterable[tuple[Any, Any]], write: Callable[[str], object], indent: int = 4) -> None:
     """The text of ``dumps(dict(items), indent)`` through *write*, one item at a time: an
     item's value is made into text, written and let go before the next is taken."""
-    step = "\n" + " " * indent
-    opening = "{" + step
+    inner, step = "\n" + " " * indent, " " * indent
+    opening = "{" + inner
     for key, value in items:
-        out = [opening, encode_basestring_ascii(key if type(key) is str else _key(key)), ": "]
-        _value(value, out, step, " " * indent)
+        out: list[str] = []
+        _entry(opening, key, value, out, inner, step)
         write("".join(out))
-        opening = "," + step
-    write("{}" if opening.startswith("{") else "\n}")
+        opening = "," + inner
+    write("{}" if opening[0] == "{" else "\n}")
 
 
 def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
@@ -55,13 +55,8 @@ def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
         inner = newline + step
         opening, comma = "{" + inner, "," + inner
         for key, value in obj.items():
-            head = opening + encode_basestring_ascii(key if type(key) is str else _key(key))
+            _entry(opening, key, value, out, inner, step)
             opening = comma
-            if type(value) is str:  # most values (QEMU's hex strings): no call each
-                out.append(head + ": " + encode_basestring_ascii(value))
-            else:
-                out.append(head + ": ")
-                _value(value, out, inner, step)
         out.append(newline + "}")
     elif isinstance(obj, list | tuple):
         if not obj:
@@ -84,6 +79,16 @@ def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
         out.append(newline + "]")
     else:
         raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _entry(opening: str, key: Any, value: Any, out: list[str], inner: str, step: str) -> None:
+    """One member of an object, after *opening* (its brace or comma, and its indent)."""
+    head = opening + encode_basestring_ascii(key if type(key) is str else _key(key)) + ": "
+    if type(value) is str:  # most values (QEMU's hex strings): no call of _value each
+        out.append(head + encode_basestring_ascii(value))
+    else:
+        out.append(head)
+        _value(value, out, inner, step)
 
 
 #: how each element of a list of one of these exact types is written (bool, a

@@ -195,8 +195,7 @@ class RamWalker:
         zero_run, page_run, page_record = RAM_ZERO | RAM_CONTINUE, RAM_PAGE | RAM_CONTINUE, 8 + page_size
         skip = sink is None and page_size <= 1 << 16
         zeros = 0
-        releasing = hasattr(buf, "madvise")
-        release_at = self.released + _RELEASE if releasing else end
+        release_at = self.released + _RELEASE if hasattr(buf, "madvise") else end
         while pos + 9 <= end:
             if pos >= release_at:
                 release_at = self.release(pos) + _RELEASE

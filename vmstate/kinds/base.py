@@ -176,12 +176,10 @@ class LazySpec:
 
     def __init__(self, declared: type) -> None:
         self.declared = declared
-        self.built = False
 
     def __get__(self, instance: object, owner: type) -> type:
-        if not self.built:
+        if not attrs.has(self.declared):
             attrs.frozen(kw_only=True, slots=False)(self.declared)
-            self.built = True
         return self.declared
 
 

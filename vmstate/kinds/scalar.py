@@ -275,10 +275,11 @@ def qemu_values(kind: Scalar, values: list[Any]) -> list[Any]:
     """Many scalars as the analyzer prints them; the common case (in range,
     non-negative) without a Python call each."""
     size, info = kind.size, kind.info
-    in_range = info in _UNSIGNED or (
-        info in _SIGNED and bool(values) and min(values) >= 0 and max(values) < 1 << (8 * size - 1)
+    # signed values print as unsigned hex only when none is negative or past the sign bit
+    bulk = info in _UNSIGNED or (
+        info in _SIGNED and min(values, default=-1) >= 0 and max(values) < 1 << (8 * size - 1)
     )
-    if values and in_range:
+    if values and bulk:
         # one hex string of all of them, split in C: far faster than formatting each;
         # packing refuses what is out of an unsigned range (then each is rendered alone)
         try:
