@@ -52,9 +52,10 @@ def guest_stream(series: str) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     qemu = qemu_of(series)
     artifacts = prepare(require)
+    # QEMU writes beside the target, which then appears whole or not at all
+    partial = cache / f".{target.name}.partial"
     with tempfile.TemporaryDirectory(prefix="vmstate-bench-") as tmp:
         work = Path(tmp)
-        partial = work / "guest.mig"
         args = [
             "-M", "pc", "-m", str(MEMORY_MIB), "-no-shutdown",
             "-kernel", str(artifacts.kernel), "-initrd", str(artifacts.initramfs),
@@ -64,8 +65,7 @@ def guest_stream(series: str) -> Path:
         with Vm(qemu, args, work) as vm:
             _wait_for_poweroff(vm, work / "console.log")
             vm.save(target_uri(partial, "exec"))
-        shutil.copyfile(partial, cache / f".{target.name}.tmp")
-        os.replace(cache / f".{target.name}.tmp", target)
+    os.replace(partial, target)
     return target
 
 
