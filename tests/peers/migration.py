@@ -75,11 +75,12 @@ class Qmp:
         self.file.flush()
         while True:
             reply = self.read()
-            if "event" in reply:
-                continue
             if "error" in reply:
                 raise QmpError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}")
-            return reply["return"]
+            if "return" in reply:
+                return reply["return"]
+            # an event, or anything else that is no reply (once, under load, a message
+            # without "return" answered qmp_capabilities): not the command's answer
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
