@@ -9,6 +9,7 @@ import json
 import struct
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -102,31 +103,60 @@ def test_a_page_past_its_block_is_refused_where_its_record_is(tmp_path: Path) ->
     assert not (tmp_path / "ram").exists() and list(tmp_path.iterdir()) == []
 
 
-def _zero_run(count: int, bad: int, word: int) -> list[tuple[int, int, bytes | None, bytes]]:
-    """*count* zero pages continuing pc.ram, record *bad* of them with *word* as its
-    address and flags instead."""
+#: a block length whose addresses are checked a byte column at a time, and one whose are not
+BLOCK_LENGTHS = [8 << 20, (8 << 20) + 3 * 4096]
+
+
+def _run(count: int, bad: int, word: int, page: bool = False) -> list[tuple[int, int, bytes | None, bytes]]:
+    """*count* zero pages (or whole pages) continuing pc.ram, record *bad* of them with
+    *word* as its address and flags instead."""
+    flags, payload = (RAM_PAGE, b"\x44" * 4096) if page else (RAM_ZERO, b"\x00")
     records = [(0, RAM_PAGE, b"pc.ram", b"\x11" * 4096)]
-    records += [((1 + i % 2047) * 4096, RAM_ZERO | RAM_CONTINUE, None, b"\x00") for i in range(count)]
-    records[1 + bad] = (word, 0, None, b"\x00")
+    records += [((1 + i % 2047) * 4096, flags | RAM_CONTINUE, None, payload) for i in range(count)]
+    records[1 + bad] = (word, 0, None, payload)
     return records
 
 
 @pytest.mark.parametrize(
     ("word", "error"),
     [
-        ((1 << 30) | RAM_ZERO | RAM_CONTINUE, "outside its block"),
-        (4096 | 0x100 | RAM_ZERO | RAM_CONTINUE, "unsupported RAM record flags"),
-        (4096 | RAM_ZERO, "does not list"),
+        (lambda length: (1 << 30) | RAM_ZERO | RAM_CONTINUE, "outside its block"),
+        (lambda length: length | RAM_ZERO | RAM_CONTINUE, "outside its block"),
+        (lambda length: 4096 | 0x100 | RAM_ZERO | RAM_CONTINUE, "unsupported RAM record flags"),
+        (lambda length: 4096 | RAM_ZERO, "does not list"),
     ],
 )
+@pytest.mark.parametrize("length", BLOCK_LENGTHS)
 def test_a_bad_record_deep_in_a_long_run_of_zero_pages_is_refused_where_it_is(
-    word: int, error: str
+    word: Callable[[int], int], error: str, length: int
 ) -> None:
     """Runs of zero pages are skipped many records at a time: a record that ends the run
     (an address past the block, a flag bit no record has, a block name) is still found
     at its own offset."""
     for bad in (0, 1023, 1024, 2500, 2999):
-        data, at = ram_stream([(b"pc.ram", 8 << 20)], _zero_run(3000, bad, word))
+        data, at = ram_stream([(b"pc.ram", length)], _run(3000, bad, word(length)))
+        with pytest.raises(DecodeError, match=error) as info:
+            stream.parse(data)
+        assert info.value.offset in (at[1 + bad], at[1 + bad] + 8), (bad, info.value)
+
+
+@pytest.mark.parametrize(
+    ("word", "error"),
+    [
+        (lambda length: (1 << 30) | RAM_PAGE | RAM_CONTINUE, "outside its block"),
+        (lambda length: length | RAM_PAGE | RAM_CONTINUE, "outside its block"),
+        (lambda length: 4096 | 0x100 | RAM_PAGE | RAM_CONTINUE, "unsupported RAM record flags"),
+        (lambda length: 4096 | RAM_PAGE, "does not list"),
+    ],
+)
+@pytest.mark.parametrize("length", BLOCK_LENGTHS)
+def test_a_bad_record_deep_in_a_long_run_of_pages_is_refused_where_it_is(
+    word: Callable[[int], int], error: str, length: int
+) -> None:
+    """Runs of whole pages are skipped a mebibyte at a time (255 records): a bad record
+    at either side of a chunk's edge is found at its own offset."""
+    for bad in (0, 15, 16, 17, 270, 271, 272, 525, 599):
+        data, at = ram_stream([(b"pc.ram", length)], _run(600, bad, word(length), page=True))
         with pytest.raises(DecodeError, match=error) as info:
             stream.parse(data)
         assert info.value.offset in (at[1 + bad], at[1 + bad] + 8), (bad, info.value)
@@ -152,7 +182,7 @@ def test_a_page_past_its_block_among_continued_pages_is_refused_where_it_is(
 def test_a_long_run_of_zero_pages_reads_as_record_by_record(tmp_path: Path) -> None:
     """The same stream without a sink (runs skipped together) and with one (each page
     handed over): both read to the end, and the sink saw every zero page."""
-    records = _zero_run(5000, 4000, 0)
+    records = _run(5000, 4000, 0)
     records[1 + 4000] = (4096 * 1500, RAM_PAGE | RAM_CONTINUE, None, b"\x33" * 4096)
     data, _ = ram_stream([(b"pc.ram", 8 << 20)], records)
     assert stream.parse(data).ram_blocks[0].length == 8 << 20

@@ -51,15 +51,12 @@ MAPPED_RAM_VERSION = 1
 _MAPPED_HEADER = struct.Struct(">IQQQ")
 _BE64 = struct.Struct(">Q")
 _LE64 = struct.Struct("<Q")
-#: zero-page records looked at together when nothing takes the pages (9 bytes each)
-_RUN = 1024
-_RUN_WORDS = struct.Struct(">" + "Qx" * _RUN)
-_ZERO_RUN = bytes([RAM_ZERO | RAM_CONTINUE])
 #: how far the walk goes between two releases of the pages it has passed
 _RELEASE = 1 << 20
-#: zero pages read one by one before the rest of their run is skipped in bulk
+#: records of one kind read one by one before the rest of their run is skipped in bulk
 _RUN_AFTER = 16
-
+#: at most this many records are looked at together (a zero page's record is 9 bytes)
+_RUN = 1024
 
 
 @attrs.frozen
@@ -106,23 +103,56 @@ class RamSettings:
     mapped_ram: bool = False
 
 
-def _skip_zero_runs(buf: bytes, pos: int, length: int, mask: int) -> int:
-    """Past the zero-page records at *pos* that continue a block of *length*, _RUN at a
-    time: their flag bytes compared as two strided slices, their addresses as one
-    ``max``; where a run ends (or an address is out of the block) the caller's record
-    loop takes over.  Page sizes up to 64 KiB: the flags then lie in a record's last
-    two bytes."""
-    middle = _flag_bits(mask >> 8)
-    while len(buf) - pos >= 9 * _RUN and buf[pos + 7] == RAM_ZERO | RAM_CONTINUE:
-        stop = pos + 9 * _RUN
-        n = _RUN - len(buf[pos + 7 : stop : 9].lstrip(_ZERO_RUN))
-        n = min(n, _RUN - len(buf[pos + 6 : stop : 9].translate(middle).lstrip(b"\0")))
-        if n == 0 or max(_RUN_WORDS.unpack_from(buf, pos)[:n]) & ~mask >= length:
-            return pos
-        pos += 9 * n
-        if n < _RUN:
-            return pos
-    return pos
+def _skip_run(buf: bytes, pos: int, length: int, mask: int, flags: int, record: int) -> int:
+    """Past the records at *pos*, *record* bytes each, that all have *flags* (a zero
+    page or a whole page continuing a block of *length*), up to _RUN or about _RELEASE
+    bytes of them at a time: their flag bytes compared as two strided slices, their
+    addresses as one ``max``.  Where the run ends, or an address is out of the block,
+    the caller's record loop takes over.  Page sizes up to 64 KiB: the flags then lie in
+    a record's last two bytes."""
+    count = max(_RUN_AFTER, min(_RUN, _RELEASE // record))
+    stop = pos + record * count
+    if stop > len(buf) or buf[pos + 7] != flags:
+        return pos
+    n = count - len(buf[pos + 7 : stop : record].lstrip(bytes([flags])))
+    n = min(n, count - len(buf[pos + 6 : stop : record].translate(_flag_bits(mask >> 8)).lstrip(b"\0")))
+    if n == 0 or not _below(buf, pos, pos + record * n, record, length, mask):
+        return pos
+    return pos + record * n
+
+
+def _below(buf: bytes, pos: int, stop: int, record: int, length: int, mask: int) -> bool:
+    """Whether the addresses of the records from *pos* to *stop* are all below *length*:
+    a byte column at a time where the length allows (see :func:`_columns`), else as one
+    ``max`` of the words."""
+    columns = _columns(length, mask)
+    if columns is None:
+        count = (stop - pos) // record
+        return max(_run_words(record, count).unpack_from(buf, pos)) & ~mask < length
+    zeros, table = columns
+    return not any(buf[pos + i : stop : record].strip(b"\0") for i in range(zeros)) and not (
+        buf[pos + zeros : stop : record].translate(table).strip(b"\0")
+    )
+
+
+@functools.cache
+def _columns(length: int, mask: int) -> tuple[int, bytes] | None:
+    """For a *length* that is one non-zero byte followed by zero bytes above the flag
+    bits (most RAM blocks: 1 GiB is ``00 00 00 00 40 00 00 00``): an address is below
+    it when its bytes before that one are zero and that one is below the length's.
+    Returns how many bytes must be zero and a translate table marking the bytes too
+    large for the next one; None for other lengths."""
+    raw = length.to_bytes(8, "big")
+    column = next(i for i, b in enumerate(raw) if b)
+    if any(raw[column + 1 :]) or mask >> 8 * (7 - column):
+        return None
+    return column, bytes(0 if b < raw[column] else 1 for b in range(256))
+
+
+@functools.cache
+def _run_words(record: int, count: int) -> struct.Struct:
+    """The words of *count* records of *record* bytes in a row."""
+    return struct.Struct(">" + f"Q{record - 8}x" * count)
 
 
 @functools.cache
@@ -194,7 +224,7 @@ class RamWalker:
         buf, end, unpack, sink, length = self.buf, len(self.buf), _BE64.unpack_from, self.sink, block.length
         zero_run, page_run, page_record = RAM_ZERO | RAM_CONTINUE, RAM_PAGE | RAM_CONTINUE, 8 + page_size
         skip = sink is None and page_size <= 1 << 16
-        zeros = 0
+        zeros = pages = 0
         release_at = self.released + _RELEASE if hasattr(buf, "madvise") else end
         while pos + 9 <= end:
             if pos >= release_at:
@@ -208,14 +238,16 @@ class RamWalker:
                 if sink is not None:
                     sink(block, addr, buf[pos + 8], page_size)
                 pos += 9
-                zeros += 1
-                if skip and zeros == _RUN_AFTER:
-                    pos = _skip_zero_runs(buf, pos, length, mask)
+                zeros, pages = zeros + 1, 0
+                if skip and zeros >= _RUN_AFTER:
+                    pos = _skip_run(buf, pos, length, mask, zero_run, 9)
             elif flags == page_run and pos + page_record <= end:
                 if sink is not None:
                     sink(block, addr, bytes(buf[pos + 8 : pos + page_record]), page_size)
                 pos += page_record
-                zeros = 0
+                zeros, pages = 0, pages + 1
+                if skip and pages >= _RUN_AFTER:
+                    pos = _skip_run(buf, pos, length, mask, page_run, page_record)
             else:
                 break
         return pos
