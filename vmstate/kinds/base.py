@@ -74,7 +74,7 @@ class Layout:
         if single is None:
             fmt = f"{n}{self.fmt}" if _single_code(self.fmt) else self.fmt * n
             return Layout(fmt, self.order, n, list, _list_packer(n, self.pack), self.checked)
-        if names is not None and k:
+        if names is not None and k and n >= _COMPILED_ROWS:
             unpack, flatten = _row_codecs(names)
             pack = _dicts_packer(n, k, flatten if self.getter else None, self.pack)
         else:
@@ -84,6 +84,12 @@ class Layout:
 
             pack = _list_packer(n, self.pack)
         return Layout(self.fmt * n, self.order, n * k, unpack, pack, self.checked)
+
+
+#: arrays of plain structs this long get codecs of their own (:func:`_row_codecs`):
+#: compiling them costs about 0.35 ms, what a thousand elements decoded the general way
+#: cost more, so a short array (most in QEMU's devices: 3 to 16 elements) goes without
+_COMPILED_ROWS = 256
 
 
 def _single_code(fmt: str) -> bool:
