@@ -225,6 +225,35 @@ def test_guest_ram_of_a_mapped_stream_is_walked_in_bounded_memory(tmp_path: Path
     assert str(info.value) == str(from_bytes.value)
 
 
+def test_device_sections_of_a_mapped_stream_leave_memory_as_they_are_read(tmp_path: Path) -> None:
+    """24 device sections of 1 MiB each in a mapped file: the parse lets go of each
+    section's pages once past it, so the file's pages the process holds stay a few MiB
+    (the kernel's count), and the states are those read from bytes."""
+    size = 1 << 20
+    out = bytearray(b"QEVM" + struct.pack(">I", 3))
+    devices = []
+    for i in range(24):
+        name = f"dev{i}".encode()
+        out += b"\x04" + struct.pack(">IB", i, len(name)) + name + struct.pack(">II", 0, 1)
+        out += bytes([i]) * size + b"\x7e" + struct.pack(">I", i)
+        fields = [{"name": "blob", "type": "buffer", "size": size}]
+        devices.append(
+            {"name": name.decode(), "instance_id": 0, "vmsd_name": "d", "version": 1, "fields": fields}
+        )
+    body = json.dumps({"page_size": 4096, "devices": devices}).encode()
+    data = bytes(out + b"\x00\x06" + struct.pack(">I", len(body)) + body)
+    path = tmp_path / "devices.mig"
+    path.write_bytes(data)
+    with open_stream(path) as opened:
+        before = _rss_file_kib()
+        parsed = stream.parse(opened.data)
+        grown = _rss_file_kib() - before
+    assert [s.state for s in parsed.device_sections()] == [
+        s.state for s in stream.parse(data).device_sections()
+    ]
+    assert grown < 6 << 10, f"{grown} KiB of the 24 MiB file stayed resident"
+
+
 def test_a_page_at_the_block_length_is_outside_it_as_for_qemu() -> None:
     """QEMU's offset_in_ramblock: offset < used_length ("Illegal RAM offset")."""
     data, at = ram_stream([(b"pc.ram", 8192)], [(8192, RAM_ZERO, b"pc.ram", b"\x00")])

@@ -36,7 +36,15 @@ from vmstate.stream_config import (
     Command,
     capabilities_of,
 )
-from vmstate.stream_ram import PAGE_SIZES, PageSink, RamBlock, RamSettings, RamWalker, printable
+from vmstate.stream_ram import (
+    PAGE_SIZES,
+    PageSink,
+    Passed,
+    RamBlock,
+    RamSettings,
+    RamWalker,
+    printable,
+)
 from vmstate.vmdesc import (
     find_vmdesc,
     parse_vmdesc,
@@ -238,6 +246,7 @@ class _Parser:
         self.commands: list[Command] = []
         self.capabilities: tuple[str, ...] = ()
         self.ram: RamWalker | None = None
+        self.passed = Passed(buf)
         #: where the package being read ends (postcopy), or None
         self.package_end: int | None = None
 
@@ -314,6 +323,7 @@ class _Parser:
                 raise DecodeError(
                     "unknown section type", offset=pos, expected="0x00-0x08", found=f"{kind:#x}"
                 )
+            self.passed.release(pos)
         if self.package_end is not None:
             raise DecodeError(
                 "EOF inside a PACKAGED command",
@@ -407,7 +417,7 @@ class _Parser:
                 ignore_shared="x-ignore-shared" in self.capabilities,
                 mapped_ram="mapped-ram" in self.capabilities,
             )
-            self.ram = RamWalker(self.buf, settings, self.sink)
+            self.ram = RamWalker(self.buf, settings, self.sink, self.passed)
         return self.ram
 
     def section_start(self, kind: int, pos: int) -> int:

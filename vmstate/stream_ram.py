@@ -174,19 +174,42 @@ def _other_than(value: int) -> bytes:
     return bytes(0 if b == value else 1 for b in range(256))
 
 
+class Passed:
+    """Lets go of the pages of a mapped stream before where its parse has got to: the
+    kernel keeps them cached, but they leave this process's memory, so a stream of any
+    size (guest RAM, big device states) is read in bounded memory.  Whatever reads them
+    again (an error's excerpt, a second walk of a vfio section) faults them back in."""
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.mapped = hasattr(buf, "madvise")
+        #: where the pages let go of end
+        self.released = 0
+
+    def release(self, upto: int) -> int:
+        """The pages before *upto* (page-aligned down); returns where the released end."""
+        if self.mapped:
+            upto -= upto % mmap.PAGESIZE
+            if upto > self.released:
+                self.buf.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)  # type: ignore[attr-defined]
+                self.released = upto
+        return self.released
+
+
 class RamWalker:
     """Walks the records of every part of one stream's ram section."""
 
-    def __init__(self, buf: bytes, settings: RamSettings, sink: PageSink | None) -> None:
+    def __init__(
+        self, buf: bytes, settings: RamSettings, sink: PageSink | None, passed: Passed
+    ) -> None:
         self.buf = buf
         self.settings = settings
         self.sink = sink
+        self.passed = passed
         self.blocks: list[RamBlock] = []
         self.by_name: dict[str, RamBlock] = {}
         #: the block of the last page record: CONTINUE records go on in it
         self.current: RamBlock | None = None
-        #: where the pages of the mapping this walk has let go of end (see :meth:`release`)
-        self.released = 0
 
     def be64(self, pos: int, what: str) -> int:
         need(self.buf, pos, 8, what)
@@ -238,10 +261,11 @@ class RamWalker:
         zero_run, page_run, page_record = RAM_ZERO | RAM_CONTINUE, RAM_PAGE | RAM_CONTINUE, 8 + page_size
         skip = sink is None and page_size <= 1 << 16
         zeros = pages = 0
-        release_at = self.released + _RELEASE if hasattr(buf, "madvise") else end
+        passed = self.passed
+        release_at = passed.released + _RELEASE if passed.mapped else end
         while pos + 9 <= end:
             if pos >= release_at:
-                release_at = self.release(pos) + _RELEASE
+                release_at = passed.release(pos) + _RELEASE
             (word,) = unpack(buf, pos)
             addr = word & ~mask
             if addr >= length:
@@ -264,17 +288,6 @@ class RamWalker:
             else:
                 break
         return pos
-
-    def release(self, upto: int) -> int:
-        """Let go of the mapped stream's pages before *upto* (page-aligned down), which
-        the walk has passed: the kernel keeps them cached, but they leave this process's
-        memory, so guest RAM of any size is walked in bounded memory.  What later reads
-        them (nothing does in the RAM section) faults them in again."""
-        upto -= upto % mmap.PAGESIZE
-        if upto > self.released:
-            self.buf.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)  # type: ignore[attr-defined]
-            self.released = upto
-        return self.released
 
     def page(self, pos: int, record: int, flags: int, addr: int) -> int:
         if self.settings.mapped_ram:
