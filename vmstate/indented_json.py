@@ -10,7 +10,7 @@ the same text with the C string escaper, one pass, no generators.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
@@ -23,16 +23,25 @@ def dumps(obj: Any, indent: int = 4) -> str:
 
 
 def dump_items(items: Iterable[tuple[Any, Any]], write: Callable[[str], object], indent: int = 4) -> None:
-    """The text of ``dumps(dict(items), indent)`` through *write*, one item at a time: an
-    item's value is made into text, written and let go before the next is taken."""
+    """The text of ``dumps(dict(items), indent)`` through *write*, one item at a time and
+    each piece of its text as it is made (a long array a chunk at a time): no item's text
+    is ever held whole, and the pieces cost no more to write than to join."""
     inner, step = "\n" + " " * indent, " " * indent
     opening = "{" + inner
+    out = _Writer(write)
     for key, value in items:
-        out: list[str] = []
-        _entry(opening, key, value, out, inner, step)
-        write("".join(out))
+        _entry(opening, key, value, out, inner, step)  # type: ignore[arg-type]
         opening = "," + inner
     write("{}" if opening[0] == "{" else "\n}")
+
+
+class _Writer:
+    """What :func:`_value` appends its pieces to, writing each at once."""
+
+    __slots__ = ("append",)
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self.append = write
 
 
 def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
@@ -64,12 +73,16 @@ def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
             return
         inner = newline + step
         if _plain_strings(obj):  # QEMU's arrays of hex strings: written as they are
-            out.append("[" + inner + '"' + ('",' + inner + '"').join(obj) + '"' + newline + "]")
+            out.append("[" + inner + '"')
+            _joined(obj, '",' + inner + '"', out)
+            out.append('"' + newline + "]")
             return
         types = set(map(type, obj))
         if len(types) == 1 and (leaf := _LEAVES.get(types.pop())) is not None:
-            # a list of one plain type: one join
-            out.append("[" + inner + ("," + inner).join(map(leaf, obj)) + newline + "]")
+            # a list of one plain type: joined, not one call of _value each
+            out.append("[" + inner)
+            _joined(list(map(leaf, obj)), "," + inner, out)
+            out.append(newline + "]")
             return
         out.append("[" + inner)
         for i, value in enumerate(obj):
@@ -89,6 +102,18 @@ def _entry(opening: str, key: Any, value: Any, out: list[str], inner: str, step:
     else:
         out.append(head)
         _value(value, out, inner, step)
+
+
+#: elements of a long list joined into one piece of text
+_CHUNK = 4096
+
+
+def _joined(texts: Sequence[str], separator: str, out: list[str]) -> None:
+    """``separator.join(texts)`` into *out*, _CHUNK texts a piece."""
+    for start in range(0, len(texts), _CHUNK):
+        if start:
+            out.append(separator)
+        out.append(separator.join(texts[start : start + _CHUNK]))
 
 
 #: how each element of a list of one of these exact types is written (bool, a
