@@ -102,17 +102,24 @@ def pair(
     a: Sequence[str], b: Sequence[str], rounds: int, env: dict[str, str] | None = None
 ) -> Pair:
     """*rounds* rounds of A and B after one warm-up of each, alternating which goes first."""
-    run_once(a, env)
-    run_once(b, env)
-    runs_a, runs_b = [], []
+    runs_a, runs_b = in_rounds([a, b], rounds, env)
+    return Pair(runs_a, runs_b)
+
+
+def in_rounds(
+    commands: Sequence[Sequence[str]], rounds: int, env: dict[str, str] | None = None
+) -> list[tuple[Run, ...]]:
+    """Each command's runs in *rounds* rounds after one warm-up of each; every round runs
+    them all back to back, the order rotated round by round, so that runs of one round
+    can be compared with each other."""
+    for argv in commands:
+        run_once(argv, env)
+    runs: list[list[Run]] = [[] for _ in commands]
     for i in range(rounds):
-        if i % 2:
-            runs_b.append(run_once(b, env))
-            runs_a.append(run_once(a, env))
-        else:
-            runs_a.append(run_once(a, env))
-            runs_b.append(run_once(b, env))
-    return Pair(tuple(runs_a), tuple(runs_b))
+        for j in range(len(commands)):
+            k = (i + j) % len(commands)
+            runs[k].append(run_once(commands[k], env))
+    return [tuple(r) for r in runs]
 
 
 @attrs.frozen

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from _process import NEUTRAL, Pair, emit, installed, pair
+from _process import NEUTRAL, Pair, emit, in_rounds, installed, pair
 from analyze_floor import INHERENT_PROBE, MODEL_PROBE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,12 +110,14 @@ def main() -> None:
             continue
         mine = output(ours, env)
         assert mine is not None and json.loads(mine) == json.loads(expected), f"{stream}: outputs differ"
-        measured = pair(ours, theirs, args.rounds, env)
         floor_argv, inherent = floor_of(python, stream, mine, env, work_dir)
-        floor = pair(floor_argv, ours, args.rounds, env)
-        results.setdefault(group, []).append((measured, floor, inherent))
-        floor_ratio = measured.b_seconds / floor.a_seconds
-        best_ratio = measured.b_seconds / (floor.a_seconds + inherent)
+        ours_runs, theirs_runs, floor_runs = in_rounds([ours, theirs, floor_argv], args.rounds, env)
+        measured, floor = Pair(ours_runs, theirs_runs), Pair(floor_runs, theirs_runs)
+        floor_ratio = floor.ratio
+        best_ratio = statistics.median(
+            t.seconds / (f.seconds + inherent) for f, t in zip(floor_runs, theirs_runs, strict=True)
+        )
+        results.setdefault(group, []).append((measured, floor, best_ratio))
         print(
             f"{stream.name:36s} {stream.stat().st_size / 2**20:5.1f} MiB  vmstate "
             f"{measured.a_seconds * 1e3:6.1f} ms {measured.a_peak_mib:5.1f} MiB   QEMU {series} "
@@ -151,11 +153,12 @@ def main() -> None:
 
 
 def summarize(group: str, results: list[tuple[Pair, Pair, float]]) -> None:
-    """One line and one JSON line for a group of streams: median and slowest ratio, the
-    largest share of QEMU's peak memory, and the ratios the floor would reach (the floor
-    of each stream: analyze_floor.py; with the inherent work: INHERENT_PROBE)."""
-    floors = [p.b_seconds / f.a_seconds for p, f, _ in results]
-    bests = [p.b_seconds / (f.a_seconds + inherent) for p, f, inherent in results]
+    """One line and one JSON line for a group of streams (each: vmstate against QEMU, the
+    floor against QEMU, and the ratio of the floor with the inherent work): median and
+    slowest ratio, the largest share of QEMU's peak memory, and the ratios the floor
+    would reach (analyze_floor.py; with the inherent work: INHERENT_PROBE)."""
+    floors = [f.ratio for _, f, _ in results]
+    bests = [best for _, _, best in results]
     summary = {
         "bench": "analyze",
         "group": group,
