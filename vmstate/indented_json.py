@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, Protocol
 
 
 def dumps(obj: Any, indent: int = 4) -> str:
@@ -30,9 +30,15 @@ def dump_items(items: Iterable[tuple[Any, Any]], write: Callable[[str], object],
     opening = "{" + inner
     out = _Writer(write)
     for key, value in items:
-        _entry(opening, key, value, out, inner, step)  # type: ignore[arg-type]
+        _entry(opening, key, value, out, inner, step)
         opening = "," + inner
     write("{}" if opening[0] == "{" else "\n}")
+
+
+class _Out(Protocol):
+    """Where :func:`_value` puts its pieces: a list, or a :class:`_Writer`."""
+
+    def append(self, text: str, /) -> object: ...
 
 
 class _Writer:
@@ -44,7 +50,7 @@ class _Writer:
         self.append = write
 
 
-def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
+def _value(obj: Any, out: _Out, newline: str, step: str) -> None:
     if isinstance(obj, str):
         out.append(encode_basestring_ascii(obj))
     elif obj is None:
@@ -94,7 +100,7 @@ def _value(obj: Any, out: list[str], newline: str, step: str) -> None:
         raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def _entry(opening: str, key: Any, value: Any, out: list[str], inner: str, step: str) -> None:
+def _entry(opening: str, key: Any, value: Any, out: _Out, inner: str, step: str) -> None:
     """One member of an object, after *opening* (its brace or comma, and its indent)."""
     head = opening + encode_basestring_ascii(key if type(key) is str else _key(key)) + ": "
     if type(value) is str:  # most values (QEMU's hex strings): no call of _value each
@@ -108,7 +114,7 @@ def _entry(opening: str, key: Any, value: Any, out: list[str], inner: str, step:
 _CHUNK = 4096
 
 
-def _joined(texts: Sequence[str], separator: str, out: list[str]) -> None:
+def _joined(texts: Sequence[str], separator: str, out: _Out) -> None:
     """``separator.join(texts)`` into *out*, _CHUNK texts a piece."""
     for start in range(0, len(texts), _CHUNK):
         if start:

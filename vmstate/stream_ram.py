@@ -187,7 +187,8 @@ class Passed:
         self.released = 0
 
     def release(self, upto: int) -> int:
-        """The pages before *upto* (page-aligned down); returns where the released end."""
+        """Let go of the pages before *upto* (page-aligned down); returns where the pages
+        let go of end."""
         if self.mapped:
             upto -= upto % mmap.PAGESIZE
             if upto > self.released:
