@@ -10,9 +10,12 @@ rounds (see _process.py); the figures are medians.  A stream the peer cannot rea
 tests/data's streams are small (a guest stopped in SeaBIOS, 0.7-1.2 MiB): on them
 start-up is most of either tool's time.  ``--guest`` adds the streams of a booted
 1 GiB Linux guest saved by each QEMU (about 100 MiB; bench/guest_streams.py makes
-them once, which needs QEMU 7.2, 10.0 and the test guest's kernel as the tests do).
+them once, which needs QEMU 7.2, 10.0 and the test guest's kernel as the tests do);
+``--guest-mib N`` (repeatable) boots guests of N MiB instead: both analyzers take
+longer the more memory a guest has, at very different rates.
 
-    python3 bench/bench_analyze.py [--qemu-7.2 DIR] [--qemu-10.0 DIR] [--rounds N] [--guest] [STREAM ...]
+    python3 bench/bench_analyze.py [--qemu-7.2 DIR] [--qemu-10.0 DIR] [--rounds N]
+                                   [--guest] [--guest-mib N ...] [STREAM ...]
 
 QEMU's sources: ``apt-get source qemu=1:7.2+dfsg-7+deb12u18`` and the
 bookworm-backports ``qemu`` 10.0 source (see tests/data/qemu/README.md); the defaults
@@ -78,6 +81,10 @@ def main() -> None:
         "--guest", action="store_true",
         help="also the streams of a booted 1 GiB Linux guest (bench/guest_streams.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--guest-mib", type=int, action="append", metavar="N",
+        help="the booted guests' memory in MiB (repeatable; implies --guest; default 1024)",
+    )  # fmt: skip
     args = parser.parse_args()
     scripts = {
         s: d / "scripts" / "analyze-migration.py"
@@ -91,10 +98,11 @@ def main() -> None:
         work = [
             ("given", "10.0" if "10.0" in str(p.parent) else "7.2", p.resolve()) for p in args.streams
         ]
-    if args.guest:
+    if args.guest or args.guest_mib:
         from guest_streams import guest_stream
 
-        work += [("booted guest", s, guest_stream(s)) for s in DATA]
+        for mib in args.guest_mib or [1024]:
+            work += [(f"booted {mib} MiB guest", s, guest_stream(s, mib)) for s in DATA]
     venv = installed()
     env, python, vmstate = venv.env, venv.python, venv.vmstate
     bare = pair([python, "-c", "import attrs"], [python, "-c", "pass"], args.rounds, env)

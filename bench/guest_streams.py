@@ -3,7 +3,7 @@
 tests/data's streams come from a 64 MiB guest stopped in SeaBIOS: almost every
 page is a zero page and the stream is under 2 MB.  Users save running guests.
 These streams come from the test guest's own kernel and initramfs (tests/vm)
-booted on QEMU's ``pc`` machine with 1 GiB under TCG: its /init loads its
+booted on QEMU's ``pc`` machine with 1 GiB (or as asked) under TCG: its /init loads its
 modules, finds no 9p share and powers off, and ``-no-shutdown`` keeps QEMU with
 the guest's memory as the kernel left it; QMP then migrates it to a file.  One
 stream per QEMU series, made once and cached in ``~/.cache/vmstate-bench``
@@ -27,7 +27,6 @@ from peers.migration import Vm, target_uri  # noqa: E402
 from peers.qemu import Qemu, backports_qemu, system_qemu  # noqa: E402
 from vm.harness import prepare  # noqa: E402
 
-MEMORY_MIB = 1024
 BOOT_TIMEOUT = 600.0
 
 
@@ -43,10 +42,11 @@ def qemu_of(series: str) -> Qemu:
     return system_qemu(require) if series == "7.2" else backports_qemu(require, series)
 
 
-def guest_stream(series: str) -> Path:
-    """The cached stream of the booted guest saved by QEMU *series*, made if missing."""
+def guest_stream(series: str, mib: int = 1024) -> Path:
+    """The cached stream of the booted guest of *mib* MiB saved by QEMU *series*, made
+    if missing."""
     cache = cache_root("vmstate-bench")
-    target = cache / f"guest-{MEMORY_MIB}m-{series}.mig"
+    target = cache / f"guest-{mib}m-{series}.mig"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def guest_stream(series: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="vmstate-bench-") as tmp:
         work = Path(tmp)
         args = [
-            "-M", "pc", "-m", str(MEMORY_MIB), "-no-shutdown",
+            "-M", "pc", "-m", str(mib), "-no-shutdown",
             "-kernel", str(artifacts.kernel), "-initrd", str(artifacts.initramfs),
             "-append", "console=ttyS0 panic=-1 loglevel=4",
             "-serial", f"file:{work / 'console.log'}",

@@ -56,7 +56,7 @@ _RELEASE = 1 << 20
 #: records of one kind read one by one before the rest of their run is skipped in bulk
 _RUN_AFTER = 16
 #: at most this many records are looked at together (a zero page's record is 9 bytes)
-_RUN = 1024
+_RUN = 4096
 
 
 @attrs.frozen
@@ -111,10 +111,10 @@ def _skip_run(buf: bytes, pos: int, length: int, mask: int, flags: int, record: 
     ``lstrip`` of a byte is several times slower).  Where the run ends, or an address is
     out of the block, the caller's record loop takes over.  Page sizes up to 64 KiB: the
     flags then lie in a record's last two bytes."""
-    count = max(_RUN_AFTER, min(_RUN, _RELEASE // record))
-    stop = pos + record * count
-    if stop > len(buf) or buf[pos + 7] != flags:
+    count = min(max(_RUN_AFTER, min(_RUN, _RELEASE // record)), (len(buf) - pos) // record)
+    if count == 0 or buf[pos + 7] != flags:
         return pos
+    stop = pos + record * count
     n = _first_one(buf[pos + 7 : stop : record].translate(_other_than(flags)), count)
     n = _first_one(buf[pos + 6 : stop : record].translate(_flag_bits(mask >> 8)), n)
     if n == 0 or not _below(buf, pos, pos + record * n, record, length, mask):
