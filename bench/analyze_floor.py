@@ -3,7 +3,7 @@
 
 ``python analyze_floor.py --model N,N,... OUTPUT`` parses a command line as vmstate's
 does, builds one frozen attrs class per number in ``--model`` with that many fields
-(the classes vmstate builds to analyze the stream: see :func:`model_of`), and writes
+(the classes vmstate builds to analyze the stream, counted by MODEL_PROBE), and writes
 OUTPUT, the analyzer's text prepared beforehand, to standard output.  It decodes
 nothing: an analyzer that decoded in no time at all would still take this long.
 """

@@ -3,8 +3,9 @@ whole process, on the same real streams (target: 10x faster; peak memory at most
 
 Each stream goes to the analyzer of the QEMU that wrote it: tests/data/qemu to QEMU
 7.2's, tests/data/qemu-10.0 to QEMU 10.0's.  The two outputs are checked equal (as
-JSON) first; then both commands run as a user runs them, start-up included, in paired
-rounds (see _process.py); the figures are medians.  A stream the peer cannot read
+JSON) first; then both commands run as a user runs them, start-up included, with the
+stream's floor (analyze_floor.py) in the same rounds (see _process.py); the figures are
+medians, the ratios taken round by round.  A stream the peer cannot read
 (QEMU 10.0's analyzer crashes on mapped-ram snapshots) is listed, not timed.
 
 tests/data's streams are small (a guest stopped in SeaBIOS, 0.7-1.2 MiB): on them
