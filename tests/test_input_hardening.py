@@ -117,46 +117,37 @@ def _run(count: int, bad: int, word: int, page: bool = False) -> list[tuple[int,
     return records
 
 
-@pytest.mark.parametrize(
-    ("word", "error"),
-    [
-        (lambda length: (1 << 30) | RAM_ZERO | RAM_CONTINUE, "outside its block"),
-        (lambda length: length | RAM_ZERO | RAM_CONTINUE, "outside its block"),
-        (lambda length: 4096 | 0x100 | RAM_ZERO | RAM_CONTINUE, "unsupported RAM record flags"),
-        (lambda length: 4096 | RAM_ZERO, "does not list"),
-    ],
-)
-@pytest.mark.parametrize("length", BLOCK_LENGTHS)
-def test_a_bad_record_deep_in_a_long_run_of_zero_pages_is_refused_where_it_is(
-    word: Callable[[int], int], error: str, length: int
-) -> None:
-    """Runs of zero pages are skipped 4096 records at a time after the first 16: a record
-    that ends the run (an address past the block, a flag bit no record has, a block
-    name), on either side of a chunk's edge, is still found at its own offset."""
-    for bad in (0, 15, 16, 17, 4111, 4112, 4113, 8000, 8999):
-        data, at = ram_stream([(b"pc.ram", length)], _run(9000, bad, word(length)))
-        with pytest.raises(DecodeError, match=error) as info:
-            stream.parse(data)
-        assert info.value.offset in (at[1 + bad], at[1 + bad] + 8), (bad, info.value)
+#: the two kinds of run skipped in bulk: flags, records in the test's run, the bad
+#: records' places (either side of the edges of the chunks looked at together: 4096
+#: zero-page records, 255 page records, after the first 16 of a run)
+RUNS = {
+    "zero pages": (RAM_ZERO, 9000, (0, 15, 16, 17, 4111, 4112, 4113, 8000, 8999)),
+    "pages": (RAM_PAGE, 600, (0, 15, 16, 17, 270, 271, 272, 525, 599)),
+}
 
 
 @pytest.mark.parametrize(
     ("word", "error"),
     [
-        (lambda length: (1 << 30) | RAM_PAGE | RAM_CONTINUE, "outside its block"),
-        (lambda length: length | RAM_PAGE | RAM_CONTINUE, "outside its block"),
-        (lambda length: 4096 | 0x100 | RAM_PAGE | RAM_CONTINUE, "unsupported RAM record flags"),
-        (lambda length: 4096 | RAM_PAGE, "does not list"),
+        (lambda length, flags: (1 << 30) | flags | RAM_CONTINUE, "outside its block"),
+        (lambda length, flags: length | flags | RAM_CONTINUE, "outside its block"),
+        (lambda length, flags: 4096 | 0x100 | flags | RAM_CONTINUE, "unsupported RAM record flags"),
+        (lambda length, flags: 4096 | flags, "does not list"),
     ],
 )
 @pytest.mark.parametrize("length", BLOCK_LENGTHS)
-def test_a_bad_record_deep_in_a_long_run_of_pages_is_refused_where_it_is(
-    word: Callable[[int], int], error: str, length: int
+@pytest.mark.parametrize("kind", RUNS)
+def test_a_bad_record_deep_in_a_long_run_is_refused_where_it_is(
+    word: Callable[[int, int], int], error: str, length: int, kind: str
 ) -> None:
-    """Runs of whole pages are skipped a mebibyte at a time (255 records): a bad record
-    at either side of a chunk's edge is found at its own offset."""
-    for bad in (0, 15, 16, 17, 270, 271, 272, 525, 599):
-        data, at = ram_stream([(b"pc.ram", length)], _run(600, bad, word(length), page=True))
+    """Runs of zero pages and of whole pages are skipped many records at a time: a
+    record that ends the run (an address past the block or at its length, a flag bit no
+    record has, a block name), on either side of a chunk's edge, is still found at its
+    own offset."""
+    flags, count, places = RUNS[kind]
+    for bad in places:
+        records = _run(count, bad, word(length, flags), page=flags == RAM_PAGE)
+        data, at = ram_stream([(b"pc.ram", length)], records)
         with pytest.raises(DecodeError, match=error) as info:
             stream.parse(data)
         assert info.value.offset in (at[1 + bad], at[1 + bad] + 8), (bad, info.value)
