@@ -139,7 +139,7 @@ def extract(data: bytes, expected: dict[str, bytes] | None = None) -> None:
     one file per block, and (given *expected*) exactly the pages the stream holds."""
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "ram"
-        extractor = ram_extract.RamExtractor(target)
+        extractor = ram_extract.RamExtractor(target, data)
         try:
             parsed = stream.parse(data, page_sink=extractor)
         except VMStateError as e:

@@ -229,7 +229,7 @@ def test_interrupted_ram_extraction_leaves_nothing(
 ) -> None:
     """^C half way through the pages: exit 130, one line, no directory, no temporary one."""
     pages = 0
-    write_page = ram_extract.RamExtractor.__call__
+    write_page = ram_extract.RamExtractor.page
 
     def interrupted(self: ram_extract.RamExtractor, *args: object) -> None:
         nonlocal pages
@@ -238,7 +238,7 @@ def test_interrupted_ram_extraction_leaves_nothing(
             raise KeyboardInterrupt
         write_page(self, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ram_extract.RamExtractor, "__call__", interrupted)
+    monkeypatch.setattr(ram_extract.RamExtractor, "page", interrupted)
     target = tmp_path / "ram"
     assert main(["analyze", str(STREAM), "--extract-ram", str(target)]) == 130
     assert capsys.readouterr().err == "vmstate: interrupted\n"

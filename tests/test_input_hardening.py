@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
 import tracemalloc
 import zlib
@@ -81,7 +82,7 @@ def ram_stream(blocks: list[tuple[bytes, int]], records: list[tuple[int, int, by
 
 
 def extract(data: bytes, target: Path) -> list[Path]:
-    extractor = ram_extract.RamExtractor(target)
+    extractor = ram_extract.RamExtractor(target, data)
     try:
         parsed = stream.parse(data, page_sink=extractor)
     except BaseException:
@@ -171,8 +172,9 @@ def test_a_page_past_its_block_among_continued_pages_is_refused_where_it_is(
 
 
 def test_a_long_run_of_zero_pages_reads_as_record_by_record(tmp_path: Path) -> None:
-    """The same stream without a sink (runs skipped together) and with one (each page
-    handed over): both read to the end, and the sink saw every zero page."""
+    """The same stream without a sink (runs skipped together) and with one (pages
+    handed over, zero pages where it holds data told one by one): both read to the end,
+    and the pages come out where they were."""
     records = _run(5000, 4000, 0)
     records[1 + 4000] = (4096 * 1500, RAM_PAGE | RAM_CONTINUE, None, b"\x33" * 4096)
     data, _ = ram_stream([(b"pc.ram", 8 << 20)], records)
@@ -181,6 +183,62 @@ def test_a_long_run_of_zero_pages_reads_as_record_by_record(tmp_path: Path) -> N
     content = ram.read_bytes()
     assert content[:4096] == b"\x11" * 4096 and content[1500 * 4096 : 1501 * 4096] == b"\x33" * 4096
     assert content[4096 : 1500 * 4096].count(0) == 1499 * 4096
+
+
+def test_a_page_sent_again_as_zero_is_zero_in_the_extracted_block(tmp_path: Path) -> None:
+    """QEMU's ram_load clears a page a zero record names unless it is zero already
+    (ram_handle_zero), so a page a later pass sends as zero is zero in the block:
+    whether the zero page comes alone or in a run long enough to be skipped in bulk. A
+    fill byte other than 0 fills the page; zero pages where nothing was written leave
+    the file without data there (sparse)."""
+    pages = 64
+    first = [(0, RAM_PAGE, b"pc.ram", b"\x01" * 4096)]
+    first += [(i * 4096, RAM_PAGE | RAM_CONTINUE, None, bytes([i]) * 4096) for i in range(1, pages)]
+    again = [(i * 4096, RAM_ZERO | RAM_CONTINUE, None, b"\0") for i in range(0, pages, 2)]
+    again += [(5 * 4096, RAM_ZERO | RAM_CONTINUE, None, b"\0")]
+    again += [(7 * 4096, RAM_ZERO | RAM_CONTINUE, None, b"\x7e")]
+    filled = pages + 40  # in a run of zero pages past all data
+    above = [(i * 4096, RAM_ZERO | RAM_CONTINUE, None, b"\x7e" if i == filled else b"\0")
+             for i in range(pages, 2 * pages)]  # fmt: skip
+    last = [((pages - 1) * 4096, RAM_PAGE | RAM_CONTINUE, None, bytes([pages - 1]) * 4096)]
+    data, _ = ram_stream([(b"pc.ram", 2 * pages * 4096)], first + again + last + above)
+    (ram,) = extract(data, tmp_path / "ram")
+    content = ram.read_bytes()
+    for i in range(2 * pages):
+        fill = 0x7E if i in (7, filled) else 0 if i % 2 == 0 or i == 5 or i >= pages else i
+        assert content[i * 4096 : (i + 1) * 4096] == bytes([fill]) * 4096, i
+    with ram.open("rb") as f:  # the zero pages past the data wrote nothing
+        assert os.lseek(f.fileno(), pages * 4096, os.SEEK_DATA) == filled * 4096
+
+
+def test_consecutive_pages_go_out_in_few_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages that follow each other in a block are written together (one system call
+    per page cost more than the copy); pages elsewhere and other blocks start a new
+    write.  The bytes are where the records put them."""
+    writes = []
+    pwritev = os.pwritev
+
+    def counted(fd: int, parts: list[bytes], offset: int) -> int:
+        writes.append((offset, len(parts)))
+        return pwritev(fd, parts, offset)
+
+    monkeypatch.setattr(os, "pwritev", counted)
+    records = [(0, RAM_PAGE, b"pc.ram", b"\x00" * 4096)]
+    records += [
+        (i * 4096, RAM_PAGE | RAM_CONTINUE, None, bytes([i % 256]) * 4096) for i in range(1, 3000)
+    ]
+    records += [(5000 * 4096, RAM_PAGE | RAM_CONTINUE, None, b"\x55" * 4096)]
+    records += [(0, RAM_PAGE, b"vga.vram", b"\x66" * 4096)]
+    data, _ = ram_stream([(b"pc.ram", 32 << 20), (b"vga.vram", 1 << 20)], records)
+    ram, vram = extract(data, tmp_path / "ram")
+    assert writes == [(0, 256), (256 * 4096, 256), *((k * 256 * 4096, 256) for k in range(2, 11)),
+                      (2816 * 4096, 184), (5000 * 4096, 1), (0, 1)]
+    content = ram.read_bytes()
+    assert all(content[i * 4096 : (i + 1) * 4096] == bytes([i % 256]) * 4096 for i in range(3000))
+    assert content[5000 * 4096 : 5001 * 4096] == b"\x55" * 4096
+    assert vram.read_bytes()[:4096] == b"\x66" * 4096
 
 
 def _rss_file_kib() -> int:

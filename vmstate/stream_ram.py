@@ -17,8 +17,8 @@ and length there depends on the source's settings, which the stream states:
   never appear as records: the bitmap says which pages the file holds, the
   others are zero.
 
-Pages are never held in memory: they are skipped, or handed one at a time to a
-sink (``--extract-ram``).  As QEMU's ``ram_load`` does, the walker refuses a page of
+Pages are never held in memory: they are skipped, or handed to a sink
+(``--extract-ram``) by where they lie in the input, to be copied from there.  As QEMU's ``ram_load`` does, the walker refuses a page of
 a block the MEM_SIZE record did not list ("Can't find block") and a page at or past
 its block's length ("Illegal RAM offset"), so a sink only ever sees pages inside
 their block.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import mmap
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -83,14 +84,22 @@ class RamBlock:
 
 class PageSink(Protocol):
     """Where pages go (``--extract-ram``): told every block the stream lists, then
-    each page, whose offset the walker has checked to lie inside its block."""
+    its pages, whose offsets the walker has checked to lie inside their block.  A
+    block starts out zero, so a zero page is told only where the sink has put data
+    at or past it (a page sent again in a later pass may have become zero)."""
 
     def block(self, block: RamBlock) -> None:
         """A listed block, before any of its pages; may refuse it (a DecodeError
         located at ``block.listed_at``)."""
 
-    def __call__(self, block: RamBlock, offset: int, page: bytes | int, page_size: int) -> None:
-        """One page: its bytes, or the fill byte of a uniform page."""
+    def page(self, block: RamBlock, offset: int, at: int, size: int) -> None:
+        """A page: the *size* bytes of the input at *at*."""
+
+    def fill(self, block: RamBlock, offset: int, byte: int, size: int) -> None:
+        """A page of *size* bytes all *byte*."""
+
+    def holds_data_from(self, block: RamBlock, offset: int) -> bool:
+        """Whether a page at or past *offset* of *block* has been given data."""
 
 
 @attrs.frozen
@@ -103,20 +112,25 @@ class RamSettings:
     mapped_ram: bool = False
 
 
-def _skip_run(buf: bytes, pos: int, length: int, mask: int, flags: int, record: int) -> int:
+def _skip_run(
+    buf: bytes, pos: int, length: int, mask: int, flags: int, record: int, zero_fill: bool = False
+) -> int:
     """Past the records at *pos*, *record* bytes each, that all have *flags* (a zero
-    page or a whole page continuing a block of *length*), up to _RUN or about _RELEASE
-    bytes of them at a time: their flag bytes taken as strided slices, mapped to 0 (as
-    expected) or 1 by ``translate`` and searched with ``find`` (C loops over the bytes;
-    ``lstrip`` of a byte is several times slower).  Where the run ends, or an address is
-    out of the block, the caller's record loop takes over.  Page sizes up to 64 KiB: the
-    flags then lie in a record's last two bytes."""
+    page or a whole page continuing a block of *length*), and with *zero_fill* a fill
+    byte of 0, up to _RUN or about _RELEASE bytes of them at a time: their flag bytes
+    taken as strided slices, mapped to 0 (as expected) or 1 by ``translate`` and
+    searched with ``find`` (C loops over the bytes; ``lstrip`` of a byte is several
+    times slower).  Where the run ends, or an address is out of the block, the caller's
+    record loop takes over.  Page sizes up to 64 KiB: the flags then lie in a record's
+    last two bytes."""
     count = min(max(_RUN_AFTER, min(_RUN, _RELEASE // record)), (len(buf) - pos) // record)
     if count == 0 or buf[pos + 7] != flags:
         return pos
     stop = pos + record * count
     n = _first_one(buf[pos + 7 : stop : record].translate(_other_than(flags)), count)
     n = _first_one(buf[pos + 6 : stop : record].translate(_flag_bits(mask >> 8)), n)
+    if zero_fill:
+        n = _first_one(buf[pos + 8 : stop : record].translate(_other_than(0)), n)
     if n == 0 or not _below(buf, pos, pos + record * n, record, length, mask):
         return pos
     return pos + record * n
@@ -135,7 +149,7 @@ def _below(buf: bytes, pos: int, stop: int, record: int, length: int, mask: int)
     columns = _columns(length, mask)
     count = (stop - pos) // record
     if columns is None:
-        return max(_run_words(record, count).unpack_from(buf, pos)) & ~mask < length
+        return _words(buf, pos, stop, record, max) & ~mask < length
     zeros, table = columns
     return all(buf[pos + i : stop : record].count(0) == count for i in range(zeros)) and (
         1 not in buf[pos + zeros : stop : record].translate(table)
@@ -156,10 +170,17 @@ def _columns(length: int, mask: int) -> tuple[int, bytes] | None:
     return column, bytes(0 if b < raw[column] else 1 for b in range(256))
 
 
+def _words(buf: bytes, pos: int, stop: int, record: int, pick: Callable[..., tuple[int]]) -> int:
+    """The largest (*pick* ``max``) or smallest (``min``) word of the records of
+    *record* bytes from *pos* to *stop*, picked in C (of one-word tuples)."""
+    with memoryview(buf) as view:
+        return pick(_record_word(record).iter_unpack(view[pos:stop]))[0]
+
+
 @functools.cache
-def _run_words(record: int, count: int) -> struct.Struct:
-    """The words of *count* records of *record* bytes in a row."""
-    return struct.Struct(">" + f"Q{record - 8}x" * count)
+def _record_word(record: int) -> struct.Struct:
+    """A record of *record* bytes, as its word (one per page size: a bounded cache)."""
+    return struct.Struct(f">Q{record - 8}x")
 
 
 @functools.cache
@@ -260,7 +281,8 @@ class RamWalker:
         mask = page_size - 1
         buf, end, unpack, sink, length = self.buf, len(self.buf), _BE64.unpack_from, self.sink, block.length
         zero_run, page_run, page_record = RAM_ZERO | RAM_CONTINUE, RAM_PAGE | RAM_CONTINUE, 8 + page_size
-        skip = sink is None and page_size <= 1 << 16
+        skip_zeros = page_size <= 1 << 16
+        skip_pages = skip_zeros and sink is None
         zeros = pages = 0
         passed = self.passed
         release_at = passed.released + _RELEASE if passed.mapped else end
@@ -274,17 +296,25 @@ class RamWalker:
             flags = word & mask
             if flags == zero_run:
                 if sink is not None:
-                    sink(block, addr, buf[pos + 8], page_size)
+                    self.fill(block, addr, buf[pos + 8])
                 pos += 9
                 zeros, pages = zeros + 1, 0
-                if skip and zeros >= _RUN_AFTER:
-                    pos = _skip_run(buf, pos, length, mask, zero_run, 9)
+                if skip_zeros and zeros >= _RUN_AFTER:
+                    ahead = _skip_run(buf, pos, length, mask, zero_run, 9, sink is not None)
+                    if (
+                        sink is not None
+                        and ahead > pos
+                        and sink.holds_data_from(block, _words(buf, pos, ahead, 9, min) & ~mask)
+                    ):
+                        zeros = _RUN_AFTER - _RUN  # told one by one for a while: they clear data
+                    else:
+                        pos = ahead
             elif flags == page_run and pos + page_record <= end:
                 if sink is not None:
-                    sink(block, addr, bytes(buf[pos + 8 : pos + page_record]), page_size)
+                    sink.page(block, addr, pos + 8, page_size)
                 pos += page_record
                 zeros, pages = 0, pages + 1
-                if skip and pages >= _RUN_AFTER:
+                if skip_pages and pages >= _RUN_AFTER:
                     pos = _skip_run(buf, pos, length, mask, page_run, page_record)
             else:
                 break
@@ -331,12 +361,18 @@ class RamWalker:
         if flags & RAM_ZERO:
             need(self.buf, pos, 1, "RAM fill byte")
             if self.sink is not None:
-                self.sink(block, addr, self.buf[pos], page_size)
+                self.fill(block, addr, self.buf[pos])
             return pos + 1
         need(self.buf, pos, page_size, "RAM page")
         if self.sink is not None:
-            self.sink(block, addr, bytes(self.buf[pos : pos + page_size]), page_size)
+            self.sink.page(block, addr, pos, page_size)
         return pos + page_size
+
+    def fill(self, block: RamBlock, addr: int, byte: int) -> None:
+        """A uniform page to the sink, unless it is zero where the sink has no data."""
+        assert self.sink is not None
+        if byte or self.sink.holds_data_from(block, addr):
+            self.sink.fill(block, addr, byte, self.settings.page_size)
 
     def block_list(self, pos: int, total: int) -> int:
         """The MEM_SIZE record's blocks, whose lengths add up to *total*."""
@@ -451,12 +487,7 @@ class RamWalker:
                     break
                 at = mapped.pages_offset + page * mapped.page_size
                 offset = page * mapped.page_size
-                self.sink(
-                    block,
-                    offset,
-                    bytes(self.buf[at : at + mapped.page_size]),
-                    mapped.page_size,
-                )
+                self.sink.page(block, offset, at, mapped.page_size)
 
 
 def printable(raw: bytes) -> str:

@@ -132,7 +132,7 @@ def _dump_desc(opened: StreamInput) -> int:
 def _extract_ram(opened: StreamInput, decoder: Decoder | None, directory: str) -> int:
     from vmstate.ram_extract import RamExtractor
 
-    extractor = RamExtractor(directory)
+    extractor = RamExtractor(directory, opened.data)
     try:
         parsed = _parse(opened, decoder, page_sink=extractor)
         paths = extractor.finish(parsed.ram_blocks)
