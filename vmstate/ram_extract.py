@@ -3,6 +3,7 @@ file per RAM block, put in place only when the whole stream has been read."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import tempfile
@@ -47,6 +48,9 @@ class RamExtractor:
             raise InputError("exists; give a new directory for the RAM blocks", str(self.target))
         self.work = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
         self.source = memoryview(source)
+        #: a mapped input, whose pages this process lets go of once written (as the
+        #: walker does with those it passed: see stream_ram.Passed)
+        self.mapped = source if isinstance(source, mmap.mmap) else None
         self.paths: dict[str, Path] = {}
         #: per block, where the data written so far ends (a zero page below it may clear some)
         self.top: dict[str, int] = {}
@@ -55,6 +59,8 @@ class RamExtractor:
         #: pages of the open file's block, one after the other from *held_at*, not written yet
         self.held: list[memoryview | bytes] = []
         self.held_at = self.held_end = 0
+        #: where in the input the held pages lie: from, to
+        self.span = (0, 0)
 
     def block(self, block: RamBlock) -> None:
         if block.length > MAX_RAM_FILE:
@@ -72,6 +78,8 @@ class RamExtractor:
     def page(self, block: RamBlock, offset: int, at: int, size: int) -> None:
         size = min(size, block.length - offset)  # a block's last page may be partial
         self._hold(block, offset, self.source[at : at + size])
+        start, end = self.span
+        self.span = (min(start, at), max(end, at + size)) if end else (at, at + size)
 
     def fill(self, block: RamBlock, offset: int, byte: int, size: int) -> None:
         self._hold(block, offset, bytes([byte]) * min(size, block.length - offset))
@@ -120,6 +128,12 @@ class RamExtractor:
             if n:
                 parts[first] = parts[first][n:]
         parts.clear()
+        start, end = self.span
+        self.span = (0, 0)
+        start -= start % mmap.PAGESIZE
+        end -= end % mmap.PAGESIZE
+        if self.mapped is not None and end > start:
+            self.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def _close(self) -> None:
         if self.open is not None:
