@@ -52,15 +52,16 @@ class RamExtractor:
         #: walker does with those it passed: see stream_ram.Passed)
         self.mapped = source if isinstance(source, mmap.mmap) else None
         self.paths: dict[str, Path] = {}
-        #: per block, where the data written so far ends (a zero page below it may clear some)
+        #: per block, where the data written ends (a zero page below it may clear some);
+        #: the held pages' end counts too
         self.top: dict[str, int] = {}
         #: the file pages go to now (one open file, whatever the number of blocks)
         self.open: tuple[str, int] | None = None
         #: pages of the open file's block, one after the other from *held_at*, not written yet
         self.held: list[memoryview | bytes] = []
         self.held_at = self.held_end = 0
-        #: where in the input the held pages lie: from, to
-        self.span = (0, 0)
+        #: where in the input the held pages lie (from, to; to 0: none)
+        self.span_from = self.span_to = 0
 
     def block(self, block: RamBlock) -> None:
         if block.length > MAX_RAM_FILE:
@@ -76,16 +77,20 @@ class RamExtractor:
         self.paths[block.name] = path
 
     def page(self, block: RamBlock, offset: int, at: int, size: int) -> None:
-        size = min(size, block.length - offset)  # a block's last page may be partial
+        if offset + size > block.length:  # a block's last page may be partial
+            size = block.length - offset
         self._hold(block, offset, self.source[at : at + size])
-        start, end = self.span
-        self.span = (min(start, at), max(end, at + size)) if end else (at, at + size)
+        if not self.span_to or at < self.span_from:
+            self.span_from = at
+        if at + size > self.span_to:
+            self.span_to = at + size
 
     def fill(self, block: RamBlock, offset: int, byte: int, size: int) -> None:
         self._hold(block, offset, bytes([byte]) * min(size, block.length - offset))
 
     def holds_data_from(self, block: RamBlock, offset: int) -> bool:
-        return offset < self.top.get(block.name, 0)
+        held = self.held_end if self.held and self.open and self.open[0] == block.name else 0
+        return offset < max(held, self.top.get(block.name, 0))
 
     def finish(self, blocks: tuple[RamBlock, ...]) -> list[Path]:
         """Size every block's file to its length and move them into place."""
@@ -114,11 +119,14 @@ class RamExtractor:
             self.held_at = offset
         self.held.append(data)
         self.held_end = offset + len(data)
-        self.top[block.name] = max(self.top.get(block.name, 0), self.held_end)
 
     def _write(self) -> None:
         assert self.open is not None
         parts, at, first = self.held, self.held_at, 0
+        if not parts:
+            return
+        name = self.open[0]
+        self.top[name] = max(self.top.get(name, 0), self.held_end)
         while first < len(parts):
             n = os.pwritev(self.open[1], parts[first:], at)
             at += n
@@ -128,10 +136,9 @@ class RamExtractor:
             if n:
                 parts[first] = parts[first][n:]
         parts.clear()
-        start, end = self.span
-        self.span = (0, 0)
-        start -= start % mmap.PAGESIZE
-        end -= end % mmap.PAGESIZE
+        start = self.span_from - self.span_from % mmap.PAGESIZE
+        end = self.span_to - self.span_to % mmap.PAGESIZE
+        self.span_from = self.span_to = 0
         if self.mapped is not None and end > start:
             self.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 

@@ -170,17 +170,18 @@ def _columns(length: int, mask: int) -> tuple[int, bytes] | None:
     return column, bytes(0 if b < raw[column] else 1 for b in range(256))
 
 
-def _words(buf: bytes, pos: int, stop: int, record: int, pick: Callable[..., tuple[int]]) -> int:
+def _words(buf: bytes, pos: int, stop: int, record: int, pick: Callable[..., int]) -> int:
     """The largest (*pick* ``max``) or smallest (``min``) word of the records of
-    *record* bytes from *pos* to *stop*, picked in C (of one-word tuples)."""
-    with memoryview(buf) as view:
-        return pick(_record_word(record).iter_unpack(view[pos:stop]))[0]
+    *record* bytes from *pos* to *stop*."""
+    return pick(_run_words(record, (stop - pos) // record).unpack_from(buf, pos))
 
 
-@functools.cache
-def _record_word(record: int) -> struct.Struct:
-    """A record of *record* bytes, as its word (one per page size: a bounded cache)."""
-    return struct.Struct(f">Q{record - 8}x")
+@functools.lru_cache(maxsize=8)
+def _run_words(record: int, count: int) -> struct.Struct:
+    """The words of *count* records of *record* bytes in a row.  A few kept: a whole
+    chunk's is used again and again, and runs cut short come in any length (a struct
+    of 4096 words is 200 KB; making one costs about what unpacking it does)."""
+    return struct.Struct(">" + f"Q{record - 8}x" * count)
 
 
 @functools.cache
