@@ -307,6 +307,55 @@ def ram_section(rng: random.Random) -> bytes:
     return bytes(out)
 
 
+def ram_passes(rng: random.Random) -> tuple[bytes, dict[str, bytes]]:
+    """A well-formed ram section as a running guest's migration writes it: passes over
+    its blocks, each sending runs of pages (data, or zero pages, their fill byte now and
+    then not 0) in ascending order or shuffled, long runs among them (the walker skips
+    those in bulk past its first 16 records, 4096 zero pages or 255 pages at a time).
+    Returns the stream and what each block holds when QEMU has loaded it: every page
+    as its last record left it (a zero record clears a page, ram_handle_zero)."""
+    blocks = [(name, pick(rng, [1, 17, 300, 4113, 9000]))
+              for name in rng.sample(["pc.ram", "vga.vram", "/rom@etc/acpi/tables"], rng.randint(1, 3))]
+    out = bytearray(b"QEVM" + struct.pack(">I", 3))
+    out += b"\x01" + struct.pack(">IB", 1, 3) + b"ram" + struct.pack(">II", 0, 4)
+    out += struct.pack(">Q", sum(n for _, n in blocks) * 4096 | 0x04)
+    for name, pages in blocks:
+        out += bytes([len(name)]) + name.encode() + struct.pack(">Q", pages * 4096)
+    out += struct.pack(">Q", 0x10) + b"\x7e" + struct.pack(">I", 1)  # EOS, footer
+    content = {name: [b""] * pages for name, pages in blocks}
+    current, data_pages = None, 0
+    for _pass in range(rng.randint(1, 4)):  # one PART section per pass
+        out += b"\x02" + struct.pack(">I", 1)
+        for _ in range(rng.randint(1, 4)):
+            name, pages = pick(rng, blocks)
+            start = rng.randrange(pages)
+            run = list(range(start, min(pages, start + pick(rng, [1, 5, 16, 17, 300, 4200, 9000]))))
+            if rng.random() < 0.2:
+                rng.shuffle(run)
+            zero = rng.random() < 0.6
+            for page in run:
+                if zero or data_pages >= 400 or rng.random() < 0.1:
+                    fill = 0 if rng.random() < 0.95 else rng.randrange(1, 256)
+                    flags, payload = 0x02, bytes([fill])
+                    content[name][page] = bytes([fill]) * 4096
+                else:
+                    data_pages += 1
+                    payload = bytes([rng.randrange(256)]) * 4096 if rng.random() < 0.8 else rng.randbytes(4096)
+                    flags = 0x08
+                    content[name][page] = payload
+                out += struct.pack(">Q", page * 4096 | flags | (0x20 if name == current else 0))
+                if name != current:
+                    out += bytes([len(name)]) + name.encode()
+                    current = name
+                out += payload
+        out += struct.pack(">Q", 0x10) + b"\x7e" + struct.pack(">I", 1)
+    out += b"\x03" + struct.pack(">I", 1) + struct.pack(">Q", 0x10) + b"\x7e" + struct.pack(">I", 1)
+    body = b'{"page_size": 4096, "devices": []}'
+    out += b"\x00\x06" + struct.pack(">I", len(body)) + body
+    expected = {name: b"".join(p or bytes(4096) for p in pages) for name, pages in content.items()}
+    return bytes(out), expected
+
+
 def mapped_ram_stream(rng: random.Random) -> tuple[bytes, dict[str, bytes], list[tuple[int, int]]]:
     """A file as QEMU 9.0+ writes with mapped-ram: the configuration names the
     capability; each block of the MEM_SIZE record is followed by its header (version 1,

@@ -130,8 +130,12 @@ def commands(rng: random.Random) -> None:
 
 
 def ram(rng: random.Random) -> None:
-    """RAM sections with hostile blocks and records, extracted to files."""
-    extract(G.ram_section(rng))
+    """RAM sections with hostile blocks and records, extracted to files; or well-formed
+    ones of several passes, extracted exactly as QEMU would load them."""
+    if rng.random() < 0.5:
+        extract(G.ram_section(rng))
+    else:
+        extract(*G.ram_passes(rng))
 
 
 def extract(data: bytes, expected: dict[str, bytes] | None = None) -> None:

@@ -29,6 +29,7 @@ from fuzz import generate as G  # noqa: E402
 from fuzz.run import plan, run_one  # noqa: E402
 from fuzz.stream_targets import extract  # noqa: E402
 from fuzz.targets import TARGETS  # noqa: E402
+from vmstate import stream  # noqa: E402
 
 SEED = FUZZ_SEED
 #: inputs per target in one suite run: 1-5 s each here, 40 s in all (the long run is fuzz/run.py)
@@ -125,6 +126,9 @@ def test_generated_ram_and_mapped_ram_extract_exactly() -> None:
     for _ in range(20):
         data, pages, _ = G.mapped_ram_stream(rng)
         extract(data, pages)  # raises InvariantError unless every page comes back
+        data, pages = G.ram_passes(rng)
+        assert stream.parse(data).ram_blocks  # well formed: read to the end, not refused
+        extract(data, pages)
 
 
 def test_a_vmdesc_nesting_200_structs_deep_is_refused_as_too_deep() -> None:
