@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import lzma
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from peers.migration import loaded
 from peers.qemu import Qemu
 
 from vmstate import stream
@@ -108,6 +110,46 @@ def test_extract_ram_writes_the_blocks_qemus_analyzer_extracts(
     for block in blocks:
         ours = (tmp_path / "ours" / ram_file_name(block)).read_bytes()
         assert ours == (theirs / block.name.lstrip("/")).read_bytes(), block.name
+
+
+@pytest.mark.qemu
+def test_extracted_ram_is_what_qemu_loads_from_pages_sent_again(
+    qemu_7_2: Qemu, tmp_path: Path
+) -> None:
+    """A later pass, spliced into pc-minimal before its ram END section, sends a page as
+    data and then as zero, a page as data, and a zero page where the first pass left
+    data.  QEMU 7.2 loads the stream (-incoming); what ``pmemsave`` reads of those pages
+    is what ``--extract-ram`` writes (the two zero pages clear what was there)."""
+    minimal = QEMU / "pc-minimal.mig"
+    data = minimal.read_bytes()
+    first = tmp_path / "first"
+    assert main(["analyze", str(minimal), "--extract-ram", str(first)]) == 0
+    before = (first / "pc.ram").read_bytes()
+    cleared = next(a for a in range(1 << 20, len(before), 4096) if any(before[a : a + 4096]))
+    again, kept = 32 << 20, (32 << 20) + 4096
+    kept_bytes = bytes(range(256)) * 16
+    ram = [s for s in parsed(minimal).sections if s.idstr == "ram"]
+    end = next(s for s in ram if s.type == 0x03)
+    records = struct.pack(">Q", again | 0x08) + bytes([6]) + b"pc.ram" + b"\x5a" * 4096
+    records += struct.pack(">Q", kept | 0x28) + kept_bytes
+    records += struct.pack(">Q", again | 0x22) + b"\0" + struct.pack(">Q", cleared | 0x22) + b"\0"
+    part = b"\x02" + struct.pack(">I", end.section_id) + records + struct.pack(">Q", 0x10)
+    part += b"\x7e" + struct.pack(">I", end.section_id)
+    spliced = tmp_path / "spliced.mig"
+    spliced.write_bytes(data[: end.header_offset] + part + data[end.header_offset :])
+    assert main(["analyze", str(spliced), "--extract-ram", str(tmp_path / "ours")]) == 0
+    ours = (tmp_path / "ours" / "pc.ram").read_bytes()
+    manifest = json.loads((QEMU / "MANIFEST.json").read_text())
+    command = manifest["streams"]["pc-minimal"]["command"]
+    args = command[command.index("-M") : command.index("-chardev")]
+    theirs = {}
+    with loaded(qemu_7_2, args, tmp_path / "qemu", f"exec:cat {spliced}") as vm:
+        for address in (again, kept, cleared):
+            out = tmp_path / f"{address:x}.bin"
+            vm.qmp.command("pmemsave", {"val": address, "size": 4096, "filename": str(out)})
+            theirs[address] = out.read_bytes()
+    assert theirs == {a: ours[a : a + 4096] for a in theirs}
+    assert theirs == {again: bytes(4096), kept: kept_bytes, cleared: bytes(4096)}
 
 
 @pytest.mark.parametrize("path", STREAMS, ids=ids)
