@@ -113,7 +113,11 @@ class RamExtractor:
         if self.open is None or self.open[0] != block.name:
             self._close()
             self.open = block.name, os.open(self.paths[block.name], os.O_WRONLY | os.O_CLOEXEC)
-        elif offset != self.held_end or len(self.held) == _PAGES or self.held_end - self.held_at >= _HELD:
+        elif (
+            offset != self.held_end
+            or len(self.held) == _PAGES
+            or self.held_end - self.held_at >= _HELD
+        ):
             self._write()
         if not self.held:
             self.held_at = offset
