@@ -3,6 +3,7 @@ file per RAM block, put in place only when the whole stream has been read."""
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import shutil
@@ -57,8 +58,9 @@ class RamExtractor:
         self.top: dict[str, int] = {}
         #: the file pages go to now (one open file, whatever the number of blocks)
         self.open: tuple[str, int] | None = None
-        #: pages of the open file's block, one after the other from *held_at*, not written yet
-        self.held: list[memoryview | bytes] = []
+        #: pages of the open file's block, one after the other from *held_at*, not written
+        #: yet: where each lies in the input (at, size), or its bytes (a uniform page)
+        self.held: list[tuple[int, int] | bytes] = []
         self.held_at = self.held_end = 0
         #: where in the input the held pages lie (from, to; to 0: none)
         self.span_from = self.span_to = 0
@@ -79,14 +81,35 @@ class RamExtractor:
     def page(self, block: RamBlock, offset: int, at: int, size: int) -> None:
         if offset + size > block.length:  # a block's last page may be partial
             size = block.length - offset
-        self._hold(block, offset, self.source[at : at + size])
+        self._hold(block, offset, size, (at, size))
         if not self.span_to or at < self.span_from:
             self.span_from = at
         if at + size > self.span_to:
             self.span_to = at + size
 
+    def pages(self, block: RamBlock, offsets: list[int], at: int, stride: int, size: int) -> None:
+        first, count = offsets[0], len(offsets)
+        if first + count * size > block.length or offsets != list(
+            range(first, first + count * size, size)
+        ):
+            for i, offset in enumerate(offsets):  # not one stretch of the block: page by page
+                self.page(block, offset, at + i * stride, size)
+            return
+        places = [(a, size) for a in range(at, at + count * stride, stride)]
+        i = 0
+        while i < count:  # as _hold would take them one by one, in fewer steps
+            self._hold(block, first + i * size, size, places[i])
+            take = min(count - i - 1, _PAGES - len(self.held))
+            self.held += places[i + 1 : i + 1 + take]
+            i += 1 + take
+            self.held_end = first + i * size
+        if not self.span_to or at < self.span_from:
+            self.span_from = at
+        self.span_to = max(self.span_to, at + (count - 1) * stride + size)
+
     def fill(self, block: RamBlock, offset: int, byte: int, size: int) -> None:
-        self._hold(block, offset, bytes([byte]) * min(size, block.length - offset))
+        size = min(size, block.length - offset)
+        self._hold(block, offset, size, bytes([byte]) * size)
 
     def holds_data_from(self, block: RamBlock, offset: int) -> bool:
         held = self.held_end if self.held and self.open and self.open[0] == block.name else 0
@@ -109,7 +132,7 @@ class RamExtractor:
             self.source.release()
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def _hold(self, block: RamBlock, offset: int, data: memoryview | bytes) -> None:
+    def _hold(self, block: RamBlock, offset: int, size: int, part: tuple[int, int] | bytes) -> None:
         if self.open is None or self.open[0] != block.name:
             self._close()
             self.open = block.name, os.open(self.paths[block.name], os.O_WRONLY | os.O_CLOEXEC)
@@ -121,25 +144,34 @@ class RamExtractor:
             self._write()
         if not self.held:
             self.held_at = offset
-        self.held.append(data)
-        self.held_end = offset + len(data)
+        self.held.append(part)
+        self.held_end = offset + size
 
     def _write(self) -> None:
+        """The held pages out, by views of the input made here and let go of here, also
+        when the write fails: the input can be closed after (an interrupted write's
+        traceback keeps its frames, and would keep views in them)."""
         assert self.open is not None
-        parts, at, first = self.held, self.held_at, 0
-        if not parts:
+        if not self.held:
             return
         name = self.open[0]
         self.top[name] = max(self.top.get(name, 0), self.held_end)
-        while first < len(parts):
-            n = os.pwritev(self.open[1], parts[first:], at)
-            at += n
-            while first < len(parts) and n >= len(parts[first]):
-                n -= len(parts[first])
-                first += 1
-            if n:
-                parts[first] = parts[first][n:]
-        parts.clear()
+        source, at, first = self.source, self.held_at, 0
+        parts = [p if type(p) is bytes else source[p[0] : p[0] + p[1]] for p in self.held]
+        self.held.clear()
+        try:
+            while (n := os.pwritev(self.open[1], parts[first:], at)) < self.held_end - at:
+                if n == 0:
+                    raise OSError(errno.EIO, "the file took no byte", self.paths[name])
+                at += n  # a short write (a signal, a full disk about to say so): the rest again
+                while n >= len(parts[first]):
+                    n -= len(parts[first])
+                    first += 1
+                parts[first] = bytes(parts[first][n:])
+        finally:
+            for view in parts:
+                if type(view) is memoryview:
+                    view.release()
         start = self.span_from - self.span_from % mmap.PAGESIZE
         end = self.span_to - self.span_to % mmap.PAGESIZE
         self.span_from = self.span_to = 0

@@ -95,6 +95,10 @@ class PageSink(Protocol):
     def page(self, block: RamBlock, offset: int, at: int, size: int) -> None:
         """A page: the *size* bytes of the input at *at*."""
 
+    def pages(self, block: RamBlock, offsets: list[int], at: int, stride: int, size: int) -> None:
+        """Pages at *offsets*, the first's bytes at *at* in the input, each next one
+        *stride* bytes further (a run of page records)."""
+
     def fill(self, block: RamBlock, offset: int, byte: int, size: int) -> None:
         """A page of *size* bytes all *byte*."""
 
@@ -282,8 +286,7 @@ class RamWalker:
         mask = page_size - 1
         buf, end, unpack, sink, length = self.buf, len(self.buf), _BE64.unpack_from, self.sink, block.length
         zero_run, page_run, page_record = RAM_ZERO | RAM_CONTINUE, RAM_PAGE | RAM_CONTINUE, 8 + page_size
-        skip_zeros = page_size <= 1 << 16
-        skip_pages = skip_zeros and sink is None
+        skip = page_size <= 1 << 16
         zeros = pages = 0
         passed = self.passed
         release_at = passed.released + _RELEASE if passed.mapped else end
@@ -300,7 +303,7 @@ class RamWalker:
                     self.fill(block, addr, buf[pos + 8])
                 pos += 9
                 zeros, pages = zeros + 1, 0
-                if skip_zeros and zeros >= _RUN_AFTER:
+                if skip and zeros >= _RUN_AFTER:
                     ahead = _skip_run(buf, pos, length, mask, zero_run, 9, sink is not None)
                     if (
                         sink is not None
@@ -315,8 +318,13 @@ class RamWalker:
                     sink.page(block, addr, pos + 8, page_size)
                 pos += page_record
                 zeros, pages = 0, pages + 1
-                if skip_pages and pages >= _RUN_AFTER:
-                    pos = _skip_run(buf, pos, length, mask, page_run, page_record)
+                if skip and pages >= _RUN_AFTER:
+                    ahead = _skip_run(buf, pos, length, mask, page_run, page_record)
+                    if sink is not None and ahead > pos:
+                        words = _run_words(page_record, (ahead - pos) // page_record)
+                        offsets = [word - page_run for word in words.unpack_from(buf, pos)]
+                        sink.pages(block, offsets, pos + 8, page_record, page_size)
+                    pos = ahead
             else:
                 break
         return pos
