@@ -18,10 +18,10 @@ and length there depends on the source's settings, which the stream states:
   others are zero.
 
 Pages are never held in memory: they are skipped, or handed to a sink
-(``--extract-ram``) by where they lie in the input, to be copied from there.  As QEMU's ``ram_load`` does, the walker refuses a page of
-a block the MEM_SIZE record did not list ("Can't find block") and a page at or past
-its block's length ("Illegal RAM offset"), so a sink only ever sees pages inside
-their block.
+(``--extract-ram``) by where they lie in the input, to be copied from there.  As
+QEMU's ``ram_load`` does, the walker refuses a page of a block the MEM_SIZE record
+did not list ("Can't find block") and a page at or past its block's length ("Illegal
+RAM offset"), so a sink only ever sees pages inside their block.
 """
 
 from __future__ import annotations
@@ -278,8 +278,9 @@ class RamWalker:
     def continued(self, pos: int) -> int:
         """The fast path: past the records from *pos* that continue the current block
         with a zero page or a whole page inside it, by far the commonest records; the
-        first other record is left to :meth:`walk`.  Runs of zero pages are skipped many
-        at a time when nothing takes the pages."""
+        first other record is left to :meth:`walk`.  Past the first 16 of a run, its
+        records are checked many at a time (pages up to 64 KiB): a sink is handed runs
+        of pages together, and zero pages only where they may clear its data."""
         block = self.current
         assert block is not None
         page_size = self.settings.page_size
