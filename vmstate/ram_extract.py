@@ -62,8 +62,6 @@ class RamExtractor:
         #: yet: where each lies in the input (at, size), or its bytes (a uniform page)
         self.held: list[tuple[int, int] | bytes] = []
         self.held_at = self.held_end = 0
-        #: where in the input the held pages lie (from, to; to 0: none)
-        self.span_from = self.span_to = 0
 
     def block(self, block: RamBlock) -> None:
         if block.length > MAX_RAM_FILE:
@@ -82,10 +80,6 @@ class RamExtractor:
         if offset + size > block.length:  # a block's last page may be partial
             size = block.length - offset
         self._hold(block, offset, size, (at, size))
-        if not self.span_to or at < self.span_from:
-            self.span_from = at
-        if at + size > self.span_to:
-            self.span_to = at + size
 
     def pages(self, block: RamBlock, offsets: list[int], at: int, stride: int, size: int) -> None:
         first, count = offsets[0], len(offsets)
@@ -103,9 +97,6 @@ class RamExtractor:
             self.held += places[i + 1 : i + 1 + take]
             i += 1 + take
             self.held_end = first + i * size
-        if not self.span_to or at < self.span_from:
-            self.span_from = at
-        self.span_to = max(self.span_to, at + (count - 1) * stride + size)
 
     def fill(self, block: RamBlock, offset: int, byte: int, size: int) -> None:
         size = min(size, block.length - offset)
@@ -157,6 +148,7 @@ class RamExtractor:
         name = self.open[0]
         self.top[name] = max(self.top.get(name, 0), self.held_end)
         source, at, first = self.source, self.held_at, 0
+        places = [p for p in self.held if type(p) is tuple]
         parts = [p if type(p) is bytes else source[p[0] : p[0] + p[1]] for p in self.held]
         self.held.clear()
         try:
@@ -172,11 +164,13 @@ class RamExtractor:
             for view in parts:
                 if type(view) is memoryview:
                     view.release()
-        start = self.span_from - self.span_from % mmap.PAGESIZE
-        end = self.span_to - self.span_to % mmap.PAGESIZE
-        self.span_from = self.span_to = 0
-        if self.mapped is not None and end > start:
-            self.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+        if self.mapped is not None and places:  # the input's pages just written, let go of
+            start = min(a for a, _ in places)
+            end = max(a + n for a, n in places)
+            start -= start % mmap.PAGESIZE
+            end -= end % mmap.PAGESIZE
+            if end > start:
+                self.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def _close(self) -> None:
         if self.open is not None:
